@@ -1,0 +1,185 @@
+"""Connection, stream provisioning, publishing and the control key-value bucket."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import msgspec
+import nats
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.js import api
+from nats.js.kv import KeyValue
+
+from libs.contracts import subjects as sj
+from libs.contracts.base import Event
+from libs.contracts.codec import decode_halt_state, encode
+from libs.contracts.control import HaltState
+from libs.errors import DependencyUnavailable
+from libs.obs import tracing
+
+log = logging.getLogger(__name__)
+
+# JetStream de-duplicates on Nats-Msg-Id within this window (seconds); it must outlast a
+# restart of any publisher so an outbox re-publish after a crash is recognised (STYLE 18).
+DUPLICATE_WINDOW_SEC = 20 * 60
+HEARTBEAT_MAX_AGE_SEC = 10 * 60
+
+
+class BusUnavailable(DependencyUnavailable):
+    """NATS could not be reached or JetStream is not enabled."""
+
+
+def _stream_config(subjects: sj.Subjects, family: str) -> api.StreamConfig:
+    max_age = HEARTBEAT_MAX_AGE_SEC if family == sj.HB else None
+    return api.StreamConfig(
+        name=subjects.stream(family),
+        subjects=[subjects.family_wildcard(family)]
+        if family != sj.CTL
+        else [f"{subjects.prefix}.{sj.CTL}.>"],
+        retention=api.RetentionPolicy.LIMITS,
+        storage=api.StorageType.FILE,
+        duplicate_window=DUPLICATE_WINDOW_SEC if family != sj.HB else 60,
+        max_age=max_age,
+        discard=api.DiscardPolicy.OLD,
+    )
+
+
+class Bus:
+    """One service's connection to NATS JetStream under one subject prefix."""
+
+    def __init__(self, nc: NatsClient, subjects: sj.Subjects, service: str) -> None:
+        self.nc = nc
+        self.js = nc.jetstream(timeout=10)
+        self.subjects = subjects
+        self.service = service
+        self._ctl_kv: KeyValue | None = None
+
+    @classmethod
+    async def connect(cls, url: str, subjects: sj.Subjects, *, service: str) -> Bus:
+        """Connect or raise BusUnavailable naming the URL (fail fast at start)."""
+        try:
+            nc = await nats.connect(
+                url,
+                name=f"keel-{service}",
+                connect_timeout=3,
+                allow_reconnect=True,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.5,
+            )
+        except (OSError, nats.errors.Error, TimeoutError) as e:
+            raise BusUnavailable(f"NATS at {url} is unreachable: {e}") from e
+        bus = cls(nc, subjects, service)
+        try:
+            await bus.js.account_info()
+        except nats.js.errors.Error as e:
+            await nc.close()
+            raise BusUnavailable(f"NATS at {url} has no JetStream enabled: {e}") from e
+        return bus
+
+    async def provision(self) -> None:
+        """Create or update every stream and the control bucket; safe to run concurrently."""
+        for family in sj.FAMILIES:
+            config = _stream_config(self.subjects, family)
+            try:
+                await self.js.add_stream(config)
+            except nats.js.errors.BadRequestError:
+                # exists with another config (e.g. an older keel): bring it up to date
+                await self.js.update_stream(config)
+        await self.control_kv()
+
+    async def control_kv(self) -> KeyValue:
+        """Return the control bucket holding the halt flag, creating it if needed."""
+        if self._ctl_kv is None:
+            bucket = self.subjects.kv(sj.KV_CONTROL)
+            try:
+                self._ctl_kv = await self.js.key_value(bucket)
+            except nats.js.errors.BucketNotFoundError:
+                self._ctl_kv = await self.js.create_key_value(bucket=bucket, history=16)
+        return self._ctl_kv
+
+    async def halt_state(self) -> HaltState | None:
+        """Read the halt flag; None when nobody has ever halted."""
+        kv = await self.control_kv()
+        try:
+            entry = await kv.get(sj.KV_HALT_KEY)
+        except nats.js.errors.KeyNotFoundError:
+            return None
+        return decode_halt_state(entry.value) if entry.value else None
+
+    async def put_halt_state(self, state: HaltState) -> None:
+        """Write the halt flag."""
+        kv = await self.control_kv()
+        await kv.put(sj.KV_HALT_KEY, encode(state))
+
+    def headers_for(self, event: Event, extra: dict[str, str] | None = None) -> dict[str, str]:
+        """Build the headers of an event: Msg-Id, trace context and wall-clock emit time."""
+        headers = {sj.H_MSG_ID: event.event_id, sj.H_EMITTED_AT: str(time.time_ns())}
+        if extra:
+            headers.update(extra)
+        if sj.H_TRACEPARENT not in headers:
+            tracing.inject(headers)
+        return headers
+
+    async def publish(self, event: Event, *, headers: dict[str, str] | None = None) -> api.PubAck:
+        """Publish an event and wait for its PubAck; a duplicate ack counts as success."""
+        return await self.js.publish(
+            self.subjects.of(event), encode(event), headers=self.headers_for(event, headers)
+        )
+
+    async def publish_encoded(self, subject: str, data: bytes, headers: dict[str, str]) -> None:
+        """Publish pre-encoded events pipelined; the caller awaits the returned futures."""
+        return await self.js.publish_async(subject, data, headers=headers)
+
+    async def flush_async(self) -> None:
+        """Wait until every pipelined publish has its PubAck."""
+        await self.js.publish_async_completed()
+
+    async def dead_letter(self, consumer: str, msg: Msg, error: BaseException) -> None:
+        """Copy a message to the dead-letter stream with why, then terminate it (STYLE 20)."""
+        meta = msg.metadata
+        headers = dict(msg.headers or {})
+        headers.pop(sj.H_MSG_ID, None)
+        headers.update(
+            {
+                sj.H_DLQ_SUBJECT: msg.subject,
+                sj.H_DLQ_STREAM_SEQ: str(meta.sequence.stream),
+                sj.H_DLQ_CONSUMER: consumer,
+                sj.H_DLQ_ERROR: f"{type(error).__name__}: {error}"[:1000],
+                # the same message dead-lettered twice (redelivery) is stored once
+                sj.H_MSG_ID: f"dlq:{meta.stream}:{meta.sequence.stream}",
+            }
+        )
+        await self.js.publish(self.subjects.dlq(consumer), msg.data, headers=headers)
+        await msg.term()
+        log.error(
+            "dead-lettered message",
+            extra={
+                "consumer": consumer,
+                "subject": msg.subject,
+                "stream_seq": meta.sequence.stream,
+                "error": headers[sj.H_DLQ_ERROR],
+            },
+        )
+
+    async def close(self) -> None:
+        """Flush what was published and close.
+
+        Not drain(): a draining connection waits for lingering pull requests to expire, and
+        anything fetched but unacked is redelivered anyway (ack happens only after commit).
+        """
+        if self.nc.is_closed:
+            return
+        try:
+            await self.nc.flush(timeout=2)
+        except (nats.errors.ConnectionClosedError, nats.errors.TimeoutError, TimeoutError) as e:
+            log.warning("flush before close failed; closing anyway", extra={"error": repr(e)})
+        await self.nc.close()
+
+
+def decode_struct(typ: type[msgspec.Struct]) -> msgspec.json.Decoder:
+    """Build a decoder for a wire type."""
+    return msgspec.json.Decoder(typ)

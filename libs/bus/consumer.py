@@ -1,0 +1,141 @@
+"""Durable pull consumers with explicit ack and the ack policy of STYLE 20.
+
+handled -> ack after the batch commits; undecodable or invalid -> copied to the dead-letter
+stream and terminated; transient failure -> nak with delay; a message whose handling raises
+a non-transient error is isolated from its batch and dead-lettered, so one bad message never
+stops a consumer and nothing is silently dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import msgspec
+import nats.errors
+from nats.aio.msg import Msg
+from nats.js import api
+
+from libs.bus.client import Bus
+from libs.errors import classify_exception
+from libs.obs.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+Decode = Callable[[str, bytes], object]
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerSpec:
+    """One durable consumer: `<service>-<purpose>` on one family, one filter subject."""
+
+    durable: str
+    family: str
+    filter_subject: str
+    decode: Decode
+    batch: int = 256
+    fetch_timeout: float = 1.0
+    ack_wait_sec: float = 30.0
+    max_ack_pending: int = 4096
+    nak_delay_sec: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Inbound:
+    """A decoded message and where it came from."""
+
+    subject: str
+    stream_seq: int
+    payload: object
+    headers: dict[str, str]
+    msg: Msg = field(repr=False, compare=False)
+
+
+OnBatch = Callable[[list[Inbound]], Awaitable[None]]
+
+
+async def subscribe(bus: Bus, spec: ConsumerSpec):  # type: ignore[no-untyped-def]
+    """Create (or bind to) the durable pull consumer of a spec."""
+    config = api.ConsumerConfig(
+        durable_name=spec.durable,
+        ack_policy=api.AckPolicy.EXPLICIT,
+        deliver_policy=api.DeliverPolicy.ALL,
+        ack_wait=spec.ack_wait_sec,
+        max_deliver=-1,
+        max_ack_pending=spec.max_ack_pending,
+        filter_subject=spec.filter_subject,
+    )
+    return await bus.js.pull_subscribe(
+        spec.filter_subject,
+        durable=spec.durable,
+        stream=bus.subjects.stream(spec.family),
+        config=config,
+    )
+
+
+async def _decode_batch(bus: Bus, spec: ConsumerSpec, msgs: list[Msg], metrics: Metrics | None) -> list[Inbound]:
+    good: list[Inbound] = []
+    for m in msgs:
+        try:
+            payload = spec.decode(m.subject, m.data)
+        except (msgspec.DecodeError, msgspec.ValidationError) as e:
+            await bus.dead_letter(spec.durable, m, e)
+            if metrics:
+                metrics.dead_lettered.labels(metrics.service, spec.durable).inc()
+            continue
+        good.append(Inbound(m.subject, m.metadata.sequence.stream, payload, dict(m.headers or {}), m))
+    return good
+
+
+async def _apply(bus: Bus, spec: ConsumerSpec, batch: list[Inbound], on_batch: OnBatch, metrics: Metrics | None) -> None:
+    try:
+        await on_batch(batch)
+    except Exception as e:  # classified below: transient -> nak, anything else -> isolate
+        info = classify_exception(e, dependency=spec.durable)
+        if metrics:
+            metrics.errors.labels(metrics.service, info.category.value, info.reason_code).inc()
+        if info.retryable:
+            log.warning("transient failure, will redeliver", extra={"consumer": spec.durable, "error": repr(e)})
+            for inbound in batch:
+                await inbound.msg.nak(delay=spec.nak_delay_sec)
+            return
+        if len(batch) > 1:
+            # find the poison message: apply one at a time (each apply is atomic)
+            for inbound in batch:
+                await _apply(bus, spec, [inbound], on_batch, metrics)
+            return
+        log.exception("handler failed; dead-lettering", extra={"consumer": spec.durable, "reason": info.reason_code})
+        await bus.dead_letter(spec.durable, batch[0].msg, e)
+        if metrics:
+            metrics.dead_lettered.labels(metrics.service, spec.durable).inc()
+        return
+    for inbound in batch:
+        await inbound.msg.ack()
+    if metrics:
+        metrics.consumed.labels(metrics.service, spec.durable).inc(len(batch))
+
+
+async def run_consumer(
+    bus: Bus,
+    spec: ConsumerSpec,
+    on_batch: OnBatch,
+    *,
+    stop: asyncio.Event,
+    metrics: Metrics | None = None,
+) -> None:
+    """Fetch, decode and hand batches to on_batch until stop is set."""
+    sub = await subscribe(bus, spec)
+    while not stop.is_set():
+        try:
+            msgs = await sub.fetch(spec.batch, timeout=spec.fetch_timeout)
+        except (nats.errors.TimeoutError, TimeoutError):
+            continue  # nothing to fetch (nats-py raises either, depending on where it timed out)
+        except nats.errors.ConnectionClosedError:
+            if stop.is_set():
+                return
+            raise
+        batch = await _decode_batch(bus, spec, msgs, metrics)
+        if batch:
+            await _apply(bus, spec, batch, on_batch, metrics)

@@ -1,0 +1,1 @@
+"""The `keel` command: run the system, look at it, and control it."""

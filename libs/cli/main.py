@@ -1,0 +1,102 @@
+"""`keel`: up, status, kill, resume, cancel-all, migrate."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from libs.config import ConfigError, load
+from libs.errors import DependencyUnavailable
+
+
+def _up_file(var: Path) -> dict[str, Any]:
+    path = var / "up.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    url = os.environ.get("KEEL_NATS_URL", "")
+    if not url:
+        raise SystemExit(f"keel: nothing is running under {var} (no {path}) and KEEL_NATS_URL is not set")
+    return {"nats_url": url, "prefix": os.environ.get("KEEL_PREFIX", "keel"), "services": {}}
+
+
+def _control(args: argparse.Namespace, verb: str, body: dict[str, Any], wait_halt: bool | None) -> int:
+    from libs.cli import control
+
+    up = _up_file(args.var)
+    result = asyncio.run(control.send(up["nats_url"], up.get("prefix", "keel"), verb, body, wait_halt=wait_halt))
+    print(json.dumps(result))
+    return 0 if result.get("applied", True) else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse the command line and run one verb."""
+    parser = argparse.ArgumentParser(prog="keel", description="keel: event-sourced trading for US equities")
+    parser.add_argument("--var", type=Path, default=Path(os.environ.get("KEEL_VAR", "var")), help="state directory (default ./var)")
+    sub = parser.add_subparsers(dest="verb", required=True)
+
+    up = sub.add_parser("up", help="run the whole system for paper trading on this machine")
+    up.add_argument("--feed", choices=["synthetic", "file"], default="synthetic")
+    up.add_argument("--file", default="", help="CSV or Parquet bars for --feed file")
+    up.add_argument("--symbols", default="", help="comma-separated, e.g. AAPL,MSFT,SPY")
+    up.add_argument("--minutes", type=int, default=0, help="bar timestamps to emit this run (0 = unbounded)")
+    up.add_argument("--speed", default="1", help="'max' (as fast as the lockstep allows) or a multiple of real time")
+    up.add_argument("--start-date", default="", help="first session of the synthetic feed, YYYY-MM-DD")
+    up.add_argument("--seed", type=int, default=None)
+    up.add_argument("--exit-when-done", action="store_true", help="stop and print a JSON summary when the feed is done and settled")
+    up.add_argument("--quiet", action="store_true", help="no progress line")
+    up.add_argument("--prefix", default="", help="subject and schema prefix (default keel)")
+
+    st = sub.add_parser("status", help="health of every service, exchange URL and keys, halt state, counts")
+    st.add_argument("--json", action="store_true")
+    kill = sub.add_parser("kill", help="halt new orders everywhere")
+    kill.add_argument("--reason", required=True)
+    kill.add_argument("--cancel-all", action="store_true", help="also cancel every open order")
+    resume = sub.add_parser("resume", help="lift a halt (the reason is recorded)")
+    resume.add_argument("--reason", required=True)
+    ca = sub.add_parser("cancel-all", help="cancel every open order at the broker")
+    ca.add_argument("--reason", default="operator")
+    sub.add_parser("migrate", help="alembic upgrade head for KEEL_DATABASE_URL / KEEL_SCHEMA_PREFIX")
+
+    args = parser.parse_args(argv)
+    try:
+        if args.verb == "up":
+            from libs.cli.up import UpOptions, run
+
+            opts = UpOptions(
+                var=args.var.resolve(), feed=args.feed, file=args.file, symbols=args.symbols, minutes=args.minutes,
+                speed=args.speed, start_date=args.start_date, seed=args.seed, exit_when_done=args.exit_when_done,
+                quiet=args.quiet, prefix=args.prefix,
+            )
+            return asyncio.run(run(opts))
+        if args.verb == "status":
+            from libs.cli import control
+
+            out = asyncio.run(control.status(_up_file(args.var)))
+            print(json.dumps(out, indent=None if args.json else 2))
+            return 0
+        if args.verb == "kill":
+            return _control(args, "kill", {"reason": args.reason, "cancel_all": args.cancel_all}, True)
+        if args.verb == "resume":
+            return _control(args, "resume", {"reason": args.reason}, False)
+        if args.verb == "cancel-all":
+            return _control(args, "cancel_all", {"reason": args.reason}, None)
+        if args.verb == "migrate":
+            from libs.runtime.migrate import migrate
+
+            loaded = load(None)
+            migrate(loaded.common.database_url, loaded.common.schema_prefix)
+            print(json.dumps({"migrated": loaded.common.schema_prefix}))
+            return 0
+    except (ConfigError, DependencyUnavailable, RuntimeError) as e:
+        print(f"keel {args.verb}: {e}", file=sys.stderr)
+        return 2
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

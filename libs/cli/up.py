@@ -1,0 +1,363 @@
+"""`keel up`: the whole system on one machine, supervised, with a live progress line.
+
+With no KEEL_NATS_URL / KEEL_DATABASE_URL it starts the embedded NATS (JetStream store under
+./var/nats) and Postgres (./var/pg); migrates; starts the local exchange and every service as
+its own process (logs under ./var/logs); writes the run manifest; restarts a service that dies;
+and stops everything on Ctrl-C. A second `keel up` resumes from the stored state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+from nats.js.errors import NotFoundError
+
+from libs.bus import Bus
+from libs.cli import control
+from libs.contracts import subjects as sj
+from libs.contracts.subjects import Subjects
+from libs.runtime import manifest
+from libs.runtime.embedded import EmbeddedNats, EmbeddedPostgres, free_port, start_nats, start_postgres
+from libs.runtime.migrate import migrate
+from libs.sessions import sessions_between, session_of
+
+# start order: the exchange first (execution checks it at start), the feed last
+SERVICES = ("exchange", "alerts", "tca", "oms", "execution", "risk", "signal", "marketdata")
+CONSUMER_SERVICES = ("signal", "risk", "oms", "execution", "tca", "alerts", "exchange")
+
+
+@dataclass
+class UpOptions:
+    """What `keel up` was asked to do."""
+
+    var: Path
+    feed: str = "synthetic"
+    file: str = ""
+    symbols: str = ""
+    minutes: int = 0
+    speed: str = "1"
+    start_date: str = ""
+    seed: int | None = None
+    exit_when_done: bool = False
+    quiet: bool = False
+    prefix: str = ""
+
+
+@dataclass
+class Child:
+    """One supervised service process."""
+
+    name: str
+    port: int
+    env: dict[str, str]
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = None
+    restarts: int = 0
+    started_at: float = 0.0
+
+    @property
+    def url(self) -> str:
+        """Return the service's API base URL."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        """Start the process, appending to its log."""
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", f"services.{self.name}"],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=str(Path(__file__).resolve().parents[2]),
+            start_new_session=True,  # Ctrl-C reaches keel up, which stops children in order
+        )
+        log.close()
+        self.started_at = time.monotonic()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM, wait, then SIGKILL."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+@dataclass
+class Cluster:
+    """The servers and children of one `keel up`."""
+
+    nats_url: str
+    database_url: str
+    prefix: str
+    schema_prefix: str
+    children: dict[str, Child] = field(default_factory=dict)
+    embedded_nats: EmbeddedNats | None = None
+    embedded_pg: EmbeddedPostgres | None = None
+
+
+def _redact(url: str) -> str:
+    return url.split("://", 1)[0] + "://***@" + url.split("@", 1)[1] if "@" in url else url
+
+
+def _exchange_keys(var: Path) -> dict[str, str]:
+    path = var / "exchange-keys.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    keys = {"api_key_id": "PK" + secrets.token_hex(8).upper(), "api_secret_key": secrets.token_urlsafe(30)}
+    path.write_text(json.dumps(keys))
+    path.chmod(0o600)
+    return keys
+
+
+def _servers(opts: UpOptions) -> tuple[str, str, EmbeddedNats | None, EmbeddedPostgres | None]:
+    nats_url = os.environ.get("KEEL_NATS_URL", "")
+    database_url = os.environ.get("KEEL_DATABASE_URL", "")
+    en = ep = None
+    if not nats_url:
+        en = start_nats(opts.var / "nats")
+        nats_url = en.url
+    if not database_url:
+        ep = start_postgres(opts.var / "pg", cleanup_mode="stop")
+        database_url = ep.url
+    return nats_url, database_url, en, ep
+
+
+def _child_env(cluster: Cluster, opts: UpOptions, keys: dict[str, str]) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()}
+    env.update(
+        {
+            "KEEL_NATS_URL": cluster.nats_url,
+            "KEEL_DATABASE_URL": cluster.database_url,
+            "KEEL_PREFIX": cluster.prefix,
+            "KEEL_SCHEMA_PREFIX": cluster.schema_prefix,
+            "KEEL_EXCHANGE_API_KEY_ID": keys["api_key_id"],
+            "KEEL_EXCHANGE_API_SECRET_KEY": keys["api_secret_key"],
+            "KEEL_EXEC_API_KEY_ID": keys["api_key_id"],
+            "KEEL_EXEC_API_SECRET_KEY": keys["api_secret_key"],
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    env.pop("KEEL_API_PORT", None)
+    md = {
+        "KEEL_MD_FEED": opts.feed,
+        "KEEL_MD_FILE_PATH": opts.file,
+        "KEEL_MD_SYMBOLS": opts.symbols,
+        "KEEL_MD_MINUTES": str(opts.minutes) if opts.minutes else "",
+        "KEEL_MD_SPEED": opts.speed,
+        "KEEL_MD_START_DATE": opts.start_date,
+        "KEEL_MD_SEED": "" if opts.seed is None else str(opts.seed),
+    }
+    env.update({k: v for k, v in md.items() if v})
+    return env
+
+
+async def _wait_ready(child: Child, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    async with httpx.AsyncClient(timeout=1.0) as client:
+        while time.monotonic() < deadline:
+            assert child.process is not None
+            if child.process.poll() is not None:
+                tail = child.log_path.read_text(errors="replace").splitlines()[-5:]
+                raise RuntimeError(f"{child.name} exited with {child.process.returncode} at start:\n" + "\n".join(tail))
+            try:
+                if (await client.get(f"{child.url}/readyz")).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                await asyncio.sleep(0.2)
+                continue
+            await asyncio.sleep(0.2)
+    raise RuntimeError(f"{child.name} was not ready after {timeout:.0f}s (log: {child.log_path})")
+
+
+async def _write_manifest(cluster: Cluster, opts: UpOptions, run_id: str) -> dict[str, Any]:
+    doc = manifest.build(run_id=run_id, options=vars(opts) | {"var": str(opts.var)}, env=_child_env(cluster, opts, {"api_key_id": "", "api_secret_key": ""}))
+    manifest.write_file(opts.var / "runs", doc)
+    conn = await asyncpg.connect(cluster.database_url)
+    try:
+        await manifest.write_db(conn, cluster.schema_prefix, doc)
+    finally:
+        await conn.close()
+    return doc
+
+
+async def _consumers_idle(bus: Bus) -> bool:
+    for family in sj.FAMILIES:
+        stream = bus.subjects.stream(family)
+        for info in await bus.js.consumers_info(stream):
+            if info.num_pending or info.num_ack_pending:
+                return False
+    return True
+
+
+async def _md_progress(client: httpx.AsyncClient, child: Child) -> dict[str, Any] | None:
+    try:
+        r = await client.get(f"{child.url}/progress")
+    except httpx.HTTPError:
+        return None
+    return r.json() if r.status_code == 200 else None
+
+
+def _sessions(first_ts: int, last_ts: int) -> list[str]:
+    if not last_ts:
+        return []
+    a, b = session_of(first_ts) if first_ts else None, session_of(last_ts)
+    if b is None:
+        return []
+    return [d.isoformat() for d in sessions_between(a or b, b)]
+
+
+async def _exec_watermark(bus: Bus) -> int:
+    try:
+        msg = await bus.js.get_last_msg(bus.subjects.stream(sj.EXEC), bus.subjects.watermark("execution"))
+    except NotFoundError:
+        return 0  # nothing executed yet
+    return json.loads(msg.data)["bar_ts"]
+
+
+async def run(opts: UpOptions) -> int:
+    """Run keel up until Ctrl-C or, with exit_when_done, until the bounded feed has settled."""
+    opts.var.mkdir(parents=True, exist_ok=True)
+    (opts.var / "logs").mkdir(exist_ok=True)
+    nats_url, database_url, en, ep = _servers(opts)
+    prefix = opts.prefix or os.environ.get("KEEL_PREFIX", "keel")
+    cluster = Cluster(nats_url, database_url, prefix, os.environ.get("KEEL_SCHEMA_PREFIX", prefix), embedded_nats=en, embedded_pg=ep)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    bus: Bus | None = None
+    try:
+        await asyncio.to_thread(migrate, database_url, cluster.schema_prefix)
+        bus = await Bus.connect(nats_url, Subjects(prefix), service="keel-up")
+        await bus.provision()
+        keys = _exchange_keys(opts.var)
+        run_id = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S") + "-" + secrets.token_hex(3)
+        doc = await _write_manifest(cluster, opts, run_id)
+        env = _child_env(cluster, opts, keys)
+        start_counts = await control.counts(bus)
+        for name in SERVICES:
+            port = free_port()
+            child_env = dict(env, KEEL_API_PORT=str(port))
+            if name == "execution":
+                child_env["KEEL_EXEC_BASE_URL"] = cluster.children["exchange"].url
+            child = Child(name, port, child_env, opts.var / "logs" / f"{name}.log")
+            cluster.children[name] = child
+            child.start()
+            await _wait_ready(child)
+        _write_up_file(opts.var, cluster, keys, run_id)
+        return await _supervise(cluster, bus, opts, start_counts, doc, stop)
+    finally:
+        for name in reversed(SERVICES):
+            if name in cluster.children:
+                cluster.children[name].stop()
+        if bus is not None:
+            await bus.close()
+        (opts.var / "up.json").unlink(missing_ok=True)
+        if en is not None:
+            en.stop()
+        if ep is not None:
+            ep.stop()
+
+
+def _write_up_file(var: Path, cluster: Cluster, keys: dict[str, str], run_id: str) -> None:
+    doc = {
+        "run_id": run_id,
+        "pid": os.getpid(),
+        "prefix": cluster.prefix,
+        "schema_prefix": cluster.schema_prefix,
+        "nats_url": cluster.nats_url,
+        "database_url_redacted": _redact(cluster.database_url),
+        "services": {name: c.url for name, c in cluster.children.items()},
+        "exchange": {"base_url": cluster.children["exchange"].url, **keys},
+    }
+    path = var / "up.json"
+    path.write_text(json.dumps(doc, indent=2))
+    path.chmod(0o600)
+
+
+async def _supervise(cluster: Cluster, bus: Bus, opts: UpOptions, start_counts: dict[str, int], doc: dict[str, Any], stop: asyncio.Event) -> int:
+    md = cluster.children["marketdata"]
+    first_ts = 0
+    settled_checks = 0
+    async with httpx.AsyncClient(timeout=1.0) as client:
+        while not stop.is_set():
+            for child in cluster.children.values():
+                assert child.process is not None
+                if child.process.poll() is not None:
+                    child.restarts += 1
+                    _line(opts, f"{child.name} exited with {child.process.returncode}; restarting (restart {child.restarts})", newline=True)
+                    child.start()
+            progress = await _md_progress(client, md)
+            now_counts = await control.counts(bus)
+            delta = {k: now_counts[k] - start_counts.get(k, 0) for k in now_counts}
+            halt = await bus.halt_state()
+            if progress and progress["emitted_this_run"] and not first_ts:
+                first_ts = progress["last_ts"]
+            _line(opts, _progress_text(progress, delta, halt))
+            if opts.exit_when_done and progress and progress["done"]:
+                if await _exec_watermark(bus) >= progress["last_ts"] and await _consumers_idle(bus):
+                    settled_checks += 1
+                else:
+                    settled_checks = 0
+                if settled_checks >= 3:
+                    summary = {
+                        "run_id": doc["run_id"],
+                        "bars": delta["bars"],
+                        "bar_timestamps": progress["emitted_this_run"],
+                        "intents": delta["intents"],
+                        "orders": delta["orders"],
+                        "fills": delta["fills"],
+                        "partial_fills": delta["partial_fills"],
+                        "rejects": delta["rejects"] + delta["submit_failed"],
+                        "halts": int(bool(halt and halt.halted)),
+                        "tca_records": delta["tca_records"],
+                        "dead_letters": delta["dead_letters"],
+                        "restarts": {n: c.restarts for n, c in cluster.children.items() if c.restarts},
+                        "sessions": _sessions(first_ts, progress["last_ts"]),
+                        "config_sha256": doc["config_sha256"],
+                    }
+                    _line(opts, "", newline=True)
+                    print(json.dumps(summary), flush=True)
+                    return 0
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=0.5)
+            except TimeoutError:
+                continue
+    _line(opts, "stopping", newline=True)
+    return 0
+
+
+def _progress_text(progress: dict[str, Any] | None, d: dict[str, int], halt: Any) -> str:
+    session = progress["session"] if progress else "-"
+    halted = f"HALTED ({halt.reason})" if halt is not None and halt.halted else "trading"
+    return (
+        f"{session} bars {d['bars']} intents {d['intents']} orders {d['orders']} "
+        f"fills {d['fills'] + d['partial_fills']} rejects {d['rejects'] + d['submit_failed']} "
+        f"alerts {d['alerts']} | {halted}"
+    )
+
+
+def _line(opts: UpOptions, text: str, *, newline: bool = False) -> None:
+    if opts.quiet:
+        if newline and text:
+            print(text, file=sys.stderr, flush=True)
+        return
+    end = "\n" if newline else ""
+    print(f"\r\x1b[2K{text}", end=end, file=sys.stderr, flush=True)

@@ -1,0 +1,215 @@
+"""Typed, frozen process configuration from `KEEL_*` environment and an optional file.
+
+Every process loads the common keys plus its own service section. Keys are checked at start:
+a `KEEL_*` key no section knows, a key set differently in the environment and the file, a bad
+value, or the legacy overloaded `TRADING_MODE` stop the process with a message naming the key.
+EXECUTION_MODE and TRADING_PROFILE are separate settings and nothing writes one into the other
+(seed 000 §G).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tomllib
+import typing
+from collections.abc import Mapping
+from decimal import Decimal
+from pathlib import Path
+from typing import Literal
+
+import msgspec
+
+ExecutionMode = Literal["paper", "live", "replay"]
+TradingProfile = Literal["conservative", "balanced", "aggressive"]
+
+ENV_PREFIX = "KEEL_"
+CONFIG_FILE_KEY = "KEEL_CONFIG_FILE"
+# seed 000 §G: TRADING_MODE meant both paper/live and the risk profile; refuse it outright.
+FORBIDDEN_KEYS = {
+    "TRADING_MODE": "TRADING_MODE is ambiguous; set EXECUTION_MODE (paper|live|replay) "
+    "and TRADING_PROFILE (conservative|balanced|aggressive) instead",
+}
+# bare aliases accepted for the two mode settings the seeds name without a prefix
+BARE_ALIASES = {"EXECUTION_MODE": "KEEL_EXECUTION_MODE", "TRADING_PROFILE": "KEEL_TRADING_PROFILE"}
+SECRET_MARKERS = ("SECRET", "PASSWORD", "TOKEN", "API_KEY", "_KEY_ID")
+
+
+class ConfigError(Exception):
+    """A configuration key is unknown, conflicting or invalid; the message names it."""
+
+
+class CommonConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Keys every process reads (env `KEEL_<FIELD>`)."""
+
+    execution_mode: ExecutionMode = "paper"
+    trading_profile: TradingProfile = "conservative"
+    nats_url: str = ""
+    database_url: str = ""
+    prefix: str = "keel"
+    schema_prefix: str = "keel"
+    api_host: str = "127.0.0.1"
+    api_port: int = 0
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    heartbeat_sec: float = 1.0
+    instance: str = ""
+    seed: int = 42
+    config_file: str = ""
+
+
+class Section(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Base of a service's own keys; subclasses set `env_prefix` (e.g. `KEEL_OMS_`)."""
+
+
+# every service section registers its env prefix here so other processes can tell a key that
+# belongs to a sibling service from a typo
+SECTION_PREFIXES = (
+    "KEEL_MD_",
+    "KEEL_SIGNAL_",
+    "KEEL_RISK_",
+    "KEEL_OMS_",
+    "KEEL_EXEC_",
+    "KEEL_TCA_",
+    "KEEL_ALERTS_",
+    "KEEL_EXCHANGE_",
+    "KEEL_UP_",
+)
+
+
+class Loaded(msgspec.Struct, frozen=True, kw_only=True):
+    """A process's effective configuration and its fingerprint."""
+
+    common: CommonConfig
+    section: msgspec.Struct | None
+    redacted: dict[str, object]
+    sha256: str
+
+
+def _is_secret(key: str) -> bool:
+    return any(marker in key.upper() for marker in SECRET_MARKERS)
+
+
+def _redact_value(key: str, value: object) -> object:
+    if _is_secret(key) and value not in ("", None):
+        return "***"
+    if isinstance(value, str) and "://" in value and "@" in value:
+        # a URL with credentials: keep scheme and host, drop user:password
+        scheme, rest = value.split("://", 1)
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return value
+
+
+def _fields(typ: type[msgspec.Struct]) -> dict[str, object]:
+    hints = typing.get_type_hints(typ)
+    return {name: hints[name] for name in typ.__struct_fields__}
+
+
+def _coerce(raw: str, hint: object) -> object:
+    origin = typing.get_origin(hint)
+    if origin is tuple:
+        return [part.strip() for part in raw.split(",") if part.strip()]
+    return raw
+
+
+def _read_file(path: str) -> dict[str, str]:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{CONFIG_FILE_KEY}: expected a readable TOML file, was {path!r}")
+    try:
+        data = tomllib.loads(p.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{CONFIG_FILE_KEY}: {path} is not valid TOML: {e}") from e
+    out: dict[str, str] = {}
+    for key, value in data.items():
+        if not isinstance(value, str | int | float | bool):
+            raise ConfigError(f"{key}: expected a scalar in {path}, was {type(value).__name__}")
+        text = str(value).lower() if isinstance(value, bool) else str(value)
+        out[key.upper() if key.upper().startswith(ENV_PREFIX) else ENV_PREFIX + key.upper()] = text
+    return out
+
+
+def _gather(env: Mapping[str, str]) -> dict[str, str]:
+    for key, message in FORBIDDEN_KEYS.items():
+        if key in env:
+            raise ConfigError(f"{key}: {message}")
+    merged: dict[str, str] = {k: v for k, v in env.items() if k.startswith(ENV_PREFIX)}
+    for bare, full in BARE_ALIASES.items():
+        if bare in env:
+            if full in merged and merged[full] != env[bare]:
+                raise ConfigError(
+                    f"{bare}: conflicts with {full} ({env[bare]!r} vs {merged[full]!r})"
+                )
+            merged[full] = env[bare]
+    file_path = merged.get(CONFIG_FILE_KEY, "")
+    if file_path:
+        for key, value in _read_file(file_path).items():
+            if key in merged and merged[key] != value:
+                raise ConfigError(
+                    f"{key}: set to {merged[key]!r} in the environment and {value!r} in {file_path}"
+                )
+            merged[key] = value
+    return merged
+
+
+def _build(typ: type[msgspec.Struct], prefix: str, values: Mapping[str, str]) -> msgspec.Struct:
+    fields = _fields(typ)
+    raw: dict[str, object] = {}
+    for name, hint in fields.items():
+        key = prefix + name.upper()
+        if key in values:
+            raw[name] = _coerce(values[key], hint)
+    try:
+        return msgspec.convert(raw, typ, strict=False)
+    except msgspec.ValidationError as e:
+        # msgspec says "at `$.field`": name the env key instead
+        text = str(e)
+        for name in fields:
+            if f"$.{name}`" in text or text.endswith(f"$.{name}"):
+                raise ConfigError(f"{prefix}{name.upper()}: {text}") from e
+        raise ConfigError(text) from e
+
+
+def load(
+    section: type[Section] | None = None,
+    *,
+    section_prefix: str = "",
+    env: Mapping[str, str] | None = None,
+) -> Loaded:
+    """Load common keys and one service section; raise ConfigError naming any bad key."""
+    values = _gather(os.environ if env is None else env)
+    common_keys = {ENV_PREFIX + name.upper() for name in CommonConfig.__struct_fields__}
+    own_keys = (
+        {section_prefix + name.upper() for name in section.__struct_fields__} if section else set()
+    )
+    for key in sorted(values):
+        if key in common_keys or key in own_keys:
+            continue
+        if section_prefix and key.startswith(section_prefix):
+            raise ConfigError(f"{key}: unknown key for this service (known: {sorted(own_keys)})")
+        if any(key.startswith(p) for p in SECTION_PREFIXES):
+            continue  # a sibling service's key
+        raise ConfigError(f"{key}: unknown configuration key")
+    common = typing.cast(CommonConfig, _build(CommonConfig, ENV_PREFIX, values))
+    sect = _build(section, section_prefix, values) if section else None
+    redacted: dict[str, object] = {}
+    for prefix, obj in ((ENV_PREFIX, common), (section_prefix, sect)):
+        if obj is None:
+            continue
+        for name, value in msgspec.to_builtins(obj).items():
+            key = prefix + name.upper()
+            redacted[key] = _redact_value(key, value)
+    digest = hashlib.sha256(json.dumps(redacted, sort_keys=True, default=str).encode()).hexdigest()
+    return Loaded(common=common, section=sect, redacted=redacted, sha256=digest)
+
+
+__all__ = [
+    "CommonConfig",
+    "ConfigError",
+    "Decimal",
+    "ExecutionMode",
+    "Loaded",
+    "Section",
+    "TradingProfile",
+    "load",
+]

@@ -1,0 +1,1 @@
+"""Wire contracts: versioned msgspec events, commands, subjects and the codec."""

@@ -1,0 +1,89 @@
+"""Execution family: what the broker did with an order."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from libs.contracts.base import ClientOrderId, Event, IntentId, Price, Shares, Side, Symbol
+
+
+class _OrderEvent(Event, kw_only=True):
+    intent_id: IntentId
+    client_order_id: ClientOrderId
+    symbol: Symbol
+    side: Side
+
+
+class OrderSubmitted(_OrderEvent, kw_only=True, tag="exec.order_submitted.v1"):
+    """Execution handed the order to the broker (before its answer)."""
+
+    qty: Shares
+    broker: str
+
+
+class OrderAccepted(_OrderEvent, kw_only=True, tag="exec.order_accepted.v1"):
+    """The broker acknowledged the order."""
+
+    broker_order_id: str
+    broker_status: str
+
+
+class _FillEvent(_OrderEvent, kw_only=True):
+    broker_order_id: str
+    execution_id: str
+    last_qty: Shares
+    last_px: Price
+    cum_qty: Shares
+    avg_px: Price
+    leaves_qty: int
+    fee: Decimal = Decimal(0)
+
+
+class OrderPartiallyFilled(_FillEvent, kw_only=True, tag="exec.order_partially_filled.v1"):
+    """Part of the order filled; leaves_qty remains working."""
+
+
+class OrderFilled(_FillEvent, kw_only=True, tag="exec.order_filled.v1"):
+    """The order is completely filled."""
+
+
+class OrderCanceled(_OrderEvent, kw_only=True, tag="exec.order_canceled.v1"):
+    """The order was canceled; cum_qty filled before the cancel."""
+
+    broker_order_id: str
+    cum_qty: int = 0
+
+
+class OrderRejected(_OrderEvent, kw_only=True, tag="exec.order_rejected.v1"):
+    """The broker refused the order."""
+
+    reason: str
+    code: str = ""
+    broker_order_id: str = ""
+
+
+class OrderExpired(_OrderEvent, kw_only=True, tag="exec.order_expired.v1"):
+    """The order's time in force ran out."""
+
+    broker_order_id: str
+    cum_qty: int = 0
+
+
+class SubmitFailed(_OrderEvent, kw_only=True, tag="exec.submit_failed.v1"):
+    """The submit failed before the broker could decide; error fields name the category."""
+
+    category: str
+    reason_code: str
+    message: str
+
+
+ExecutionEvent = (
+    OrderSubmitted
+    | OrderAccepted
+    | OrderPartiallyFilled
+    | OrderFilled
+    | OrderCanceled
+    | OrderRejected
+    | OrderExpired
+    | SubmitFailed
+)

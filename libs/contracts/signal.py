@@ -1,0 +1,24 @@
+"""Signal family: per-sleeve target positions."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from libs.contracts.base import Event, NanoTime, Price, SignedShares, Symbol
+
+
+class TargetProposed(Event, kw_only=True, tag="signal.target_proposed.v1"):
+    """A sleeve wants to hold target_shares of symbol as of the bar at bar_ts."""
+
+    sleeve: str
+    symbol: Symbol
+    target_shares: SignedShares
+    reference_price: Price
+    bar_ts: NanoTime
+    score: Decimal = Decimal(0)
+    horizon: str = "1m"
+    signal_hash: str = ""
+    session: str = ""  # XNYS session date of the bar, YYYY-MM-DD
+
+
+SignalEvent = TargetProposed

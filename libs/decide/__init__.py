@@ -1,0 +1,44 @@
+"""Pure helpers shared by every service's handlers: the handler context and watermarks.
+
+Nothing here does I/O, reads a clock or draws randomness (STYLE 4-6).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from libs.contracts.base import Event, derive_id
+from libs.contracts.ops import Watermark
+
+
+@dataclass(frozen=True, slots=True)
+class Ctx:
+    """What a pure handler may know besides state and event: time, config, its own name."""
+
+    now_ns: int
+    service: str
+    config: Any
+    config_sha256: str
+
+
+def forward_watermark(last_bar_ts: int, wm: Watermark, ctx: Ctx) -> tuple[int, list[Event]]:
+    """Re-emit an upstream watermark as this service's own, once everything before it is done.
+
+    A service consumes its upstream stream in order, so when the upstream watermark for bar t
+    arrives every event of bar t has been handled; emitting our own tells the next hop (and the
+    feed's lockstep) the same about us.
+    """
+    if wm.bar_ts < last_bar_ts:
+        return last_bar_ts, []
+    out = Watermark(
+        event_id=derive_id("ops.watermark.v1", ctx.service, wm.bar_ts, wm.final),
+        correlation_id=wm.correlation_id,
+        causation_id=wm.event_id,
+        ts_event=wm.ts_event,
+        ts_init=ctx.now_ns,
+        source=ctx.service,
+        bar_ts=wm.bar_ts,
+        final=wm.final,
+    )
+    return wm.bar_ts, [out]

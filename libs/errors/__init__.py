@@ -1,0 +1,167 @@
+"""Error taxonomy: every failure is classified once, at the boundary, into a category and action.
+
+This is the first cut (issue 2). Dependency breakers, bounded retries and rate limits land on
+top of `classify_exception` later (seed 000 §B).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import socket
+
+import msgspec
+
+
+class ErrorCategory(enum.Enum):
+    """What kind of failure this is."""
+
+    TRANSIENT_NETWORK = "TRANSIENT_NETWORK"
+    RATE_LIMIT = "RATE_LIMIT"
+    AUTH = "AUTH"
+    BAD_DATA = "BAD_DATA"
+    PROVIDER_SCHEMA = "PROVIDER_SCHEMA"
+    ORDER_REJECTED = "ORDER_REJECTED"
+    BROKER_STATE = "BROKER_STATE"
+    INVARIANT_VIOLATION = "INVARIANT_VIOLATION"
+    PROGRAMMING_ERROR = "PROGRAMMING_ERROR"
+    UNKNOWN = "UNKNOWN"
+
+
+class ErrorScope(enum.Enum):
+    """How much of the system the failure affects."""
+
+    SYMBOL = "SYMBOL"
+    PROVIDER = "PROVIDER"
+    GLOBAL = "GLOBAL"
+
+
+class ErrorAction(enum.Enum):
+    """What keel does about it."""
+
+    RETRY = "RETRY"
+    SKIP_SYMBOL = "SKIP_SYMBOL"
+    DISABLE_PROVIDER = "DISABLE_PROVIDER"
+    HALT_TRADING = "HALT_TRADING"
+
+
+class ErrorInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """A classified failure."""
+
+    category: ErrorCategory
+    scope: ErrorScope
+    action: ErrorAction
+    retryable: bool
+    dependency: str
+    reason_code: str
+    details: dict[str, str] = {}
+
+
+class KeelError(Exception):
+    """Base of keel's own exceptions."""
+
+
+class DependencyUnavailable(KeelError):
+    """A required dependency is missing or unreachable at start (the runtime contract)."""
+
+
+class InvariantViolation(KeelError):
+    """A value the decision path relies on is impossible (NaN, negative price, ...)."""
+
+
+def _http_status(exc: BaseException) -> int | None:
+    # alpaca-py APIError exposes status_code; httpx/requests errors carry a response
+    status = getattr(exc, "status_code", None)
+    if isinstance(status, int):
+        return status
+    response = getattr(exc, "response", None)
+    code = getattr(response, "status_code", None)
+    return code if isinstance(code, int) else None
+
+
+def _is_network(exc: BaseException) -> bool:
+    import asyncpg
+    import httpx
+    import nats.errors
+    import requests
+
+    network = (
+        ConnectionError,
+        TimeoutError,
+        asyncio.TimeoutError,
+        socket.gaierror,
+        asyncpg.PostgresConnectionError,
+        asyncpg.InterfaceError,
+        asyncpg.exceptions.SerializationError,
+        asyncpg.exceptions.DeadlockDetectedError,
+        asyncpg.exceptions.CannotConnectNowError,
+        asyncpg.exceptions.TooManyConnectionsError,
+        nats.errors.TimeoutError,
+        nats.errors.ConnectionClosedError,
+        nats.errors.NoServersError,
+        nats.errors.NoRespondersError,
+        requests.ConnectionError,
+        requests.Timeout,
+        httpx.TransportError,
+    )
+    return isinstance(exc, network) or (isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError))
+
+
+def classify_exception(
+    exc: BaseException, *, dependency: str, symbol: str | None = None, sleeve: str | None = None
+) -> ErrorInfo:
+    """Classify an exception into category, scope and action (seed 000 §B)."""
+    details = {"type": type(exc).__name__, "message": str(exc)[:300]}
+    if symbol:
+        details["symbol"] = symbol
+    if sleeve:
+        details["sleeve"] = sleeve
+
+    def info(cat: ErrorCategory, scope: ErrorScope, action: ErrorAction, reason: str) -> ErrorInfo:
+        return ErrorInfo(
+            category=cat,
+            scope=scope,
+            action=action,
+            retryable=action is ErrorAction.RETRY,
+            dependency=dependency,
+            reason_code=reason,
+            details=details,
+        )
+
+    status = _http_status(exc)
+    if status is not None:
+        details["status"] = str(status)
+        if status in (401, 403):
+            return info(ErrorCategory.AUTH, ErrorScope.GLOBAL, ErrorAction.HALT_TRADING, "AUTH_HALT")
+        if status == 429:
+            return info(
+                ErrorCategory.RATE_LIMIT, ErrorScope.PROVIDER, ErrorAction.RETRY, "RATE_LIMIT_RETRY"
+            )
+        if status >= 500:
+            return info(
+                ErrorCategory.TRANSIENT_NETWORK, ErrorScope.PROVIDER, ErrorAction.RETRY, "NET_RETRY"
+            )
+        if status == 422 or 400 <= status < 500:
+            return info(
+                ErrorCategory.ORDER_REJECTED, ErrorScope.SYMBOL, ErrorAction.SKIP_SYMBOL, "ORDER_REJECTED"
+            )
+    if isinstance(exc, msgspec.ValidationError | msgspec.DecodeError):
+        return info(ErrorCategory.BAD_DATA, ErrorScope.SYMBOL, ErrorAction.SKIP_SYMBOL, "BAD_DATA")
+    if isinstance(exc, InvariantViolation):
+        return info(
+            ErrorCategory.INVARIANT_VIOLATION, ErrorScope.GLOBAL, ErrorAction.HALT_TRADING, "INVARIANT_HALT"
+        )
+    if _is_network(exc):
+        return info(
+            ErrorCategory.TRANSIENT_NETWORK, ErrorScope.PROVIDER, ErrorAction.RETRY, "NET_RETRY"
+        )
+    if isinstance(exc, TypeError | KeyError | AttributeError | AssertionError):
+        return info(
+            ErrorCategory.PROGRAMMING_ERROR, ErrorScope.GLOBAL, ErrorAction.HALT_TRADING, "PROGRAMMING_HALT"
+        )
+    return info(ErrorCategory.UNKNOWN, ErrorScope.GLOBAL, ErrorAction.HALT_TRADING, "UNKNOWN_HALT")
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Return True when retrying the same work later may succeed."""
+    return classify_exception(exc, dependency="").retryable

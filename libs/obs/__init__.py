@@ -1,0 +1,1 @@
+"""Observability: structured JSON logs, OpenTelemetry trace propagation, Prometheus metrics."""

@@ -1,0 +1,1 @@
+"""Service runtime: the composition pieces every keel service shares."""

@@ -1,0 +1,175 @@
+"""Apply consumed batches to a pure core atomically: tracking + state + outbox in one transaction.
+
+`step(state, payload, ctx) -> (state, events)` is the service's pure decision (STYLE 5). The
+processor owns everything impure around it: the transaction, tracking rows (STYLE 19), the
+state snapshot, the outbox rows and a trace span per message whose context rides on every
+event the message caused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Generic, TypeVar
+
+import msgspec
+
+from libs.bus import Bus, Inbound
+from libs.contracts import subjects as sj
+from libs.contracts.base import Event
+from libs.contracts.codec import encode
+from libs.db import Store, UnitOfWork
+from libs.decide import Ctx
+from libs.obs import tracing
+from libs.obs.metrics import Metrics
+from libs.runtime.clock import Clock
+
+log = logging.getLogger(__name__)
+
+S = TypeVar("S")
+
+
+Step = Callable[[S, object, Ctx], tuple[S, Sequence[Event]]]
+Project = Callable[[UnitOfWork, S, S, object, Sequence[Event]], Awaitable[None]]
+
+
+class OutboxRelay:
+    """Publish committed outbox rows in order; Nats-Msg-Id makes a re-publish harmless."""
+
+    def __init__(self, bus: Bus, store: Store, metrics: Metrics | None = None) -> None:
+        self.bus = bus
+        self.store = store
+        self.metrics = metrics
+        self._kick = asyncio.Event()
+        self._lock = asyncio.Lock()
+
+    def kick(self) -> None:
+        """Ask the relay to publish now."""
+        self._kick.set()
+
+    async def flush(self) -> int:
+        """Publish every pending row; return how many were published."""
+        total = 0
+        async with self._lock:
+            while rows := await self.store.pending_outbox(1000):
+                futures = []
+                for row in rows:
+                    headers = json.loads(row["headers"])
+                    headers[sj.H_EMITTED_AT] = str(time.time_ns())
+                    futures.append(await self.bus.publish_encoded(row["subject"], row["data"], headers))
+                await asyncio.gather(*futures)
+                await self.store.mark_published([row["id"] for row in rows])
+                total += len(rows)
+                if self.metrics:
+                    self.metrics.published.labels(self.metrics.service).inc(len(rows))
+        return total
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Flush on every kick, and every half second in case a kick was missed."""
+        while not stop.is_set():
+            await self.flush()
+            try:
+                await asyncio.wait_for(self._kick.wait(), timeout=0.5)
+            except TimeoutError:
+                continue
+            self._kick.clear()
+
+
+class Processor(Generic[S]):
+    """Holds a service's state and applies batches to it through a pure step."""
+
+    def __init__(
+        self,
+        *,
+        service: str,
+        store: Store,
+        relay: OutboxRelay,
+        bus: Bus,
+        clock: Clock,
+        config: Any,
+        config_sha256: str,
+        state: S,
+        state_type: type[S],
+        metrics: Metrics | None = None,
+        project: Project[S] | None = None,
+        snapshot_name: str = "state",
+    ) -> None:
+        self.service = service
+        self.store = store
+        self.relay = relay
+        self.bus = bus
+        self.clock = clock
+        self.config = config
+        self.config_sha256 = config_sha256
+        self.state = state
+        self.state_type = state_type
+        self.metrics = metrics
+        self.project = project
+        self.snapshot_name = snapshot_name
+        self.lock = asyncio.Lock()
+        self._decoder = msgspec.json.Decoder(state_type)
+
+    async def restore(self) -> None:
+        """Load the last committed snapshot, if any."""
+        data = await self.store.load_snapshot(self.snapshot_name)
+        if data is not None:
+            self.state = self._decoder.decode(data)
+
+    def ctx(self) -> Ctx:
+        """Build the context for one handler call."""
+        return Ctx(
+            now_ns=self.clock.now_ns(),
+            service=self.service,
+            config=self.config,
+            config_sha256=self.config_sha256,
+        )
+
+    def rows_for(self, events: Sequence[Event]) -> list[tuple[str, str, bytes, dict[str, str]]]:
+        """Encode events as outbox rows carrying the current trace context."""
+        trace_headers = tracing.inject({})
+        return [
+            (e.event_id, self.bus.subjects.of(e), encode(e), {**trace_headers, sj.H_MSG_ID: e.event_id})
+            for e in events
+        ]
+
+    async def apply(self, consumer: str, batch: list[Inbound], step: Step[S]) -> None:
+        """Apply a batch atomically; already-applied messages are skipped."""
+        started = time.perf_counter()
+        async with self.lock:
+            async with self.store.unit() as uow:
+                fresh = await uow.track(consumer, [i.stream_seq for i in batch])
+                state = self.state
+                rows: list[tuple[str, str, bytes, dict[str, str]]] = []
+                for inbound in batch:
+                    if inbound.stream_seq not in fresh:
+                        if self.metrics:
+                            self.metrics.redelivered.labels(self.service, consumer).inc()
+                        continue
+                    with tracing.span(f"{consumer} {inbound.subject}", parent_headers=inbound.headers):
+                        new_state, events = step(state, inbound.payload, self.ctx())
+                        rows.extend(self.rows_for(events))
+                    if self.project is not None:
+                        await self.project(uow, state, new_state, inbound.payload, events)
+                    state = new_state
+                await uow.add_outbox(rows)
+                await uow.save_snapshot(self.snapshot_name, encode(state))  # type: ignore[arg-type]
+            self.state = state
+        if self.metrics:
+            self.metrics.batch_seconds.labels(self.service).observe(time.perf_counter() - started)
+        if rows:
+            self.relay.kick()
+
+    async def commit(self, fn: Callable[[S], tuple[S, Sequence[Event]]]) -> Sequence[Event]:
+        """Commit a state change and its events produced outside a consumed message (timers, I/O results)."""
+        async with self.lock:
+            state, events = fn(self.state)
+            async with self.store.unit() as uow:
+                await uow.add_outbox(self.rows_for(events))
+                await uow.save_snapshot(self.snapshot_name, encode(state))  # type: ignore[arg-type]
+            self.state = state
+        if events:
+            self.relay.kick()
+        return events

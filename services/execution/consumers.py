@@ -1,0 +1,79 @@
+"""NATS edge of execution: approved decisions become broker orders; operator cancel-all."""
+
+from __future__ import annotations
+
+import logging
+
+import msgspec
+
+from libs.bus import Bus, ConsumerSpec
+from libs.bus.consumer import Inbound, OnBatch
+from libs.contracts import subjects as sj
+from libs.contracts.control import CancelAllOrders, HaltTrading
+from libs.contracts.oms import OmsEvent, PretradeDecision
+from libs.contracts.ops import Watermark
+from libs.obs import tracing
+from libs.runtime.processor import Processor
+from services.execution import handlers
+from services.execution.broker import AlpacaBroker
+from services.oms.consumers import decode_control
+
+log = logging.getLogger(__name__)
+_decision_decoder = msgspec.json.Decoder(OmsEvent | Watermark)
+
+
+def consumers(bus: Bus, processor: Processor, broker: AlpacaBroker) -> list[tuple[ConsumerSpec, OnBatch]]:
+    """Return execution's durable consumers."""
+    subjects = bus.subjects
+    decisions = ConsumerSpec(
+        durable="execution-decisions",
+        family=sj.OMS,
+        filter_subject=subjects.family_wildcard(sj.OMS),
+        decode=lambda _s, data: _decision_decoder.decode(data),
+        batch=64,
+    )
+    control = ConsumerSpec(
+        durable="execution-control",
+        family=sj.CTL,
+        filter_subject=f"{subjects.prefix}.{sj.CTL}.>",
+        decode=decode_control,
+        batch=16,
+    )
+
+    async def submit_one(inbound: Inbound, d: PretradeDecision) -> None:
+        if await processor.store.is_tracked(decisions.durable, inbound.stream_seq):
+            return  # applied before a crash; the ack was lost
+        with tracing.span("execution submit", parent_headers=inbound.headers):
+            ctx = processor.ctx()
+            halt = await bus.halt_state()
+            if halt is not None and halt.halted:
+                refused = [handlers.blocked(d, "KILL_SWITCH_BLOCK", f"halted: {halt.reason}", ctx)]
+                await processor.apply(decisions.durable, [inbound], lambda s, _e, _c: (s, refused))
+                return
+            await processor.commit(lambda s: (s, [handlers.submitted(d, broker.name, ctx)]))
+            outcome = await broker.submit(d)
+            traceparent = tracing.inject({}).get(sj.H_TRACEPARENT, "")
+        await processor.apply(
+            decisions.durable, [inbound], lambda s, _e, c: handlers.on_outcome(s, d, outcome, traceparent, c)
+        )
+
+    async def on_decisions(batch: list[Inbound]) -> None:
+        # one at a time and in stream order: the OMS watermark must follow the submits before it
+        for inbound in batch:
+            ev = inbound.payload
+            if isinstance(ev, PretradeDecision) and ev.approved:
+                await submit_one(inbound, ev)
+            else:
+                await processor.apply(decisions.durable, [inbound], handlers.step)
+
+    async def on_control(batch: list[Inbound]) -> None:
+        for inbound in batch:
+            cmd = inbound.payload
+            if isinstance(cmd, CancelAllOrders) or (isinstance(cmd, HaltTrading) and cmd.cancel_all):
+                n = await broker.cancel_all()
+                log.warning("CANCEL_ALL_TRIGGERED", extra={"canceled": n, "subject": inbound.subject})
+                if processor.metrics:
+                    processor.metrics.decision("cancel_all", "CANCEL_ALL_TRIGGERED")
+            await processor.apply(control.durable, [inbound], lambda s, _e, _c: (s, []))
+
+    return [(decisions, on_decisions), (control, on_control)]

@@ -1,0 +1,191 @@
+"""Execution decisions (pure): what each broker answer and each polled order state means.
+
+The I/O (alpaca-py calls) happens in app.py; these functions only turn its results into
+events. Fills come from changes in cumulative filled quantity, identified by
+(broker order id, cumulative quantity), so a fill seen twice is reported once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from decimal import Decimal
+
+import msgspec
+
+from libs.contracts.base import Event, derive_id
+from libs.contracts.execution import (
+    OrderAccepted,
+    OrderCanceled,
+    OrderExpired,
+    OrderFilled,
+    OrderPartiallyFilled,
+    OrderRejected,
+    OrderSubmitted,
+    SubmitFailed,
+)
+from libs.contracts.oms import PretradeDecision
+from libs.contracts.ops import Watermark
+from libs.decide import Ctx, forward_watermark
+from services.execution import state as st
+
+_PX = Decimal("0.0001")
+UPSTREAM = "oms"
+
+
+class Accepted(msgspec.Struct, frozen=True, kw_only=True):
+    """The broker holds the order."""
+
+    order: st.BrokerOrder
+
+
+class Rejected(msgspec.Struct, frozen=True, kw_only=True):
+    """The broker refused the order."""
+
+    code: str
+    message: str
+
+
+class Failed(msgspec.Struct, frozen=True, kw_only=True):
+    """The submit failed and the broker provably does not hold the order."""
+
+    category: str
+    reason_code: str
+    message: str
+
+
+class Unknown(msgspec.Struct, frozen=True, kw_only=True):
+    """The outcome is not known (timeout, lost response): resolve by client_order_id later."""
+
+    message: str
+
+
+Outcome = Accepted | Rejected | Failed | Unknown
+
+
+def _envelope(name: str, d: PretradeDecision | st.ExecOrder, ts_event: int, ctx: Ctx, *parts: object) -> dict[str, object]:
+    cid = d.client_order_id
+    return {
+        "event_id": derive_id(f"exec.{name}.v1", cid, *parts),
+        "correlation_id": d.correlation_id,
+        "causation_id": getattr(d, "event_id", cid),
+        "ts_event": ts_event,
+        "ts_init": ctx.now_ns,
+        "intent_id": d.intent_id,
+        "client_order_id": cid,
+        "symbol": d.symbol,
+        "side": d.side,
+    }
+
+
+def submitted(d: PretradeDecision, broker: str, ctx: Ctx) -> OrderSubmitted:
+    """Report the hand-off to the broker, before its answer."""
+    return OrderSubmitted(**_envelope("order_submitted", d, d.ts_event, ctx), qty=d.qty, broker=broker)  # type: ignore[arg-type]
+
+
+def blocked(d: PretradeDecision, reason_code: str, message: str, ctx: Ctx) -> SubmitFailed:
+    """Refuse to submit an approved order (e.g. the halt flag went up after approval)."""
+    return SubmitFailed(
+        **_envelope("submit_failed", d, d.ts_event, ctx),  # type: ignore[arg-type]
+        category="BROKER_STATE",
+        reason_code=reason_code,
+        message=message,
+    )
+
+
+def on_outcome(state: st.ExecState, d: PretradeDecision, outcome: Outcome, traceparent: str, ctx: Ctx) -> tuple[st.ExecState, list[Event]]:
+    """Record the broker's answer to a submit."""
+    if isinstance(outcome, Rejected):
+        ev = OrderRejected(**_envelope("order_rejected", d, d.ts_event, ctx), reason=outcome.message, code=outcome.code)  # type: ignore[arg-type]
+        return state, [ev]
+    if isinstance(outcome, Failed):
+        ev = SubmitFailed(
+            **_envelope("submit_failed", d, d.ts_event, ctx),  # type: ignore[arg-type]
+            category=outcome.category,
+            reason_code=outcome.reason_code,
+            message=outcome.message,
+        )
+        return state, [ev]
+    order = st.ExecOrder(
+        intent_id=d.intent_id,
+        client_order_id=d.client_order_id,
+        symbol=d.symbol,
+        side=d.side,
+        qty=d.qty,
+        correlation_id=d.correlation_id,
+        traceparent=traceparent,
+    )
+    state = msgspec.structs.replace(state, orders={**state.orders, d.client_order_id: order})
+    if isinstance(outcome, Unknown):
+        return state, []
+    return on_broker_order(state, d.client_order_id, outcome.order, ctx)
+
+
+def on_broker_order(state: st.ExecState, cid: str, bo: st.BrokerOrder | None, ctx: Ctx) -> tuple[st.ExecState, list[Event]]:
+    """Compare a polled broker order with what was reported; report the difference."""
+    order = state.orders.get(cid)
+    if order is None:
+        return state, []
+    if bo is None:
+        if order.broker_status != st.UNRESOLVED:
+            return state, []  # a known order vanished from one listing; the next poll decides
+        ev = SubmitFailed(
+            **_envelope("submit_failed", order, order_ts(order, None, ctx), ctx),  # type: ignore[arg-type]
+            category="TRANSIENT_NETWORK",
+            reason_code="SUBMIT_NOT_ACCEPTED",
+            message="the broker has no order with this client_order_id",
+        )
+        return _without(state, cid), [ev]
+    events: list[Event] = []
+    ts = order_ts(order, bo, ctx)
+    if order.broker_status == st.UNRESOLVED:
+        events.append(OrderAccepted(**_envelope("order_accepted", order, ts, ctx), broker_order_id=bo.id, broker_status=bo.status))  # type: ignore[arg-type]
+    kind = st.ALPACA_STATUS.get(bo.status, st.WORKING)
+    if bo.filled_qty > order.cum_qty and bo.filled_avg_price is not None:
+        last_qty = bo.filled_qty - order.cum_qty
+        last_px = ((bo.filled_avg_price * bo.filled_qty - order.avg_px * order.cum_qty) / last_qty).quantize(_PX)
+        fill_cls = OrderFilled if bo.filled_qty >= order.qty else OrderPartiallyFilled
+        events.append(
+            fill_cls(
+                **_envelope("fill", order, ts, ctx, bo.filled_qty),  # type: ignore[arg-type]
+                broker_order_id=bo.id,
+                execution_id=derive_id("execution", bo.id, bo.filled_qty),
+                last_qty=last_qty,
+                last_px=last_px,
+                cum_qty=bo.filled_qty,
+                avg_px=bo.filled_avg_price,
+                leaves_qty=max(order.qty - bo.filled_qty, 0),
+            )
+        )
+    if kind == st.CANCELED:
+        events.append(OrderCanceled(**_envelope("order_canceled", order, ts, ctx), broker_order_id=bo.id, cum_qty=bo.filled_qty))  # type: ignore[arg-type]
+    elif kind == st.EXPIRED:
+        events.append(OrderExpired(**_envelope("order_expired", order, ts, ctx), broker_order_id=bo.id, cum_qty=bo.filled_qty))  # type: ignore[arg-type]
+    elif kind == st.REJECTED:
+        events.append(OrderRejected(**_envelope("order_rejected", order, ts, ctx), reason=f"broker status {bo.status}", broker_order_id=bo.id))  # type: ignore[arg-type]
+    if kind != st.WORKING and (kind != st.FILLED or bo.filled_qty >= order.qty):
+        return _without(state, cid), events
+    updated = msgspec.structs.replace(
+        order,
+        broker_order_id=bo.id,
+        broker_status=bo.status,
+        cum_qty=max(order.cum_qty, bo.filled_qty),
+        avg_px=bo.filled_avg_price if bo.filled_avg_price is not None else order.avg_px,
+    )
+    return msgspec.structs.replace(state, orders={**state.orders, cid: updated}), events
+
+
+def order_ts(order: st.ExecOrder, bo: st.BrokerOrder | None, ctx: Ctx) -> int:
+    """Event time of a report: the broker's update time, else the time it was observed."""
+    return bo.updated_at_ns if bo is not None and bo.updated_at_ns else ctx.now_ns
+
+
+def _without(state: st.ExecState, cid: str) -> st.ExecState:
+    return msgspec.structs.replace(state, orders={k: v for k, v in state.orders.items() if k != cid})
+
+
+def step(state: st.ExecState, event: object, ctx: Ctx) -> tuple[st.ExecState, Sequence[Event]]:
+    """Handle the OMS-stream messages that need no broker call (watermarks, denials)."""
+    if isinstance(event, Watermark) and event.source == UPSTREAM:
+        last, events = forward_watermark(state.last_watermark, event, ctx)
+        return msgspec.structs.replace(state, last_watermark=last), events
+    return state, []

@@ -1,0 +1,92 @@
+"""Composition root of marketdata (STYLE 2): the feed loop, lockstep and views.
+
+Each bar timestamp is committed as one unit (all symbols' bars, the watermark and the feed
+state, through the outbox), so a crash never emits half a timestamp or the same one twice.
+With `wait_for` set, the next timestamp is released only when that service's watermark shows
+everything of the previous one is done (DESIGN: lockstep) - no sleep-based pacing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import msgspec
+from fastapi import APIRouter
+
+from libs.contracts.marketdata import BarClosed
+from libs.contracts.ops import Watermark
+from libs.runtime.processor import Processor
+from libs.runtime.runner import Deps, Service, processor_for
+from services.marketdata import api, feeds, handlers
+from services.marketdata.config import MdConfig
+from services.marketdata.consumers import WatermarkWatch
+from services.marketdata.state import FeedState
+
+log = logging.getLogger(__name__)
+
+
+class Progress:
+    """What this run of the feed has done (for `keel up` progress and exit-when-done)."""
+
+    def __init__(self) -> None:
+        self.emitted_this_run = 0
+        self.done = False
+
+
+async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
+    try:
+        await asyncio.wait_for(stop.wait(), timeout=seconds)
+    except TimeoutError:
+        return  # paced: the next bar is due
+
+
+async def feed(deps: Deps, processor: Processor, watch: WatermarkWatch | None, progress: Progress, stop: asyncio.Event) -> None:
+    """Emit bar timestamps until the configured minutes are done (or forever)."""
+    cfg: MdConfig = deps.section
+    run_cfg = msgspec.structs.replace(cfg, minutes=processor.state.emitted + cfg.minutes) if cfg.minutes else cfg
+    timeout = cfg.watermark_timeout_sec or None
+    speed = cfg.speed_multiplier
+    file_groups = feeds.file_feed(cfg.file_path, processor.ctx()) if cfg.feed == "file" else None
+    while not stop.is_set():
+        state: FeedState = processor.state
+        if watch is not None and state.last_ts and not await watch.wait_until(state.last_ts, timeout):
+            log.warning("watermark timeout; releasing the next bar anyway", extra={"waiting_for": cfg.wait_for, "bar_ts": state.last_ts})
+        if file_groups is not None:
+            group = next((g for g in file_groups if g[1].bar_ts > state.last_ts), None)
+            if group is None or (cfg.minutes and progress.emitted_this_run >= cfg.minutes):
+                break
+            bars, wm = group
+
+            def advance(s: FeedState, bars: list[BarClosed] = bars, wm: Watermark = wm) -> tuple[FeedState, list]:
+                new = msgspec.structs.replace(s, last_ts=wm.bar_ts, session=bars[0].session if bars else s.session, emitted=s.emitted + 1)
+                return new, [*bars, wm]
+        else:
+            ts = handlers.next_timestamp(state, run_cfg)
+            if ts is None:
+                break
+            ctx = processor.ctx()
+
+            def advance(s: FeedState, ts: int = ts, ctx=ctx) -> tuple[FeedState, list]:  # type: ignore[no-untyped-def]
+                new, bars, wm = handlers.bars_for(s, ts, run_cfg, ctx)
+                return new, [*bars, wm]
+
+        await processor.commit(advance)
+        progress.emitted_this_run += 1
+        if speed is not None:
+            await _sleep_or_stop(stop, 60.0 / speed)
+    progress.done = True
+    log.info("feed finished", extra={"emitted_this_run": progress.emitted_this_run, "last_ts": processor.state.last_ts})
+    await stop.wait()
+
+
+async def build(deps: Deps) -> Service:
+    """Wire the feed to its state, lockstep watch and views."""
+    cfg: MdConfig = deps.section
+    processor = await processor_for(deps, FeedState())
+    watch = WatermarkWatch(deps.bus, cfg.wait_for) if cfg.wait_for else None
+    if watch is not None:
+        await watch.start()
+    progress = Progress()
+    router: APIRouter = api.router(processor, progress)
+    return Service(tasks=[lambda stop: feed(deps, processor, watch, progress, stop)], router=router)

@@ -1,0 +1,73 @@
+"""Marketdata's own configuration keys (env `KEEL_MD_<FIELD>`)."""
+
+from __future__ import annotations
+
+import math
+from datetime import date
+from typing import Annotated, ClassVar, Literal
+
+import msgspec
+
+from libs.config import Section
+
+NonNegative = Annotated[float, msgspec.Meta(ge=0)]
+
+
+def _parse_date(text: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError as e:
+        raise ValueError(f"KEEL_MD_START_DATE: expected YYYY-MM-DD, was {text!r}") from e
+
+
+def _parse_speed(text: str) -> float | None:
+    if text == "max":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (value > 0 and math.isfinite(value)):
+        raise ValueError(f"KEEL_MD_SPEED: expected 'max' or a positive number, was {text!r}")
+    return value
+
+
+class MdConfig(Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Which feed runs, what it generates and how it paces itself."""
+
+    env_prefix: ClassVar[str] = "KEEL_MD_"
+
+    feed: Literal["synthetic", "file"] = "synthetic"
+    symbols: Annotated[tuple[str, ...], msgspec.Meta(min_length=1)] = ("AAPL", "MSFT", "SPY")
+    start_date: str = "2026-01-05"  # first session date to generate, YYYY-MM-DD
+    minutes: Annotated[int, msgspec.Meta(ge=0)] = 0  # bar timestamps to emit in all; 0 = unbounded
+    speed: str = "max"  # "max" or a positive multiple of real time
+    file_path: str = ""
+    seed: int = 7
+    initial_price: Annotated[float, msgspec.Meta(gt=0)] = 100.0
+    annual_vol: NonNegative = 0.25
+    annual_drift: float = 0.05
+    spread_bps: NonNegative = 4.0
+    base_volume: Annotated[int, msgspec.Meta(ge=1)] = 200_000  # mean shares per minute per symbol
+    wait_for: str = "execution"  # service whose watermark releases the next bar; "" = no lockstep
+    watermark_timeout_sec: NonNegative = 0.0  # 0 = wait forever
+
+    def __post_init__(self) -> None:
+        # msgspec reports a ValueError raised here as a ValidationError (so a ConfigError) with no
+        # field path, hence the env key in each message; checking now stops a bad value at start
+        _parse_date(self.start_date)
+        _parse_speed(self.speed)
+        if self.feed == "file" and not self.file_path:
+            raise ValueError("KEEL_MD_FILE_PATH: expected a path when feed is 'file', was empty")
+        if len(set(self.symbols)) != len(self.symbols):
+            raise ValueError(f"KEEL_MD_SYMBOLS: expected distinct symbols, was {self.symbols}")
+
+    @property
+    def start(self) -> date:
+        """Return start_date as a date."""
+        return _parse_date(self.start_date)
+
+    @property
+    def speed_multiplier(self) -> float | None:
+        """Return the real-time multiplier, or None when the feed runs as fast as it can."""
+        return _parse_speed(self.speed)

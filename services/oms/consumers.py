@@ -1,0 +1,85 @@
+"""NATS edge of the OMS: intents, execution reports and operator commands."""
+
+from __future__ import annotations
+
+import msgspec
+
+from libs.bus import Bus, ConsumerSpec
+from libs.bus.consumer import Inbound, OnBatch
+from libs.contracts import subjects as sj
+from libs.contracts.base import derive_id
+from libs.contracts.codec import decode_command
+from libs.contracts.control import HaltState
+from libs.contracts.execution import ExecutionEvent
+from libs.contracts.ops import Watermark
+from libs.contracts.risk import OrderIntent
+from libs.runtime.processor import Processor
+from services.oms import handlers
+from services.oms.state import OmsState
+
+_intent_decoder = msgspec.json.Decoder(OrderIntent | Watermark)
+_report_decoder = msgspec.json.Decoder(ExecutionEvent | Watermark)
+
+
+def decode_control(subject: str, data: bytes) -> object:
+    """Decode an operator command by the verb at the end of its subject."""
+    return decode_command(subject.rsplit(".", 1)[-1], data)
+
+
+def _stamp(inbound: Inbound) -> Inbound:
+    # operator JSON has no envelope: the command's identity is its place in the control stream
+    cmd = inbound.payload
+    if getattr(cmd, "event_id", ""):
+        return inbound
+    event_id = derive_id("ctl", inbound.subject, inbound.stream_seq)
+    stamped = msgspec.structs.replace(cmd, event_id=event_id, correlation_id=event_id, causation_id=event_id)  # type: ignore[type-var]
+    return Inbound(inbound.subject, inbound.stream_seq, stamped, inbound.headers, inbound.msg)
+
+
+async def sync_halt_flag(bus: Bus, state: OmsState) -> None:
+    """Mirror the OMS's halt flag into the control bucket other services and the CLI read."""
+    current = await bus.halt_state()
+    wanted = HaltState(
+        halted=state.halted,
+        reason=state.halt_reason,
+        since_ns=state.halt_since_ns,
+        command_id=state.halt_command_id,
+    )
+    if current != wanted and (current is not None or state.halted or state.halt_command_id):
+        await bus.put_halt_state(wanted)
+
+
+def consumers(bus: Bus, processor: Processor) -> list[tuple[ConsumerSpec, OnBatch]]:
+    """Return the OMS's durable consumers."""
+    subjects = bus.subjects
+    intents = ConsumerSpec(
+        durable="oms-intents",
+        family=sj.RISK,
+        filter_subject=subjects.family_wildcard(sj.RISK),
+        decode=lambda _s, data: _intent_decoder.decode(data),
+    )
+    reports = ConsumerSpec(
+        durable="oms-reports",
+        family=sj.EXEC,
+        filter_subject=subjects.family_wildcard(sj.EXEC),
+        decode=lambda _s, data: _report_decoder.decode(data),
+    )
+    control = ConsumerSpec(
+        durable="oms-control",
+        family=sj.CTL,
+        filter_subject=f"{subjects.prefix}.{sj.CTL}.>",
+        decode=decode_control,
+        batch=16,
+    )
+
+    async def on_intents(batch: list[Inbound]) -> None:
+        await processor.apply(intents.durable, batch, handlers.step)
+
+    async def on_reports(batch: list[Inbound]) -> None:
+        await processor.apply(reports.durable, batch, handlers.step)
+
+    async def on_control(batch: list[Inbound]) -> None:
+        await processor.apply(control.durable, [_stamp(i) for i in batch], handlers.step)
+        await sync_halt_flag(bus, processor.state)
+
+    return [(intents, on_intents), (reports, on_reports), (control, on_control)]

@@ -1,0 +1,245 @@
+"""OMS decisions (pure): pre-trade checks, the order lifecycle, positions and the halt flag."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from decimal import Decimal
+
+import msgspec
+
+from libs.contracts.base import Event, derive_id, tag_of
+from libs.contracts.control import CancelAllOrders, HaltTrading, ResumeTrading
+from libs.contracts.execution import ExecutionEvent, OrderAccepted, OrderFilled, OrderPartiallyFilled
+from libs.contracts.oms import APPROVED as APPROVED_REASON
+from libs.contracts.oms import PositionChanged, PretradeDecision
+from libs.contracts.ops import AlertRaised, Watermark
+from libs.contracts.risk import OrderIntent
+from libs.decide import Ctx, forward_watermark
+from services.oms import state as st
+from services.oms.config import OmsConfig
+
+KILL_SWITCH_BLOCK = "KILL_SWITCH_BLOCK"
+ORDER_SIZE_BLOCK = "ORDER_SIZE_BLOCK"
+DUPLICATE_ORDER_BLOCK = "DUPLICATE_ORDER_BLOCK"
+_PX = Decimal("0.000001")
+
+
+def pretrade(state: st.OmsState, intent: OrderIntent, cfg: OmsConfig) -> tuple[str, dict[str, str]]:
+    """Return (reason, details): APPROVED or the first block that applies (seed 000 §D)."""
+    if state.halted:
+        return KILL_SWITCH_BLOCK, {"halt_reason": state.halt_reason}
+    if intent.client_order_id in state.by_cid:
+        return DUPLICATE_ORDER_BLOCK, {"client_order_id": intent.client_order_id}
+    if intent.qty > cfg.max_order_shares:
+        return ORDER_SIZE_BLOCK, {"limit": "max_order_shares", "qty": str(intent.qty), "max": str(cfg.max_order_shares)}
+    notional = intent.qty * intent.arrival_price
+    if notional > cfg.max_order_dollars:
+        return ORDER_SIZE_BLOCK, {
+            "limit": "max_order_dollars",
+            "notional": str(notional),
+            "max": str(cfg.max_order_dollars),
+        }
+    return APPROVED_REASON, {}
+
+
+def apply_fill(pos: st.Position, side: str, qty: int, px: Decimal) -> st.Position:
+    """Return the position after a fill: average price on adds, realised PnL on reductions."""
+    signed = qty if side == "buy" else -qty
+    if pos.qty == 0 or (pos.qty > 0) == (signed > 0):
+        new_qty = pos.qty + signed
+        avg = (abs(pos.qty) * pos.avg_price + qty * px) / abs(new_qty)
+        return st.Position(qty=new_qty, avg_price=avg.quantize(_PX), realized_pnl=pos.realized_pnl)
+    closing = min(qty, abs(pos.qty))
+    direction = 1 if pos.qty > 0 else -1
+    realized = pos.realized_pnl + (px - pos.avg_price) * closing * direction
+    new_qty = pos.qty + signed
+    if new_qty == 0:
+        avg = Decimal(0)
+    elif (new_qty > 0) == (pos.qty > 0):
+        avg = pos.avg_price
+    else:
+        avg = px  # flipped through zero: the remainder opened at this fill
+    return st.Position(qty=new_qty, avg_price=avg, realized_pnl=realized.quantize(_PX))
+
+
+def open_order_qty(state: st.OmsState, symbol: str) -> int:
+    """Return the signed quantity of a symbol still working."""
+    return sum(i.working_qty for i in state.intents.values() if i.symbol == symbol)
+
+
+def position_changed(state: st.OmsState, symbol: str, cause: Event, ctx: Ctx) -> PositionChanged:
+    """Report the OMS's view of one symbol."""
+    pos = state.positions.get(symbol, st.Position())
+    seen = state.intents_seen.get(symbol, 0)
+    working = open_order_qty(state, symbol)
+    return PositionChanged(
+        event_id=derive_id("oms.position_changed.v1", cause.event_id, symbol),
+        correlation_id=cause.correlation_id,
+        causation_id=cause.event_id,
+        ts_event=cause.ts_event,
+        ts_init=ctx.now_ns,
+        symbol=symbol,
+        qty=pos.qty,
+        avg_price=pos.avg_price,
+        open_order_qty=working,
+        intents_seen=seen,
+        realized_pnl=pos.realized_pnl,
+    )
+
+
+def alert(code: str, severity: str, message: str, cause: Event | msgspec.Struct, ctx: Ctx, **details: str) -> AlertRaised:
+    """Build an AlertRaised caused by an event or command."""
+    cause_id = getattr(cause, "event_id", "")
+    return AlertRaised(
+        event_id=derive_id("ops.alert_raised.v1", ctx.service, code, cause_id),
+        correlation_id=getattr(cause, "correlation_id", "") or cause_id,
+        causation_id=cause_id,
+        ts_event=getattr(cause, "ts_event", 0),
+        ts_init=ctx.now_ns,
+        code=code,
+        severity=severity,  # type: ignore[arg-type]
+        source=ctx.service,
+        message=message,
+        details=details,
+    )
+
+
+def _replace_intent(state: st.OmsState, intent: st.IntentState, **changes: object) -> st.OmsState:
+    new = msgspec.structs.replace(intent, **changes)
+    return msgspec.structs.replace(state, intents={**state.intents, intent.intent_id: new})
+
+
+def on_intent(state: st.OmsState, ev: OrderIntent, ctx: Ctx) -> tuple[st.OmsState, list[Event]]:
+    """Log a new intent, run the pre-trade checks, decide."""
+    if ev.intent_id in state.intents:
+        return state, []  # the same intent again (its id derives from the client_order_id)
+    reason, details = pretrade(state, ev, ctx.config)
+    approved = reason == APPROVED_REASON
+    intent = st.IntentState(
+        intent_id=ev.intent_id,
+        client_order_id=ev.client_order_id,
+        symbol=ev.symbol,
+        side=ev.side,
+        qty=ev.qty,
+        arrival_price=ev.arrival_price,
+        status=st.TRANSITIONS[(st.CREATED, st.APPROVED if approved else st.DENIED)],
+        reason=reason,
+    )
+    by_cid = state.by_cid if not approved else {**state.by_cid, ev.client_order_id: ev.intent_id}
+    new_state = msgspec.structs.replace(
+        state,
+        intents={**state.intents, ev.intent_id: intent},
+        by_cid=by_cid,
+        intents_seen={**state.intents_seen, ev.symbol: state.intents_seen.get(ev.symbol, 0) + 1},
+    )
+    decision = PretradeDecision(
+        event_id=derive_id("oms.pretrade_decision.v1", ev.intent_id),
+        correlation_id=ev.correlation_id,
+        causation_id=ev.event_id,
+        ts_event=ev.ts_event,
+        ts_init=ctx.now_ns,
+        intent_id=ev.intent_id,
+        client_order_id=ev.client_order_id,
+        approved=approved,
+        reason=reason,
+        details=details,
+        symbol=ev.symbol,
+        side=ev.side,
+        qty=ev.qty,
+        order_type=ev.order_type,
+        limit_price=ev.limit_price,
+        time_in_force=ev.time_in_force,
+        arrival_price=ev.arrival_price,
+        bar_ts=ev.bar_ts,
+        config_sha256=ctx.config_sha256,
+    )
+    return new_state, [decision, position_changed(new_state, ev.symbol, ev, ctx)]
+
+
+def _kind(ev: Event) -> str:
+    return tag_of(type(ev)).rsplit(".", 1)[0]
+
+
+def on_report(state: st.OmsState, ev: ExecutionEvent, ctx: Ctx) -> tuple[st.OmsState, list[Event]]:
+    """Advance an intent's lifecycle from an execution report; fills move the position."""
+    intent_id = state.by_cid.get(ev.client_order_id)
+    intent = state.intents.get(intent_id or "")
+    if intent is None:
+        return state, [
+            alert("OMS_UNKNOWN_ORDER", "warning", f"execution report for unknown order {ev.client_order_id}", ev, ctx,
+                  client_order_id=ev.client_order_id, report=_kind(ev))
+        ]
+    kind = _kind(ev)
+    target = st.TRANSITIONS.get((intent.status, kind))
+    if target is None:
+        return state, [
+            alert("OMS_INVALID_TRANSITION", "warning", f"{kind} not allowed in {intent.status}", ev, ctx,
+                  client_order_id=ev.client_order_id, status=intent.status, report=kind)
+        ]
+    changes: dict[str, object] = {"status": target}
+    if isinstance(ev, OrderAccepted):
+        changes["broker_order_id"] = ev.broker_order_id
+    reason = getattr(ev, "reason", None) or getattr(ev, "reason_code", None)
+    if reason:
+        changes["reason"] = reason
+    new_state = state
+    if isinstance(ev, OrderPartiallyFilled | OrderFilled):
+        if ev.execution_id in intent.execution_ids:
+            return state, []  # the same fill reported twice
+        changes.update(
+            filled_qty=ev.cum_qty,
+            avg_fill_price=ev.avg_px,
+            broker_order_id=ev.broker_order_id,
+            execution_ids=(*intent.execution_ids, ev.execution_id),
+        )
+        pos = apply_fill(state.positions.get(ev.symbol, st.Position()), ev.side, ev.last_qty, ev.last_px)
+        new_state = msgspec.structs.replace(state, positions={**state.positions, ev.symbol: pos})
+    new_state = _replace_intent(new_state, intent, **changes)
+    if target in st.TERMINAL:
+        new_state = msgspec.structs.replace(
+            new_state, by_cid={k: v for k, v in new_state.by_cid.items() if k != ev.client_order_id}
+        )
+    working_changed = open_order_qty(new_state, ev.symbol) != open_order_qty(state, ev.symbol)
+    if working_changed or new_state.positions is not state.positions:
+        return new_state, [position_changed(new_state, ev.symbol, ev, ctx)]
+    return new_state, []
+
+
+def on_control(state: st.OmsState, cmd: HaltTrading | ResumeTrading | CancelAllOrders, ctx: Ctx) -> tuple[st.OmsState, list[Event]]:
+    """Apply an operator command to the halt flag and say so in an alert."""
+    if isinstance(cmd, HaltTrading):
+        new = msgspec.structs.replace(
+            state, halted=True, halt_reason=cmd.reason, halt_since_ns=cmd.ts_event, halt_command_id=cmd.event_id
+        )
+        return new, [alert("TRADING_HALTED", "critical", f"trading halted: {cmd.reason}", cmd, ctx, reason=cmd.reason)]
+    if isinstance(cmd, ResumeTrading):
+        new = msgspec.structs.replace(
+            state, halted=False, halt_reason=cmd.reason, halt_since_ns=cmd.ts_event, halt_command_id=cmd.event_id
+        )
+        return new, [alert("TRADING_RESUMED", "warning", f"trading resumed: {cmd.reason}", cmd, ctx, reason=cmd.reason)]
+    return state, [alert("CANCEL_ALL_REQUESTED", "warning", f"cancel-all requested: {cmd.reason}", cmd, ctx, reason=cmd.reason)]
+
+
+UPSTREAM = "risk"
+
+
+def on_watermark(state: st.OmsState, wm: Watermark, ctx: Ctx) -> tuple[st.OmsState, list[Event]]:
+    """Forward risk's watermark and prune intents that reached a terminal status."""
+    if wm.source != UPSTREAM:
+        return state, []  # execution's watermark shares its stream; it is not ours to forward
+    last, events = forward_watermark(state.last_watermark, wm, ctx)
+    intents = {k: v for k, v in state.intents.items() if v.status not in st.TERMINAL}
+    return msgspec.structs.replace(state, intents=intents, last_watermark=last), events
+
+
+def step(state: st.OmsState, event: object, ctx: Ctx) -> tuple[st.OmsState, Sequence[Event]]:
+    """Route one consumed event or command to its handler."""
+    if isinstance(event, OrderIntent):
+        return on_intent(state, event, ctx)
+    if isinstance(event, Watermark):
+        return on_watermark(state, event, ctx)
+    if isinstance(event, HaltTrading | ResumeTrading | CancelAllOrders):
+        return on_control(state, event, ctx)
+    if isinstance(event, Event):
+        return on_report(state, event, ctx)  # type: ignore[arg-type]
+    return state, []

@@ -1,0 +1,116 @@
+"""OMS state: open intents, positions, the halt flag, and the lifecycle as a transition table.
+
+STYLE 7: the lifecycle is data. Keys are (status, what happened); a pair not in the table is
+an invalid transition, reported and not applied.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import msgspec
+
+CREATED = "CREATED"
+SUBMITTING = "SUBMITTING"
+SUBMITTED = "SUBMITTED"
+ACKED = "ACKED"
+PARTIALLY_FILLED = "PARTIALLY_FILLED"
+FILLED = "FILLED"
+CANCELED = "CANCELED"
+REJECTED = "REJECTED"
+EXPIRED = "EXPIRED"
+FAILED = "FAILED"
+
+# the one source of truth for terminal statuses
+TERMINAL = frozenset({FILLED, CANCELED, REJECTED, EXPIRED, FAILED})
+
+# what happened -> key in the table: pre-trade outcomes and execution report tags sans version
+APPROVED = "approved"
+DENIED = "denied"
+SUBMITTED_EV = "exec.order_submitted"
+ACCEPTED_EV = "exec.order_accepted"
+PARTIAL_EV = "exec.order_partially_filled"
+FILLED_EV = "exec.order_filled"
+CANCELED_EV = "exec.order_canceled"
+REJECTED_EV = "exec.order_rejected"
+EXPIRED_EV = "exec.order_expired"
+FAILED_EV = "exec.submit_failed"
+
+TRANSITIONS: dict[tuple[str, str], str] = {
+    (CREATED, APPROVED): SUBMITTING,
+    (CREATED, DENIED): REJECTED,
+    (SUBMITTING, SUBMITTED_EV): SUBMITTED,
+    # execution may learn the broker's answer in the same step as the hand-off
+    (SUBMITTING, ACCEPTED_EV): ACKED,
+    (SUBMITTING, REJECTED_EV): REJECTED,
+    (SUBMITTING, FAILED_EV): FAILED,
+    (SUBMITTED, ACCEPTED_EV): ACKED,
+    (SUBMITTED, REJECTED_EV): REJECTED,
+    (SUBMITTED, FAILED_EV): FAILED,
+    # a fill report can overtake the acknowledgement
+    (SUBMITTED, PARTIAL_EV): PARTIALLY_FILLED,
+    (SUBMITTED, FILLED_EV): FILLED,
+    (SUBMITTED, CANCELED_EV): CANCELED,
+    (SUBMITTED, EXPIRED_EV): EXPIRED,
+    (ACKED, PARTIAL_EV): PARTIALLY_FILLED,
+    (ACKED, FILLED_EV): FILLED,
+    (ACKED, CANCELED_EV): CANCELED,
+    (ACKED, EXPIRED_EV): EXPIRED,
+    # brokers can reject after acknowledging (e.g. a risk check downstream of the ack)
+    (ACKED, REJECTED_EV): REJECTED,
+    (PARTIALLY_FILLED, PARTIAL_EV): PARTIALLY_FILLED,
+    (PARTIALLY_FILLED, FILLED_EV): FILLED,
+    (PARTIALLY_FILLED, CANCELED_EV): CANCELED,
+    (PARTIALLY_FILLED, EXPIRED_EV): EXPIRED,
+    # canceled -> filled happens in real markets: the fill raced the cancel at the venue
+    (CANCELED, PARTIAL_EV): CANCELED,
+    (CANCELED, FILLED_EV): FILLED,
+    (EXPIRED, FILLED_EV): FILLED,
+}
+
+
+class IntentState(msgspec.Struct, frozen=True, kw_only=True):
+    """One intent as the OMS tracks it."""
+
+    intent_id: str
+    client_order_id: str
+    symbol: str
+    side: str
+    qty: int
+    arrival_price: Decimal
+    status: str
+    reason: str = ""
+    filled_qty: int = 0
+    avg_fill_price: Decimal = Decimal(0)
+    broker_order_id: str = ""
+    execution_ids: tuple[str, ...] = ()
+
+    @property
+    def working_qty(self) -> int:
+        """Return the signed quantity still expected to fill."""
+        if self.status in TERMINAL:
+            return 0
+        remaining = self.qty - self.filled_qty
+        return remaining if self.side == "buy" else -remaining
+
+
+class Position(msgspec.Struct, frozen=True, kw_only=True):
+    """A filled position."""
+
+    qty: int = 0
+    avg_price: Decimal = Decimal(0)
+    realized_pnl: Decimal = Decimal(0)
+
+
+class OmsState(msgspec.Struct, frozen=True, kw_only=True):
+    """Intents not yet pruned (terminal ones leave at the next watermark), positions, halt."""
+
+    intents: dict[str, IntentState] = {}
+    by_cid: dict[str, str] = {}
+    positions: dict[str, Position] = {}
+    intents_seen: dict[str, int] = {}
+    halted: bool = False
+    halt_reason: str = ""
+    halt_since_ns: int = 0
+    halt_command_id: str = ""
+    last_watermark: int = 0

@@ -1,0 +1,97 @@
+"""The OMS's tables: the append-only intent log and its projections (intents, positions).
+
+Written only inside the processor's transaction, so log, projections, tracking rows, outbox
+and snapshot commit together or not at all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from libs.contracts.base import Event, tag_of
+from libs.contracts.codec import encode
+from libs.contracts.execution import OrderAccepted, OrderCanceled, OrderExpired, OrderFilled, OrderPartiallyFilled, OrderRejected, OrderSubmitted, SubmitFailed
+from libs.contracts.oms import PretradeDecision
+from libs.contracts.risk import OrderIntent
+from libs.db import UnitOfWork
+from services.oms.state import OmsState
+
+_REPORTS = (OrderSubmitted, OrderAccepted, OrderPartiallyFilled, OrderFilled, OrderCanceled, OrderRejected, OrderExpired, SubmitFailed)
+
+
+def _log_rows(old: OmsState, inbound: object, events: Sequence[Event]) -> list[Event]:
+    rows: list[Event] = []
+    if isinstance(inbound, OrderIntent) and inbound.intent_id not in old.intents:
+        rows.append(inbound)
+    elif isinstance(inbound, _REPORTS):
+        rows.append(inbound)
+    rows.extend(e for e in events if isinstance(e, PretradeDecision))
+    return rows
+
+
+async def project(uow: UnitOfWork, old: OmsState, new: OmsState, inbound: object, events: Sequence[Event]) -> None:
+    """Append to the intent log and bring the projections up to date."""
+    s = uow.schema
+    rows = _log_rows(old, inbound, events)
+    last_seq = 0
+    if rows:
+        # STYLE 21: serialise appenders so the identity sequence follows commit order
+        await uow.conn.execute(f"LOCK TABLE {s}.intent_events IN EXCLUSIVE MODE")
+        for ev in rows:
+            seq = await uow.conn.fetchval(
+                f"INSERT INTO {s}.intent_events (event_id, intent_id, client_order_id, event_type, ts_event, payload) "
+                "VALUES ($1, $2, $3, $4, $5, $6::jsonb) ON CONFLICT (event_id) DO NOTHING RETURNING seq",
+                ev.event_id,
+                ev.intent_id,  # type: ignore[attr-defined]
+                ev.client_order_id,  # type: ignore[attr-defined]
+                tag_of(type(ev)),
+                ev.ts_event,
+                encode(ev).decode(),
+            )
+            last_seq = seq or last_seq
+    if isinstance(inbound, OrderIntent) and inbound.intent_id not in old.intents and inbound.intent_id in new.intents:
+        i = new.intents[inbound.intent_id]
+        await uow.conn.execute(
+            f"""INSERT INTO {s}.intents (intent_id, client_order_id, symbol, side, qty, order_type, limit_price,
+                time_in_force, arrival_price, bar_ts, strategy, status, reason, last_seq)
+                VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14) ON CONFLICT (intent_id) DO NOTHING""",
+            inbound.intent_id,
+            inbound.client_order_id,
+            inbound.symbol,
+            inbound.side,
+            inbound.qty,
+            inbound.order_type,
+            inbound.limit_price,
+            inbound.time_in_force,
+            inbound.arrival_price,
+            inbound.bar_ts,
+            inbound.strategy,
+            i.status,
+            i.reason,
+            last_seq,
+        )
+    elif isinstance(inbound, _REPORTS):
+        intent = new.intents.get(inbound.intent_id)
+        if intent is not None and intent != old.intents.get(inbound.intent_id):
+            await uow.conn.execute(
+                f"""UPDATE {s}.intents SET status=$2, reason=$3, filled_qty=$4, avg_fill_price=$5,
+                    broker_order_id=$6, last_seq=$7, updated_at=now() WHERE intent_id=$1""",
+                intent.intent_id,
+                intent.status,
+                intent.reason,
+                intent.filled_qty,
+                intent.avg_fill_price if intent.filled_qty else None,
+                intent.broker_order_id,
+                last_seq,
+            )
+    for symbol, pos in new.positions.items():
+        if old.positions.get(symbol) is not pos:
+            await uow.conn.execute(
+                f"""INSERT INTO {s}.positions (symbol, qty, avg_price, realized_pnl) VALUES ($1,$2,$3,$4)
+                    ON CONFLICT (symbol) DO UPDATE SET qty=excluded.qty, avg_price=excluded.avg_price,
+                    realized_pnl=excluded.realized_pnl, updated_at=now()""",
+                symbol,
+                pos.qty,
+                pos.avg_price,
+                pos.realized_pnl,
+            )

@@ -1,0 +1,13 @@
+"""Composition root of the risk service (STYLE 2)."""
+
+from __future__ import annotations
+
+from libs.runtime.runner import Deps, Service, processor_for
+from services.risk import api, consumers
+from services.risk.state import RiskState
+
+
+async def build(deps: Deps) -> Service:
+    """Wire netting and caps to their consumers and read-only views."""
+    processor = await processor_for(deps, RiskState())
+    return Service(consumers=consumers.consumers(deps.bus.subjects, processor), router=api.router(processor))

@@ -1,0 +1,143 @@
+"""Net sleeve targets per symbol, cap them, and turn the gap to the expected position into an
+OrderIntent with a deterministic CIDv2 client_order_id (pure).
+
+Expected position = filled position + the OMS's working quantity + intents risk emitted that
+the OMS has not reported yet (counted by `intents_seen`), so a bar arriving before the OMS
+catches up never orders the same shares twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from decimal import ROUND_DOWN, Decimal
+
+import msgspec
+
+from libs.contracts.base import Event, derive_id
+from libs.contracts.oms import PositionChanged
+from libs.contracts.ops import Watermark
+from libs.contracts.risk import OrderIntent, SleeveShare
+from libs.contracts.signal import TargetProposed
+from libs.decide import Ctx, forward_watermark
+from services.risk.config import RiskConfig
+from services.risk.state import InFlight, RiskState, SymbolRisk
+
+MAX_CID_LEN = 128  # Alpaca's limit on client_order_id
+
+
+def client_order_id(
+    *, strategy: str, symbol: str, side: str, session: str, horizon: str, signal_hash: str, qty: int, version: str
+) -> str:
+    """Build a CIDv2 id (seed 001): CIDv2:{strategy}:{symbol}:{side}:{session}:{horizon}:{hash}:{qty}:{version}."""
+    cid = f"CIDv2:{strategy}:{symbol}:{side}:{session}:{horizon}:{signal_hash}:{qty}:{version}"
+    if len(cid) > MAX_CID_LEN:
+        # keep every field but shorten the free-text strategy name
+        room = len(strategy) - (len(cid) - MAX_CID_LEN)
+        cid = client_order_id(
+            strategy=strategy[: max(room, 1)],
+            symbol=symbol,
+            side=side,
+            session=session,
+            horizon=horizon,
+            signal_hash=signal_hash,
+            qty=qty,
+            version=version,
+        )
+    return cid
+
+
+def _cap(target: int, price: Decimal, cap: Decimal) -> int:
+    if price <= 0:
+        return 0
+    limit = int((cap / price).to_integral_value(rounding=ROUND_DOWN))
+    return max(-limit, min(limit, target))
+
+
+def _gross_others(state: RiskState, symbol: str) -> Decimal:
+    return sum(
+        (abs(s.expected_position()) * s.last_price for sym, s in state.symbols.items() if sym != symbol),
+        Decimal(0),
+    )
+
+
+def on_target(state: RiskState, ev: TargetProposed, ctx: Ctx) -> tuple[RiskState, list[Event]]:
+    """Record a sleeve target and order the capped gap to the expected position."""
+    cfg: RiskConfig = ctx.config
+    prev = state.symbols.get(ev.symbol, SymbolRisk())
+    sleeves = {**prev.sleeves, ev.sleeve: ev.target_shares}
+    sym = msgspec.structs.replace(prev, sleeves=sleeves, last_price=ev.reference_price)
+    net = sum(sleeves.values())
+    capped = _cap(net, ev.reference_price, cfg.max_symbol_dollars)
+    room = cfg.gross_cap_dollars - _gross_others(state, ev.symbol)
+    capped = _cap(capped, ev.reference_price, max(room, Decimal(0)))
+    delta = capped - sym.expected_position()
+    events: list[Event] = []
+    if delta != 0 and abs(delta) * ev.reference_price >= cfg.min_order_dollars:
+        side = "buy" if delta > 0 else "sell"
+        qty = abs(delta)
+        cid = client_order_id(
+            strategy=cfg.strategy,
+            symbol=ev.symbol,
+            side=side,
+            session=ev.session.replace("-", ""),
+            horizon=ev.horizon,
+            signal_hash=derive_id(ev.event_id, sorted(sleeves.items()), sym.emitted)[:12],
+            qty=qty,
+            version=cfg.cid_version,
+        )
+        events.append(
+            OrderIntent(
+                event_id=derive_id("risk.order_intent.v1", cid),
+                correlation_id=ev.correlation_id,
+                causation_id=ev.event_id,
+                ts_event=ev.ts_event,
+                ts_init=ctx.now_ns,
+                intent_id=derive_id("intent", cid),
+                client_order_id=cid,
+                symbol=ev.symbol,
+                side=side,
+                qty=qty,
+                arrival_price=ev.reference_price,
+                bar_ts=ev.bar_ts,
+                strategy=cfg.strategy,
+                sleeves=tuple(SleeveShare(sleeve=k, shares=v) for k, v in sorted(sleeves.items())),
+                notional=qty * ev.reference_price,
+            )
+        )
+        sym = msgspec.structs.replace(
+            sym,
+            emitted=sym.emitted + 1,
+            in_flight=(*sym.in_flight, InFlight(index=sym.emitted, qty=delta)),
+        )
+    return _with(state, ev.symbol, sym), events
+
+
+def on_position(state: RiskState, ev: PositionChanged) -> RiskState:
+    """Adopt the OMS's view of a symbol and forget intents it has now seen."""
+    prev = state.symbols.get(ev.symbol, SymbolRisk())
+    if ev.intents_seen < prev.oms_intents_seen:
+        return state  # an older report than one already applied
+    sym = msgspec.structs.replace(
+        prev,
+        position=ev.qty,
+        open_order_qty=ev.open_order_qty,
+        oms_intents_seen=ev.intents_seen,
+        in_flight=tuple(f for f in prev.in_flight if f.index >= ev.intents_seen),
+    )
+    return _with(state, ev.symbol, sym)
+
+
+def _with(state: RiskState, symbol: str, sym: SymbolRisk) -> RiskState:
+    return RiskState(symbols={**state.symbols, symbol: sym}, last_watermark=state.last_watermark)
+
+
+def step(state: RiskState, event: object, ctx: Ctx) -> tuple[RiskState, Sequence[Event]]:
+    """Route one consumed event to its handler."""
+    if isinstance(event, TargetProposed):
+        return on_target(state, event, ctx)
+    if isinstance(event, PositionChanged):
+        return on_position(state, event), []
+    if isinstance(event, Watermark):
+        wm, events = forward_watermark(state.last_watermark, event, ctx)
+        return RiskState(symbols=state.symbols, last_watermark=wm), events
+    return state, []

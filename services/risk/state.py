@@ -1,0 +1,37 @@
+"""Risk state: sleeve targets, the OMS's view of each symbol and intents in flight."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import msgspec
+
+
+class InFlight(msgspec.Struct, frozen=True, kw_only=True):
+    """An intent risk emitted that the OMS had not yet reported seeing."""
+
+    index: int
+    qty: int  # signed
+
+
+class SymbolRisk(msgspec.Struct, frozen=True, kw_only=True):
+    """Everything risk knows about one symbol."""
+
+    sleeves: dict[str, int] = {}
+    last_price: Decimal = Decimal(0)
+    position: int = 0
+    open_order_qty: int = 0
+    oms_intents_seen: int = 0
+    emitted: int = 0
+    in_flight: tuple[InFlight, ...] = ()
+
+    def expected_position(self) -> int:
+        """Return the position once every working and in-flight order fills."""
+        return self.position + self.open_order_qty + sum(f.qty for f in self.in_flight)
+
+
+class RiskState(msgspec.Struct, frozen=True, kw_only=True):
+    """All symbols."""
+
+    symbols: dict[str, SymbolRisk] = {}
+    last_watermark: int = 0

@@ -1,0 +1,13 @@
+"""Composition root of TCA (STYLE 2)."""
+
+from __future__ import annotations
+
+from libs.runtime.runner import Deps, Service, processor_for
+from services.tca import api, consumers, store
+from services.tca.state import TcaState
+
+
+async def build(deps: Deps) -> Service:
+    """Wire shortfall measurement to its consumers, table and views."""
+    processor = await processor_for(deps, TcaState(), project=store.project)
+    return Service(consumers=consumers.consumers(deps.bus.subjects, processor), router=api.router(processor, deps.store))

@@ -1,0 +1,77 @@
+"""Implementation shortfall per fill against the intent's arrival price (pure).
+
+shortfall_bps = side * (fill - arrival) / arrival * 10_000 with side +1 for buys, -1 for sells:
+positive means the fill cost money relative to deciding at the arrival price.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from decimal import Decimal
+
+import msgspec
+
+from libs.contracts.base import Event, derive_id
+from libs.contracts.execution import OrderFilled, OrderPartiallyFilled
+from libs.contracts.risk import OrderIntent
+from libs.contracts.tca import TcaRecorded
+from libs.decide import Ctx
+from services.tca.config import TcaConfig
+from services.tca.state import Arrival, TcaState
+
+_BPS = Decimal("0.0001")
+
+
+def shortfall_bps(side: str, arrival: Decimal, fill: Decimal) -> Decimal:
+    """Return the signed implementation shortfall of one fill in basis points."""
+    sign = 1 if side == "buy" else -1
+    return (sign * (fill - arrival) / arrival * 10_000).quantize(_BPS)
+
+
+def record(fill: OrderFilled | OrderPartiallyFilled, arrival: Arrival, ctx: Ctx) -> TcaRecorded:
+    """Measure one fill."""
+    return TcaRecorded(
+        event_id=derive_id("tca.tca_recorded.v1", fill.execution_id),
+        correlation_id=fill.correlation_id,
+        causation_id=fill.event_id,
+        ts_event=fill.ts_event,
+        ts_init=ctx.now_ns,
+        client_order_id=fill.client_order_id,
+        execution_id=fill.execution_id,
+        symbol=fill.symbol,
+        side=fill.side,
+        qty=fill.last_qty,
+        arrival_price=arrival.arrival_price,
+        fill_price=fill.last_px,
+        shortfall_bps=shortfall_bps(fill.side, arrival.arrival_price, fill.last_px),
+        strategy=arrival.strategy,
+    )
+
+
+def on_intent(state: TcaState, ev: OrderIntent, ctx: Ctx) -> tuple[TcaState, list[Event]]:
+    """Remember an intent's arrival price and measure fills that were waiting for it."""
+    cfg: TcaConfig = ctx.config
+    horizon = ev.bar_ts - int(cfg.intent_retention_hours * 3600 * 1e9)
+    arrival = Arrival(symbol=ev.symbol, side=ev.side, arrival_price=ev.arrival_price, strategy=ev.strategy, bar_ts=ev.bar_ts)
+    arrivals = {k: v for k, v in state.arrivals.items() if v.bar_ts >= horizon}
+    arrivals[ev.client_order_id] = arrival
+    ready = [f for f in state.waiting if f.client_order_id == ev.client_order_id]
+    waiting = tuple(f for f in state.waiting if f.client_order_id != ev.client_order_id)
+    return TcaState(arrivals=arrivals, waiting=waiting), [record(f, arrival, ctx) for f in ready]
+
+
+def on_fill(state: TcaState, ev: OrderFilled | OrderPartiallyFilled, ctx: Ctx) -> tuple[TcaState, list[Event]]:
+    """Measure a fill, or hold it until its intent is known."""
+    arrival = state.arrivals.get(ev.client_order_id)
+    if arrival is None:
+        return msgspec.structs.replace(state, waiting=(*state.waiting, ev)), []
+    return state, [record(ev, arrival, ctx)]
+
+
+def step(state: TcaState, event: object, ctx: Ctx) -> tuple[TcaState, Sequence[Event]]:
+    """Route one consumed event."""
+    if isinstance(event, OrderIntent):
+        return on_intent(state, event, ctx)
+    if isinstance(event, OrderFilled | OrderPartiallyFilled):
+        return on_fill(state, event, ctx)
+    return state, []

@@ -1,0 +1,235 @@
+"""Write a golden JSON file for every wire type that has none yet; run by hand, never by tests.
+
+    .venv/bin/python tests/contract/generate_golden.py
+
+Existing goldens are pinned and never rewritten: a golden is what old data looks like, so a
+change to one is a deliberate act (delete the file, rerun, and say why in review).
+"""
+
+from __future__ import annotations
+
+import sys
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from libs.contracts.base import ClientOrderId, IntentId, Symbol, derive_id, tag_of
+from libs.contracts.codec import all_event_types, encode
+from libs.contracts.control import CancelAllOrders, HaltTrading, ResumeTrading
+from libs.contracts.execution import (
+    OrderAccepted,
+    OrderCanceled,
+    OrderExpired,
+    OrderFilled,
+    OrderPartiallyFilled,
+    OrderRejected,
+    OrderSubmitted,
+    SubmitFailed,
+)
+from libs.contracts.marketdata import BarClosed
+from libs.contracts.oms import PositionChanged, PretradeDecision
+from libs.contracts.ops import AlertRaised, Heartbeat, Watermark
+from libs.contracts.risk import OrderIntent, SleeveShare
+from libs.contracts.signal import TargetProposed
+from libs.contracts.tca import TcaRecorded
+
+GOLDEN = Path(__file__).parent / "golden"
+
+BAR_TS = 1_767_623_460_000_000_000  # 2026-01-05T14:31:00Z, the first bar close of a session
+TS_INIT = BAR_TS + 1_250_000
+CYCLE = derive_id("bar", BAR_TS)
+INTENT = IntentId(derive_id("intent", "momo", "AAPL", BAR_TS))
+CID = ClientOrderId(f"k2-momo-AAPL-{BAR_TS}-{INTENT[:8]}")
+AAPL = Symbol("AAPL")
+
+
+def envelope(tag: str) -> dict[str, Any]:
+    """Return a populated envelope for an example event."""
+    return {
+        "event_id": derive_id(tag, "golden"),
+        "correlation_id": CYCLE,
+        "causation_id": CYCLE,
+        "ts_event": BAR_TS,
+        "ts_init": TS_INIT,
+    }
+
+
+def order(tag: str) -> dict[str, Any]:
+    """Return the envelope and order identity shared by execution reports."""
+    return {
+        **envelope(tag),
+        "intent_id": INTENT,
+        "client_order_id": CID,
+        "symbol": AAPL,
+        "side": "buy",
+    }
+
+
+def fill(tag: str, last_qty: int, cum_qty: int, leaves_qty: int) -> dict[str, Any]:
+    """Return the fields of a fill report."""
+    return {
+        **order(tag),
+        "broker_order_id": "b-7f3c2a",
+        "execution_id": f"x-{cum_qty}",
+        "last_qty": last_qty,
+        "last_px": Decimal("187.26"),
+        "cum_qty": cum_qty,
+        "avg_px": Decimal("187.255"),
+        "leaves_qty": leaves_qty,
+        "fee": Decimal("0.02"),
+    }
+
+
+def examples() -> list[msgspec.Struct]:
+    """Return one fully populated example of every wire type."""
+    return [
+        BarClosed(
+            **envelope("md.bar_closed.v1"),
+            symbol=AAPL,
+            bar_start=BAR_TS - 60_000_000_000,
+            session="2026-01-05",
+            open=Decimal("187.20"),
+            high=Decimal("187.41"),
+            low=Decimal("187.02"),
+            close=Decimal("187.25"),
+            volume=412_530,
+            spread_bps=Decimal("3.75"),
+            spread_is_proxy=False,
+            timeframe="1Min",
+            source="file",
+        ),
+        TargetProposed(
+            **envelope("signal.target_proposed.v1"),
+            sleeve="momo",
+            symbol=AAPL,
+            target_shares=-150,
+            reference_price=Decimal("187.25"),
+            bar_ts=BAR_TS,
+            score=Decimal("-0.8125"),
+            horizon="5m",
+            signal_hash="3f9a1c0e",
+            session="2026-01-05",
+        ),
+        OrderIntent(
+            **envelope("risk.order_intent.v1"),
+            intent_id=INTENT,
+            client_order_id=CID,
+            symbol=AAPL,
+            side="sell",
+            qty=150,
+            order_type="limit",
+            limit_price=Decimal("187.10"),
+            time_in_force="ioc",
+            arrival_price=Decimal("187.25"),
+            bar_ts=BAR_TS,
+            strategy="momo",
+            sleeves=(SleeveShare(sleeve="momo", shares=-200), SleeveShare(sleeve="mr", shares=50)),
+            notional=Decimal("28065.00"),
+        ),
+        PretradeDecision(
+            **envelope("oms.pretrade_decision.v1"),
+            intent_id=INTENT,
+            client_order_id=CID,
+            approved=False,
+            reason="PRICE_COLLAR_BLOCK",
+            details={"collar_bps": "50", "deviation_bps": "73.4"},
+            symbol=AAPL,
+            side="sell",
+            qty=150,
+            order_type="limit",
+            limit_price=Decimal("187.10"),
+            time_in_force="ioc",
+            arrival_price=Decimal("187.25"),
+            bar_ts=BAR_TS,
+            config_sha256="9c1e" * 16,
+        ),
+        PositionChanged(
+            **envelope("oms.position_changed.v1"),
+            symbol=AAPL,
+            qty=-150,
+            avg_price=Decimal("187.255"),
+            open_order_qty=-50,
+            intents_seen=3,
+            realized_pnl=Decimal("-12.40"),
+        ),
+        OrderSubmitted(**order("exec.order_submitted.v1"), qty=200, broker="alpaca-paper"),
+        OrderAccepted(
+            **order("exec.order_accepted.v1"), broker_order_id="b-7f3c2a", broker_status="new"
+        ),
+        OrderPartiallyFilled(**fill("exec.order_partially_filled.v1", 120, 120, 80)),
+        OrderFilled(**fill("exec.order_filled.v1", 80, 200, 0)),
+        OrderCanceled(**order("exec.order_canceled.v1"), broker_order_id="b-7f3c2a", cum_qty=120),
+        OrderRejected(
+            **order("exec.order_rejected.v1"),
+            reason="insufficient buying power",
+            code="40310000",
+            broker_order_id="b-7f3c2a",
+        ),
+        OrderExpired(**order("exec.order_expired.v1"), broker_order_id="b-7f3c2a", cum_qty=40),
+        SubmitFailed(
+            **order("exec.submit_failed.v1"),
+            category="transient",
+            reason_code="BROKER_TIMEOUT",
+            message="expected a reply within 5.0 s, was none",
+        ),
+        TcaRecorded(
+            **envelope("tca.tca_recorded.v1"),
+            client_order_id=CID,
+            execution_id="x-200",
+            symbol=AAPL,
+            side="buy",
+            qty=200,
+            arrival_price=Decimal("187.25"),
+            fill_price=Decimal("187.26"),
+            shortfall_bps=Decimal("0.534"),
+            strategy="momo",
+        ),
+        AlertRaised(
+            **envelope("ops.alert_raised.v1"),
+            code="WATERMARK_STALL",
+            severity="critical",
+            source="alerts",
+            message="expected execution watermark within 30 s, was 45 s",
+            details={"service": "execution", "bar_ts": str(BAR_TS)},
+        ),
+        Heartbeat(
+            **envelope("ops.heartbeat.v1"),
+            service="oms",
+            instance="oms-1",
+            seq=42,
+            api_url="http://127.0.0.1:8003",
+        ),
+        Watermark(**envelope("ops.watermark.v1"), source="marketdata", bar_ts=BAR_TS, final=True),
+        HaltTrading(
+            **envelope("ctl.halt_trading.v1"),
+            operator="ops@desk",
+            reason="manual",
+            cancel_all=True,
+        ),
+        ResumeTrading(**envelope("ctl.resume_trading.v1"), operator="ops@desk", reason="cleared"),
+        CancelAllOrders(**envelope("ctl.cancel_all_orders.v1"), operator="ops@desk", reason="eod"),
+    ]
+
+
+def main() -> int:
+    """Write the goldens that are missing; fail when a wire type has no example here."""
+    made = {type(ex) for ex in examples()}
+    lacking = [tag_of(t) for t in all_event_types() if t not in made]
+    if lacking:
+        print(f"expected an example for every wire type, missing {lacking}", file=sys.stderr)
+        return 1
+    GOLDEN.mkdir(exist_ok=True)
+    for example in examples():
+        path = GOLDEN / f"{example.__struct_config__.tag}.json"
+        if path.exists():
+            print(f"kept    {path.name}")
+            continue
+        path.write_bytes(encode(example))
+        print(f"wrote   {path.name}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
