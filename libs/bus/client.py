@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 
@@ -27,6 +28,7 @@ log = logging.getLogger(__name__)
 # restart of any publisher so an outbox re-publish after a crash is recognised (STYLE 18).
 DUPLICATE_WINDOW_SEC = 20 * 60
 HEARTBEAT_MAX_AGE_SEC = 10 * 60
+CONNECT_TIMEOUT_SEC = 5.0
 
 
 class BusUnavailable(DependencyUnavailable):
@@ -61,17 +63,24 @@ class Bus:
     @classmethod
     async def connect(cls, url: str, subjects: sj.Subjects, *, service: str) -> Bus:
         """Connect or raise BusUnavailable naming the URL (fail fast at start)."""
+        nc = NatsClient()
         try:
-            nc = await nats.connect(
-                url,
-                name=f"keel-{service}",
-                connect_timeout=3,
-                allow_reconnect=True,
-                max_reconnect_attempts=-1,
-                reconnect_time_wait=0.5,
+            # a bounded first connect: with reconnects allowed nats-py would retry forever
+            await asyncio.wait_for(
+                nc.connect(
+                    url,
+                    name=f"keel-{service}",
+                    connect_timeout=2,
+                    allow_reconnect=True,
+                    max_reconnect_attempts=-1,
+                    reconnect_time_wait=0.5,
+                ),
+                timeout=CONNECT_TIMEOUT_SEC,
             )
         except (OSError, nats.errors.Error, TimeoutError) as e:
-            raise BusUnavailable(f"NATS at {url} is unreachable: {e}") from e
+            await nc.close()
+            why = str(e) or f"no answer within {CONNECT_TIMEOUT_SEC:.0f} s"
+            raise BusUnavailable(f"NATS at {url} is unreachable: {why}") from e
         bus = cls(nc, subjects, service)
         try:
             await bus.js.account_info()

@@ -56,6 +56,7 @@ class CommonConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     instance: str = ""
     seed: int = 42
     config_file: str = ""
+    var: str = "var"  # the keel CLI's state directory
 
 
 class Section(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -74,6 +75,7 @@ SECTION_PREFIXES = (
     "KEEL_ALERTS_",
     "KEEL_EXCHANGE_",
     "KEEL_UP_",
+    "KEEL_TEST_",  # the test harness's server URLs (DESIGN "Running it")
 )
 
 

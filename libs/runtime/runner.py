@@ -72,6 +72,8 @@ class Service:
     tasks: Sequence[Task] = ()
     router: APIRouter | None = None
     on_stop: Sequence[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    # app-wide hook run by create_api after the router: exception handlers, middleware
+    configure: Callable[[FastAPI], None] | None = None
 
 
 Build = Callable[[Deps], Awaitable[Service]]
@@ -114,6 +116,8 @@ def create_api(deps: Deps, service: Service) -> FastAPI:
 
     if service.router is not None:
         app.include_router(service.router)
+    if service.configure is not None:
+        service.configure(app)
     return app
 
 

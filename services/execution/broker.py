@@ -76,6 +76,28 @@ class AlpacaBroker:
         adapter = _TimeoutAdapter(timeout)
         self.client._session.mount("http://", adapter)
         self.client._session.mount("https://", adapter)
+        self._clock_ns = 0
+
+    async def wait_for_clock(self, ts_ns: int, *, timeout: float = 10.0) -> bool:
+        """Wait until the broker's clock has reached ts_ns; False if it did not within timeout.
+
+        An order decided on bar t must fill against bar t+1 (DESIGN, determinism). keel's local
+        exchange runs on event time - its clock is the last bar it has seen - so an order that
+        overtook bar t on its way there could fill on bar t. Asking GET /v2/clock first closes
+        that race; Alpaca's real clock is the wall clock and passes at once.
+        """
+        if self._clock_ns >= ts_ns:
+            return True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            clock = await asyncio.to_thread(self.client.get_clock)
+            self._clock_ns = max(self._clock_ns, _ns(clock.timestamp))  # type: ignore[union-attr]
+            if self._clock_ns >= ts_ns:
+                return True
+            if loop.time() >= deadline:
+                return False
+            await asyncio.sleep(0.01)
 
     async def check(self) -> None:
         """Fetch the account; raises when the broker is unreachable or refuses the keys."""

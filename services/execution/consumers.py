@@ -50,6 +50,9 @@ def consumers(bus: Bus, processor: Processor, broker: AlpacaBroker) -> list[tupl
                 refused = [handlers.blocked(d, "KILL_SWITCH_BLOCK", f"halted: {halt.reason}", ctx)]
                 await processor.apply(decisions.durable, [inbound], lambda s, _e, _c: (s, refused))
                 return
+            if not await broker.wait_for_clock(d.bar_ts):
+                log.warning("broker clock behind the decision bar; submitting anyway",
+                            extra={"client_order_id": d.client_order_id, "bar_ts": d.bar_ts})
             await processor.commit(lambda s: (s, [handlers.submitted(d, broker.name, ctx)]))
             outcome = await broker.submit(d)
             traceparent = tracing.inject({}).get(sj.H_TRACEPARENT, "")

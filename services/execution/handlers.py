@@ -164,12 +164,15 @@ def on_broker_order(state: st.ExecState, cid: str, bo: st.BrokerOrder | None, ct
         events.append(OrderRejected(**_envelope("order_rejected", order, ts, ctx), reason=f"broker status {bo.status}", broker_order_id=bo.id))  # type: ignore[arg-type]
     if kind != st.WORKING and (kind != st.FILLED or bo.filled_qty >= order.qty):
         return _without(state, cid), events
+    # a fill counts only once its price is known: without one, cum_qty stays put and the next
+    # poll reports it
+    priced = bo.filled_avg_price is not None
     updated = msgspec.structs.replace(
         order,
         broker_order_id=bo.id,
         broker_status=bo.status,
-        cum_qty=max(order.cum_qty, bo.filled_qty),
-        avg_px=bo.filled_avg_price if bo.filled_avg_price is not None else order.avg_px,
+        cum_qty=max(order.cum_qty, bo.filled_qty) if priced else order.cum_qty,
+        avg_px=bo.filled_avg_price if priced else order.avg_px,
     )
     return msgspec.structs.replace(state, orders={**state.orders, cid: updated}), events
 

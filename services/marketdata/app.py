@@ -13,9 +13,11 @@ import logging
 
 import msgspec
 from fastapi import APIRouter
+from opentelemetry.trace import SpanKind
 
 from libs.contracts.marketdata import BarClosed
 from libs.contracts.ops import Watermark
+from libs.obs import tracing
 from libs.runtime.processor import Processor
 from libs.runtime.runner import Deps, Service, processor_for
 from services.marketdata import api, feeds, handlers
@@ -71,7 +73,9 @@ async def feed(deps: Deps, processor: Processor, watch: WatermarkWatch | None, p
                 new, bars, wm = handlers.bars_for(s, ts, run_cfg, ctx)
                 return new, [*bars, wm]
 
-        await processor.commit(advance)
+        # each bar timestamp starts a trace that its bars carry to every hop down to the fills
+        with tracing.span("marketdata cycle", kind=SpanKind.PRODUCER):
+            await processor.commit(advance)
         progress.emitted_this_run += 1
         if speed is not None:
             await _sleep_or_stop(stop, 60.0 / speed)

@@ -22,13 +22,14 @@ KILL_SWITCH_BLOCK = "KILL_SWITCH_BLOCK"
 ORDER_SIZE_BLOCK = "ORDER_SIZE_BLOCK"
 DUPLICATE_ORDER_BLOCK = "DUPLICATE_ORDER_BLOCK"
 _PX = Decimal("0.000001")
+DUPLICATE_WINDOW_NS = 24 * 3600 * 1_000_000_000
 
 
 def pretrade(state: st.OmsState, intent: OrderIntent, cfg: OmsConfig) -> tuple[str, dict[str, str]]:
     """Return (reason, details): APPROVED or the first block that applies (seed 000 §D)."""
     if state.halted:
         return KILL_SWITCH_BLOCK, {"halt_reason": state.halt_reason}
-    if intent.client_order_id in state.by_cid:
+    if intent.client_order_id in state.by_cid or intent.client_order_id in state.recent_cids:
         return DUPLICATE_ORDER_BLOCK, {"client_order_id": intent.client_order_id}
     if intent.qty > cfg.max_order_shares:
         return ORDER_SIZE_BLOCK, {"limit": "max_order_shares", "qty": str(intent.qty), "max": str(cfg.max_order_shares)}
@@ -115,6 +116,9 @@ def on_intent(state: st.OmsState, ev: OrderIntent, ctx: Ctx) -> tuple[st.OmsStat
         return state, []  # the same intent again (its id derives from the client_order_id)
     reason, details = pretrade(state, ev, ctx.config)
     approved = reason == APPROVED_REASON
+    if reason == DUPLICATE_ORDER_BLOCK:
+        # the original intent keeps its record; only the refusal is said
+        return state, [_decision(ev, False, reason, details, ctx)]
     intent = st.IntentState(
         intent_id=ev.intent_id,
         client_order_id=ev.client_order_id,
@@ -125,15 +129,21 @@ def on_intent(state: st.OmsState, ev: OrderIntent, ctx: Ctx) -> tuple[st.OmsStat
         status=st.TRANSITIONS[(st.CREATED, st.APPROVED if approved else st.DENIED)],
         reason=reason,
     )
-    by_cid = state.by_cid if not approved else {**state.by_cid, ev.client_order_id: ev.intent_id}
     new_state = msgspec.structs.replace(
         state,
         intents={**state.intents, ev.intent_id: intent},
-        by_cid=by_cid,
+        by_cid={**state.by_cid, ev.client_order_id: ev.intent_id},
+        recent_cids={**state.recent_cids, ev.client_order_id: ev.bar_ts},
         intents_seen={**state.intents_seen, ev.symbol: state.intents_seen.get(ev.symbol, 0) + 1},
     )
-    decision = PretradeDecision(
-        event_id=derive_id("oms.pretrade_decision.v1", ev.intent_id),
+    return new_state, [_decision(ev, approved, reason, details, ctx), position_changed(new_state, ev.symbol, ev, ctx)]
+
+
+def _decision(ev: OrderIntent, approved: bool, reason: str, details: dict[str, str], ctx: Ctx) -> PretradeDecision:
+    # a refusal of a re-sent intent must not share the id of the original decision
+    parts = (ev.intent_id,) if reason != DUPLICATE_ORDER_BLOCK else (ev.intent_id, reason, ev.event_id)
+    return PretradeDecision(
+        event_id=derive_id("oms.pretrade_decision.v1", *parts),
         correlation_id=ev.correlation_id,
         causation_id=ev.event_id,
         ts_event=ev.ts_event,
@@ -153,7 +163,6 @@ def on_intent(state: st.OmsState, ev: OrderIntent, ctx: Ctx) -> tuple[st.OmsStat
         bar_ts=ev.bar_ts,
         config_sha256=ctx.config_sha256,
     )
-    return new_state, [decision, position_changed(new_state, ev.symbol, ev, ctx)]
 
 
 def _kind(ev: Event) -> str:
@@ -195,10 +204,6 @@ def on_report(state: st.OmsState, ev: ExecutionEvent, ctx: Ctx) -> tuple[st.OmsS
         pos = apply_fill(state.positions.get(ev.symbol, st.Position()), ev.side, ev.last_qty, ev.last_px)
         new_state = msgspec.structs.replace(state, positions={**state.positions, ev.symbol: pos})
     new_state = _replace_intent(new_state, intent, **changes)
-    if target in st.TERMINAL:
-        new_state = msgspec.structs.replace(
-            new_state, by_cid={k: v for k, v in new_state.by_cid.items() if k != ev.client_order_id}
-        )
     working_changed = open_order_qty(new_state, ev.symbol) != open_order_qty(state, ev.symbol)
     if working_changed or new_state.positions is not state.positions:
         return new_state, [position_changed(new_state, ev.symbol, ev, ctx)]
@@ -229,7 +234,11 @@ def on_watermark(state: st.OmsState, wm: Watermark, ctx: Ctx) -> tuple[st.OmsSta
         return state, []  # execution's watermark shares its stream; it is not ours to forward
     last, events = forward_watermark(state.last_watermark, wm, ctx)
     intents = {k: v for k, v in state.intents.items() if v.status not in st.TERMINAL}
-    return msgspec.structs.replace(state, intents=intents, last_watermark=last), events
+    by_cid = {cid: i for cid, i in state.by_cid.items() if i in intents}
+    # client_order_ids carry their session date, so a day of them is enough to refuse a re-send
+    horizon = wm.bar_ts - DUPLICATE_WINDOW_NS
+    recent = {cid: ts for cid, ts in state.recent_cids.items() if ts >= horizon}
+    return msgspec.structs.replace(state, intents=intents, by_cid=by_cid, recent_cids=recent, last_watermark=last), events
 
 
 def step(state: st.OmsState, event: object, ctx: Ctx) -> tuple[st.OmsState, Sequence[Event]]:

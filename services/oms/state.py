@@ -107,6 +107,7 @@ class OmsState(msgspec.Struct, frozen=True, kw_only=True):
 
     intents: dict[str, IntentState] = {}
     by_cid: dict[str, str] = {}
+    recent_cids: dict[str, int] = {}  # every client_order_id of the last day -> its bar_ts
     positions: dict[str, Position] = {}
     intents_seen: dict[str, int] = {}
     halted: bool = False

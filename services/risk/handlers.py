@@ -30,19 +30,12 @@ def client_order_id(
 ) -> str:
     """Build a CIDv2 id (seed 001): CIDv2:{strategy}:{symbol}:{side}:{session}:{horizon}:{hash}:{qty}:{version}."""
     cid = f"CIDv2:{strategy}:{symbol}:{side}:{session}:{horizon}:{signal_hash}:{qty}:{version}"
-    if len(cid) > MAX_CID_LEN:
+    excess = len(cid) - MAX_CID_LEN
+    if excess > 0:
         # keep every field but shorten the free-text strategy name
-        room = len(strategy) - (len(cid) - MAX_CID_LEN)
-        cid = client_order_id(
-            strategy=strategy[: max(room, 1)],
-            symbol=symbol,
-            side=side,
-            session=session,
-            horizon=horizon,
-            signal_hash=signal_hash,
-            qty=qty,
-            version=version,
-        )
+        if excess >= len(strategy):
+            raise ValueError(f"expected CIDv2 fields to fit {MAX_CID_LEN} characters, was {len(cid)}: {cid[:60]}...")
+        cid = cid.replace(f"CIDv2:{strategy}:", f"CIDv2:{strategy[: len(strategy) - excess]}:", 1)
     return cid
 
 

@@ -1,0 +1,578 @@
+"""Alpaca-compatible REST surface of the local paper exchange (health and metrics: the runtime).
+
+Shapes follow alpaca-py 0.44 (alpaca/trading/models.py: Order, Position, TradeAccount, Clock):
+money and quantities as strings, ids as UUID strings, timestamps ISO-8601. Errors are Alpaca's
+`{"code": <int>, "message": <str>}` bodies, which alpaca-py's APIError parses (`.code`,
+`.message`, `.status_code`); every error the app returns, including unknown routes and
+internal errors, has that shape (`configure` installs the handlers app-wide).
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo
+
+import msgspec
+from fastapi import APIRouter, FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from libs import sessions
+from services.exchange import handlers
+from services.exchange.state import (
+    DUPLICATE_CLIENT_ORDER_ID,
+    INSUFFICIENT_BUYING_POWER,
+    INVALID_ORDER,
+    ORDER_NOT_CANCELABLE,
+    ORDER_NOT_FOUND,
+    ExchangeOrder,
+    ExchangeState,
+    Position,
+    Rejection,
+    SubmitOrder,
+)
+
+if TYPE_CHECKING:
+    from services.exchange.app import ExchangeService
+    from services.exchange.config import ExchangeConfig
+
+log = logging.getLogger(__name__)
+
+H_KEY_ID = "APCA-API-KEY-ID"
+H_SECRET_KEY = "APCA-API-SECRET-KEY"
+# keel extension (not Alpaca): ts_event ns of the bar an order was decided on; the order then
+# fills after that bar even when the exchange has not consumed it yet (DESIGN: determinism)
+H_NOT_BEFORE = "Keel-Not-Before"
+
+# Alpaca error codes (observed on the Trading API v2)
+CODE_MALFORMED = 40010000
+CODE_INVALID = 40010001
+CODE_UNAUTHORIZED = 40110000
+CODE_FORBIDDEN = 40310000
+CODE_NOT_FOUND = 40410000
+CODE_UNPROCESSABLE = 42210000
+CODE_INTERNAL = 50010000
+
+# reason -> (HTTP status, Alpaca code)
+REJECTION_HTTP: dict[str, tuple[int, int]] = {
+    INVALID_ORDER: (422, CODE_INVALID),
+    DUPLICATE_CLIENT_ORDER_ID: (422, CODE_INVALID),
+    INSUFFICIENT_BUYING_POWER: (403, CODE_FORBIDDEN),
+    ORDER_NOT_FOUND: (404, CODE_NOT_FOUND),
+    ORDER_NOT_CANCELABLE: (422, CODE_UNPROCESSABLE),
+}
+
+ORDER_LIST_DEFAULT = 50
+ORDER_LIST_MAX = 500  # Alpaca's cap on GET /v2/orders?limit
+MAX_SYMBOL_LEN = 21
+NEW_YORK = ZoneInfo("America/New_York")
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+CENT = Decimal("0.01")
+RATIO_QUANTUM = Decimal("1E-6")
+
+_encoder = msgspec.json.Encoder(decimal_format="string")
+
+
+class _OrderBody(msgspec.Struct, kw_only=True):
+    # raw POST /v2/orders body; unknown fields are ignored like Alpaca does
+    symbol: str | None = None
+    qty: Decimal | None = None
+    notional: Decimal | None = None
+    side: str | None = None
+    type: str | None = None
+    time_in_force: str | None = None
+    limit_price: Decimal | None = None
+    stop_price: Decimal | None = None
+    trail_price: Decimal | None = None
+    trail_percent: Decimal | None = None
+    client_order_id: str | None = None
+    extended_hours: bool | None = None
+    order_class: str | None = None
+    legs: list[Any] | None = None
+    take_profit: dict[str, Any] | None = None
+    stop_loss: dict[str, Any] | None = None
+
+
+_body_decoder = msgspec.json.Decoder(_OrderBody)
+
+
+class ApiError(Exception):
+    """An Alpaca-shaped error answer."""
+
+    def __init__(self, status: int, code: int, message: str, **extra: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.extra = extra
+
+
+# --- encoding --------------------------------------------------------------------------------
+
+
+def json_response(body: object, status: int = 200) -> Response:
+    """Encode a body as JSON (Decimals as strings)."""
+    return Response(_encoder.encode(body), status_code=status, media_type="application/json")
+
+
+def error_body(code: int, message: str, **extra: str) -> dict[str, object]:
+    """Return Alpaca's error body."""
+    return {**extra, "code": code, "message": message}
+
+
+def _error(exc: ApiError) -> Response:
+    return json_response(error_body(exc.code, exc.message, **exc.extra), exc.status)
+
+
+def rejection_error(rejection: Rejection) -> ApiError:
+    """Map a business rejection to Alpaca's HTTP status, code and body."""
+    status, code = REJECTION_HTTP[rejection.reason]
+    extra = {k: v for k, v in rejection.details.items() if k in ("buying_power", "cost_basis")}
+    return ApiError(status, code, rejection.message, **extra)
+
+
+def iso_utc(ns: int | None) -> str | None:
+    """Format ns UTC as Alpaca does: `2024-03-05T14:31:00.123456789Z`."""
+    if ns is None:
+        return None
+    secs, frac = divmod(ns, 1_000_000_000)
+    text = datetime.fromtimestamp(secs, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{text}.{frac:09d}Z" if frac else f"{text}Z"
+
+
+def iso_new_york(ns: int) -> str:
+    """Format ns as New York local time with offset (the /v2/clock convention)."""
+    secs, frac = divmod(ns, 1_000_000_000)
+    local = datetime.fromtimestamp(secs, tz=NEW_YORK)
+    text = local.strftime("%Y-%m-%dT%H:%M:%S")
+    offset = local.strftime("%z")
+    return f"{text}{f'.{frac:09d}' if frac else ''}{offset[:3]}:{offset[3:]}"
+
+
+def _plain(d: Decimal) -> str:
+    # never scientific notation (str(Decimal('1E+2')) is '1E+2')
+    text = format(d, "f")
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return text or "0"
+
+
+def _money(d: Decimal) -> str:
+    return format(d.quantize(CENT), "f")
+
+
+def _ratio(num: Decimal, den: Decimal) -> str:
+    return _plain((num / den).quantize(RATIO_QUANTUM)) if den else "0"
+
+
+# --- views -----------------------------------------------------------------------------------
+
+
+def order_view(o: ExchangeOrder) -> dict[str, object]:
+    """Render an order as Alpaca's Order JSON."""
+    return {
+        "id": o.id,
+        "client_order_id": o.client_order_id,
+        "created_at": iso_utc(o.created_at),
+        "updated_at": iso_utc(o.updated_at),
+        "submitted_at": iso_utc(o.submitted_at),
+        "filled_at": iso_utc(o.filled_at),
+        "expired_at": iso_utc(o.expired_at),
+        "canceled_at": iso_utc(o.canceled_at),
+        "failed_at": None,
+        "replaced_at": None,
+        "replaced_by": None,
+        "replaces": None,
+        "asset_id": handlers.asset_id_for(o.symbol),
+        "symbol": o.symbol,
+        "asset_class": "us_equity",
+        "notional": None,
+        "qty": str(o.qty),
+        "filled_qty": str(o.filled_qty),
+        "filled_avg_price": _plain(o.filled_avg_price) if o.filled_avg_price is not None else None,
+        "order_class": "simple",
+        "order_type": o.type,
+        "type": o.type,
+        "side": o.side,
+        "position_intent": o.position_intent,
+        "time_in_force": o.time_in_force,
+        "limit_price": _plain(o.limit_price) if o.limit_price is not None else None,
+        "stop_price": None,
+        "status": o.status,
+        "extended_hours": False,
+        "legs": None,
+        "trail_percent": None,
+        "trail_price": None,
+        "hwm": None,
+        "subtag": None,
+        "source": None,
+        "expires_at": iso_utc(o.expires_at),
+    }
+
+
+def _held_for_orders(state: ExchangeState, p: Position) -> int:
+    closing_side = "sell" if p.qty > 0 else "buy"
+    held = sum(
+        state.orders[oid].leaves_qty
+        for oid in state.working.get(p.symbol, ())
+        if state.orders[oid].side == closing_side
+    )
+    return min(held, abs(p.qty))
+
+
+def position_view(state: ExchangeState, p: Position) -> dict[str, object]:
+    """Render a position as Alpaca's Position JSON."""
+    mark = state.marks.get(p.symbol)
+    price = mark.price if mark else p.avg_entry_price
+    lastday = mark.lastday_price if mark and mark.lastday_price is not None else price
+    market_value = p.qty * price
+    cost_basis = p.qty * p.avg_entry_price
+    unrealized = market_value - cost_basis
+    # intraday reference: yesterday's close for a position carried overnight, the entry price
+    # for one opened this session (approximation: adds to a carried position use the close)
+    opened_today = mark is None or p.opened_session == mark.session or mark.lastday_price is None
+    reference = p.avg_entry_price if opened_today else lastday
+    intraday = p.qty * (price - reference)
+    sign = 1 if p.qty > 0 else -1
+    return {
+        "asset_id": handlers.asset_id_for(p.symbol),
+        "symbol": p.symbol,
+        "exchange": "",  # the local exchange has no listing data (AssetExchange.EMPTY)
+        "asset_class": "us_equity",
+        "asset_marginable": True,
+        "avg_entry_price": _plain(p.avg_entry_price),
+        "qty": str(p.qty),
+        "qty_available": str(p.qty - sign * _held_for_orders(state, p)),
+        "side": "long" if p.qty > 0 else "short",
+        "market_value": _money(market_value),
+        "cost_basis": _money(cost_basis),
+        "unrealized_pl": _money(unrealized),
+        "unrealized_plpc": _ratio(unrealized, abs(cost_basis)),
+        "unrealized_intraday_pl": _money(intraday),
+        "unrealized_intraday_plpc": _ratio(intraday, abs(p.qty * reference)),
+        "current_price": _plain(price),
+        "lastday_price": _plain(lastday),
+        "change_today": _ratio(price - lastday, lastday),
+    }
+
+
+def account_view(service: ExchangeService, state: ExchangeState) -> dict[str, object]:
+    """Render the account as Alpaca's TradeAccount JSON."""
+    cfg = service.config
+    long_mv = handlers.long_market_value(state)
+    short_mv = handlers.short_market_value(state)
+    equity = state.account.cash + long_mv + short_mv
+    bp = handlers.buying_power(state, service.ctx)
+    return {
+        "id": handlers.account_uuid(cfg.account_id),
+        "account_number": cfg.account_number,
+        "status": "ACTIVE",
+        "crypto_status": "INACTIVE",
+        "currency": "USD",
+        "buying_power": _money(bp),
+        "regt_buying_power": _money(bp),
+        "daytrading_buying_power": "0",
+        "effective_buying_power": _money(bp),
+        "non_marginable_buying_power": _money(max(state.account.cash, Decimal(0))),
+        "options_buying_power": "0",
+        "bod_dtbp": "0",
+        "cash": _money(state.account.cash),
+        "accrued_fees": "0",
+        "pending_transfer_in": "0",
+        "pending_transfer_out": "0",
+        "portfolio_value": _money(equity),
+        "pattern_day_trader": False,
+        "trading_blocked": False,
+        "transfers_blocked": False,
+        "account_blocked": False,
+        "created_at": iso_utc(0),
+        "trade_suspended_by_user": False,
+        "multiplier": _plain(service.ctx.margin_multiplier),
+        "shorting_enabled": True,
+        "equity": _money(equity),
+        "last_equity": _money(state.account.last_equity),
+        "long_market_value": _money(long_mv),
+        "short_market_value": _money(short_mv),
+        "position_market_value": _money(long_mv - short_mv),
+        # Reg T: 50% initial; maintenance 25% long / 30% short (FINRA 4210 minimums)
+        "initial_margin": _money((long_mv - short_mv) / 2),
+        "maintenance_margin": _money(long_mv * Decimal("0.25") - short_mv * Decimal("0.30")),
+        "last_maintenance_margin": "0",
+        "sma": "0",
+        "daytrade_count": 0,
+        "balance_asof": state.account.session or None,
+        "options_approved_level": 0,
+        "options_trading_level": 0,
+    }
+
+
+def clock_view(clock: int) -> dict[str, object]:
+    """Render the exchange's event clock as Alpaca's Clock JSON."""
+    return {
+        "timestamp": iso_new_york(clock),
+        "is_open": sessions.is_open(clock),
+        "next_open": iso_new_york(sessions.next_open(clock)),
+        "next_close": iso_new_york(sessions.next_close(clock)),
+    }
+
+
+# --- request parsing -------------------------------------------------------------------------
+
+
+def _invalid(message: str) -> ApiError:
+    return ApiError(422, CODE_INVALID, message)
+
+
+def parse_order(body: bytes, not_before: str | None) -> SubmitOrder:
+    """Check a POST /v2/orders body the way Alpaca does; raise ApiError when it is bad."""
+    try:
+        raw = _body_decoder.decode(body)
+    except (msgspec.DecodeError, msgspec.ValidationError) as e:
+        raise ApiError(400, CODE_MALFORMED, f"request body format is invalid: {e}") from e
+    symbol = (raw.symbol or "").strip().upper()
+    if not symbol:
+        raise _invalid("symbol is required")
+    if len(symbol) > MAX_SYMBOL_LEN or not all(c.isalnum() or c in "./-" for c in symbol):
+        raise _invalid(f'asset "{symbol}" not found')
+    if raw.order_class not in (None, "", "simple") or raw.legs or raw.take_profit or raw.stop_loss:
+        raise _invalid(f"order_class {raw.order_class} is not supported by the local exchange")
+    if raw.notional is not None:
+        raise _invalid("notional orders are not supported by the local exchange; use qty")
+    if raw.qty is None:
+        raise _invalid("qty is required")
+    if not raw.qty.is_finite() or raw.qty <= 0:
+        raise _invalid("qty must be > 0")
+    if raw.qty != raw.qty.to_integral_value():
+        raise _invalid("fractional orders are not supported by the local exchange; qty must be whole shares")
+    if raw.side not in ("buy", "sell"):
+        raise _invalid(f"invalid side {raw.side!r}: expected buy or sell")
+    if raw.type in ("stop", "stop_limit", "trailing_stop"):
+        raise _invalid(f"order type {raw.type} is not supported by the local exchange")
+    if raw.type not in ("market", "limit"):
+        raise _invalid(f"invalid order type {raw.type!r}")
+    if raw.time_in_force in ("opg", "cls"):
+        raise _invalid(f"time_in_force {raw.time_in_force} is not supported by the local exchange")
+    if raw.time_in_force not in ("day", "gtc", "ioc", "fok"):
+        raise _invalid(f"invalid time_in_force {raw.time_in_force!r}")
+    if raw.extended_hours:
+        raise _invalid("extended hours orders are not supported by the local exchange")
+    if raw.stop_price is not None or raw.trail_price is not None or raw.trail_percent is not None:
+        raise _invalid(f"stop_price/trail fields are not valid for {raw.type} orders")
+    limit = raw.limit_price
+    if raw.type == "limit":
+        if limit is None:
+            raise _invalid("limit_price is required for limit orders")
+        if not limit.is_finite() or limit <= 0:
+            raise _invalid("limit_price must be > 0")
+        if limit >= 1 and limit != limit.quantize(CENT):
+            raise _invalid(
+                f"invalid limit_price {_plain(limit)}. sub-penny increment does not fulfill "
+                "minimum pricing criteria"
+            )
+        limit = Decimal(_plain(limit))
+    elif limit is not None:
+        raise _invalid("limit_price is not valid for market orders")
+    cid = raw.client_order_id or None
+    if cid is not None and len(cid) > handlers.DEFAULT_CTX.max_client_order_id_len:
+        raise _invalid("client_order_id must be no more than 128 characters")
+    return SubmitOrder(
+        symbol=symbol,
+        qty=int(raw.qty),
+        side=raw.side,  # type: ignore[arg-type]
+        type=raw.type,  # type: ignore[arg-type]
+        time_in_force=raw.time_in_force,  # type: ignore[arg-type]
+        limit_price=limit,
+        client_order_id=cid,
+        not_before=_parse_not_before(not_before),
+    )
+
+
+def _parse_not_before(value: str | None) -> int:
+    if not value:
+        return 0
+    try:
+        ns = int(value)
+    except ValueError as e:
+        raise _invalid(f"{H_NOT_BEFORE} must be int ns UTC, was {value!r}") from e
+    if ns < 0:
+        raise _invalid(f"{H_NOT_BEFORE} must be >= 0, was {ns}")
+    return ns
+
+
+def _parse_time(name: str, value: str) -> int:
+    text = value.strip()
+    try:
+        dt = datetime.fromisoformat(text.replace("Z", "+00:00") if text.endswith("Z") else text)
+    except ValueError as e:
+        raise _invalid(f"invalid {name}: expected an RFC 3339 timestamp, was {value!r}") from e
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return (dt - EPOCH) // timedelta(microseconds=1) * 1000
+
+
+def list_orders(state: ExchangeState, params: dict[str, str]) -> list[ExchangeOrder]:
+    """Filter and sort orders for GET /v2/orders."""
+    status = params.get("status") or "open"
+    if status not in ("open", "closed", "all"):
+        raise _invalid(f"invalid status {status!r}: expected open, closed or all")
+    direction = params.get("direction") or "desc"
+    if direction not in ("asc", "desc"):
+        raise _invalid(f"invalid direction {direction!r}: expected asc or desc")
+    try:
+        limit = int(params.get("limit") or ORDER_LIST_DEFAULT)
+    except ValueError as e:
+        raise _invalid(f"invalid limit {params.get('limit')!r}") from e
+    if limit <= 0:
+        raise _invalid("limit must be > 0")
+    limit = min(limit, ORDER_LIST_MAX)
+    side = params.get("side") or None
+    if side not in (None, "buy", "sell"):
+        raise _invalid(f"invalid side {side!r}: expected buy or sell")
+    after = _parse_time("after", params["after"]) if params.get("after") else None
+    until = _parse_time("until", params["until"]) if params.get("until") else None
+    symbols = {s.strip().upper() for s in (params.get("symbols") or "").split(",") if s.strip()}
+
+    if status == "open":
+        candidates = [state.orders[oid] for ids in state.working.values() for oid in ids]
+    else:
+        candidates = list(state.orders.values())
+    chosen = [
+        o
+        for o in candidates
+        if (status != "closed" or not o.is_open)
+        and (not symbols or o.symbol in symbols)
+        and (side is None or o.side == side)
+        and (after is None or o.submitted_at > after)
+        and (until is None or o.submitted_at < until)
+    ]
+    chosen.sort(key=lambda o: (o.submitted_at, o.seq), reverse=direction == "desc")
+    return chosen[:limit]
+
+
+# --- app -------------------------------------------------------------------------------------
+
+
+def configure(app: FastAPI, config: ExchangeConfig) -> None:
+    """Give the whole app Alpaca's error bodies and require the account's keys on /v2/ paths."""
+
+    @app.exception_handler(ApiError)
+    async def _on_api_error(request: Request, exc: ApiError) -> Response:
+        return _error(exc)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _on_http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        code = {404: CODE_NOT_FOUND, 401: CODE_UNAUTHORIZED, 403: CODE_FORBIDDEN}.get(
+            exc.status_code, exc.status_code * 100000
+        )
+        message = "endpoint not found" if exc.status_code == 404 else str(exc.detail)
+        return json_response(error_body(code, message), exc.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def _on_validation_error(request: Request, exc: RequestValidationError) -> Response:
+        return json_response(error_body(CODE_INVALID, f"invalid request: {exc.errors()}"), 422)
+
+    @app.exception_handler(Exception)
+    async def _on_crash(request: Request, exc: Exception) -> Response:
+        log.exception("request failed", extra={"path": request.url.path})
+        return json_response(error_body(CODE_INTERNAL, "internal server error"), 500)
+
+    # only the Alpaca surface is authenticated: /healthz, /readyz and /metrics stay open
+    @app.middleware("http")
+    async def _authenticate(request: Request, call_next):  # type: ignore[no-untyped-def]
+        if request.url.path.startswith("/v2/"):
+            key = request.headers.get(H_KEY_ID, "")
+            secret = request.headers.get(H_SECRET_KEY, "")
+            ok_key = hmac.compare_digest(key.encode(), config.api_key_id.encode())
+            ok_secret = hmac.compare_digest(secret.encode(), config.api_secret_key.encode())
+            if not (ok_key and ok_secret):
+                return json_response(error_body(CODE_UNAUTHORIZED, "request is not authorized"), 401)
+        return await call_next(request)
+
+
+def router(service: ExchangeService) -> APIRouter:
+    """Return Alpaca's Trading API v2 routes over a running exchange."""
+    r = APIRouter()
+
+    @r.post("/v2/orders")
+    async def post_order(request: Request) -> Response:
+        order_request = parse_order(await request.body(), request.headers.get(H_NOT_BEFORE))
+        result = await service.submit(order_request)
+        if isinstance(result, Rejection):
+            raise rejection_error(result)
+        return json_response(order_view(result))
+
+    @r.get("/v2/orders")
+    async def get_orders(request: Request) -> Response:
+        orders = list_orders(service.state, dict(request.query_params))
+        return json_response([order_view(o) for o in orders])
+
+    @r.get("/v2/orders:by_client_order_id")
+    async def get_order_by_client_id(request: Request) -> Response:
+        cid = request.query_params.get("client_order_id", "")
+        if not cid:
+            raise _invalid("client_order_id is required")
+        state = service.state
+        oid = state.by_client_id.get(cid)
+        if oid is None:
+            raise ApiError(404, CODE_NOT_FOUND, "order not found")
+        return json_response(order_view(state.orders[oid]))
+
+    @r.get("/v2/orders/{order_id}")
+    async def get_order(order_id: str) -> Response:
+        order = service.state.orders.get(order_id.lower())
+        if order is None:
+            raise ApiError(404, CODE_NOT_FOUND, "order not found")
+        return json_response(order_view(order))
+
+    @r.delete("/v2/orders/{order_id}")
+    async def delete_order(order_id: str) -> Response:
+        result = await service.cancel(order_id.lower())
+        if isinstance(result, Rejection):
+            raise rejection_error(result)
+        return Response(status_code=204)
+
+    @r.delete("/v2/orders")
+    async def delete_orders() -> Response:
+        canceled = await service.cancel_all()
+        # Alpaca answers 207 Multi-Status with one {id, status, body} per order it canceled
+        return json_response(
+            [{"id": o.id, "status": 200, "body": order_view(o)} for o in canceled], 207
+        )
+
+    @r.get("/v2/positions")
+    async def get_positions() -> Response:
+        state = service.state
+        return json_response(
+            [position_view(state, state.positions[s]) for s in sorted(state.positions)]
+        )
+
+    @r.get("/v2/positions/{symbol_or_asset_id}")
+    async def get_position(symbol_or_asset_id: str) -> Response:
+        state = service.state
+        key = symbol_or_asset_id.upper()
+        position = state.positions.get(key)
+        if position is None:
+            lowered = symbol_or_asset_id.lower()
+            position = next(
+                (p for p in state.positions.values() if handlers.asset_id_for(p.symbol) == lowered),
+                None,
+            )
+        if position is None:
+            raise ApiError(404, CODE_NOT_FOUND, "position does not exist")
+        return json_response(position_view(state, position))
+
+    @r.get("/v2/account")
+    async def get_account() -> Response:
+        return json_response(account_view(service, service.state))
+
+    @r.get("/v2/clock")
+    async def get_clock() -> Response:
+        # the event clock (the last bar seen), never the wall clock: execution polls it to be
+        # sure the exchange has seen a decision bar before it submits (0 before any bar: 1970)
+        return json_response(clock_view(service.state.clock))
+
+    return r

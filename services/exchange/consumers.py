@@ -1,0 +1,24 @@
+"""NATS edge of the local paper exchange: every closed bar, in stream order."""
+
+from __future__ import annotations
+
+from libs.bus import ConsumerSpec
+from libs.contracts import subjects as sj
+from libs.contracts.codec import decode_event
+
+BARS_CONSUMER = "exchange-bars"
+
+
+def decode(subject: str, data: bytes) -> object:
+    """Decode a market-data event; the exchange acts on BarClosed and skips the rest."""
+    return decode_event(data)
+
+
+def bars_consumer(subjects: sj.Subjects) -> ConsumerSpec:
+    """Return the durable consumer of every closed bar."""
+    return ConsumerSpec(
+        durable=BARS_CONSUMER,
+        family=sj.MD,
+        filter_subject=subjects.event(sj.MD, "bar_closed", "*"),
+        decode=decode,
+    )

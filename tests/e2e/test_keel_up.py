@@ -1,0 +1,173 @@
+"""The whole system, started the way a user starts it, checked from its ledgers.
+
+Five symbols over a full synthetic XNYS session through `keel up --exit-when-done`; then
+the same with one service SIGKILLed mid-run and restarted by the supervisor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import defaultdict
+from decimal import Decimal
+
+import asyncpg
+import nats
+import psutil
+import pytest
+
+from libs.contracts import subjects as sj
+from libs.contracts.subjects import Subjects
+from libs.obs.tracing import trace_id
+
+pytestmark = pytest.mark.e2e
+
+SYMBOLS = "AAPL,MSFT,SPY,QQQ,IWM"
+TERMINAL = ("FILLED", "CANCELED", "REJECTED", "EXPIRED", "FAILED")
+
+
+async def ledger(database_url: str, prefix: str) -> dict[str, object]:
+    """Read what every service recorded, from its own schema."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        oms, ex, tca = f"{prefix}_oms", f"{prefix}_exchange", f"{prefix}_tca"
+        intents = await conn.fetch(f"SELECT intent_id, client_order_id, symbol, side, qty, status, filled_qty, reason FROM {oms}.intents")
+        events = await conn.fetch(f"SELECT seq, event_id, client_order_id, event_type, payload FROM {oms}.intent_events ORDER BY seq")
+        oms_positions = {r["symbol"]: r["qty"] for r in await conn.fetch(f"SELECT symbol, qty FROM {oms}.positions")}
+        ex_orders = await conn.fetch(f"SELECT client_order_id, symbol, side, status, data FROM {ex}.orders")
+        ex_positions = {r["symbol"]: r["qty"] for r in await conn.fetch(f"SELECT symbol, qty FROM {ex}.positions")}
+        tca_rows = await conn.fetch(f"SELECT execution_id, client_order_id, shortfall_bps FROM {tca}.records")
+    finally:
+        await conn.close()
+    return {
+        "intents": intents,
+        "events": events,
+        "oms_positions": oms_positions,
+        "ex_orders": ex_orders,
+        "ex_positions": ex_positions,
+        "tca": tca_rows,
+    }
+
+
+def check_invariants(led: dict[str, object]) -> dict[str, int]:
+    """Assert the ledgers agree; return counts for the caller's own assertions."""
+    intents = led["intents"]
+    events = led["events"]
+    approved = [i for i in intents if i["reason"] == "APPROVED"]
+    fills = [json.loads(e["payload"]) for e in events if e["event_type"] in ("exec.order_filled.v1", "exec.order_partially_filled.v1")]
+
+    # every approved intent reached the exchange exactly once, under its own client_order_id
+    ex_cids = [o["client_order_id"] for o in led["ex_orders"]]
+    assert len(ex_cids) == len(set(ex_cids))
+    assert sorted(ex_cids) == sorted(i["client_order_id"] for i in approved)
+
+    # every fill is in the log exactly once
+    exec_ids = [f["execution_id"] for f in fills]
+    assert len(exec_ids) == len(set(exec_ids))
+
+    # positions equal the sum of fills, in the OMS and at the exchange
+    summed: dict[str, int] = defaultdict(int)
+    for f in fills:
+        summed[f["symbol"]] += f["last_qty"] if f["side"] == "buy" else -f["last_qty"]
+    nonzero = {s: q for s, q in summed.items() if q}
+    assert {s: q for s, q in led["oms_positions"].items() if q} == nonzero
+    assert led["ex_positions"] == nonzero
+
+    # filled quantity per intent matches its fills; a FILLED intent is filled in full
+    by_cid: dict[str, int] = defaultdict(int)
+    for f in fills:
+        by_cid[f["client_order_id"]] += f["last_qty"]
+    for i in intents:
+        assert i["filled_qty"] == by_cid.get(i["client_order_id"], 0)
+        if i["status"] == "FILLED":
+            assert i["filled_qty"] == i["qty"]
+
+    # one TCA record per fill
+    assert sorted(r["execution_id"] for r in led["tca"]) == sorted(exec_ids)
+    # the log's sequence is gap-free in commit order
+    seqs = [e["seq"] for e in events]
+    assert seqs == sorted(seqs) and len(seqs) == len(set(seqs))
+    return {"approved": len(approved), "fills": len(fills)}
+
+
+async def fill_traces(nats_url: str, prefix: str) -> tuple[int, int]:
+    """Return (fills checked, fills whose trace id equals their bar's) from stored headers."""
+    subjects = Subjects(prefix)
+    nc = await nats.connect(nats_url)
+    try:
+        js = nc.jetstream()
+        bar_trace: dict[tuple[str, str], str] = {}
+        info = await js.stream_info(subjects.stream(sj.MD))
+        for seq in range(info.state.first_seq, info.state.last_seq + 1):
+            msg = await js.get_msg(subjects.stream(sj.MD), seq)
+            body = json.loads(msg.data)
+            if body["type"] == "md.bar_closed.v1":
+                bar_trace[(body["symbol"], body["correlation_id"])] = trace_id(msg.headers)
+        checked = matched = 0
+        info = await js.stream_info(subjects.stream(sj.EXEC))
+        for seq in range(info.state.first_seq, info.state.last_seq + 1):
+            msg = await js.get_msg(subjects.stream(sj.EXEC), seq)
+            body = json.loads(msg.data)
+            if body["type"] == "exec.order_filled.v1":
+                checked += 1
+                want = bar_trace.get((body["symbol"], body["correlation_id"]))
+                matched += bool(want) and trace_id(msg.headers) == want
+        return checked, matched
+    finally:
+        await nc.close()
+
+
+async def test_keel_up_when_five_symbols_trade_a_session_then_ledgers_agree(keel_up, namespace, nats_url, database_url):
+    run = await keel_up("--symbols", SYMBOLS, "--minutes", "390", "--speed", "max", "--exit-when-done", "--start-date", "2026-03-02")
+    summary = await run.summary(timeout=400)
+
+    assert summary["bar_timestamps"] == 390
+    assert summary["bars"] == 390 * 5
+    assert summary["sessions"] == ["2026-03-02"]
+    assert summary["intents"] > 0 and summary["fills"] > 0
+    assert summary["rejects"] == 0 and summary["dead_letters"] == 0 and summary["restarts"] == {}
+
+    led = await ledger(database_url, namespace.schema_prefix)
+    counts = check_invariants(led)
+    assert counts["approved"] == summary["orders"]
+    assert counts["fills"] == summary["fills"] + summary["partial_fills"]
+    assert len(led["intents"]) == summary["intents"]
+    # orders decided on the session's last bar have no next bar to fill against
+    open_intents = [i for i in led["intents"] if i["status"] not in TERMINAL]
+    assert all(o["status"] in ("new", "accepted") for o in led["ex_orders"] if o["status"] not in ("filled", "canceled", "expired"))
+    assert len(open_intents) <= len(SYMBOLS.split(","))
+
+    checked, matched = await fill_traces(nats_url, namespace.prefix)
+    assert checked == summary["fills"] and matched == checked  # one trace from BarClosed to OrderFilled
+
+
+@pytest.mark.parametrize("victim", ["oms", "execution"])
+async def test_keel_up_when_a_service_is_sigkilled_mid_run_then_nothing_lost_or_duplicated(keel_up, namespace, database_url, victim):
+    run = await keel_up("--symbols", SYMBOLS, "--minutes", "200", "--speed", "max", "--exit-when-done", "--start-date", "2026-03-03")
+    conn = await asyncpg.connect(database_url)
+    try:
+        # wait until the victim has done real work, then kill it without warning
+        for _ in range(600):
+            await asyncio.sleep(0.1)
+            try:
+                n = await conn.fetchval(f"SELECT count(*) FROM {namespace.schema_prefix}_oms.intent_events")
+            except asyncpg.UndefinedTableError:
+                continue
+            if n and n >= 12:
+                break
+        else:
+            pytest.fail("no intents after 60 s")
+    finally:
+        await conn.close()
+    children = psutil.Process(run.proc.pid).children()
+    target = [c for c in children if f"services.{victim}" in " ".join(c.cmdline())]
+    assert len(target) == 1
+    target[0].kill()
+
+    summary = await run.summary(timeout=400)
+    assert summary["restarts"] == {victim: 1}
+    assert summary["bar_timestamps"] == 200 and summary["bars"] == 1000
+    assert summary["rejects"] == 0 and summary["dead_letters"] == 0
+    led = await ledger(database_url, namespace.schema_prefix)
+    counts = check_invariants(led)
+    assert counts["approved"] == summary["orders"] and counts["fills"] > 0

@@ -1,0 +1,423 @@
+"""Pure handlers of the local paper exchange: given state and bars -> when a command -> then state."""
+
+from __future__ import annotations
+
+from datetime import date
+from decimal import Decimal
+
+import pytest
+
+from libs import sessions
+from libs.contracts.base import derive_id
+from libs.contracts.marketdata import BarClosed
+from services.exchange import handlers
+from services.exchange.state import (
+    DUPLICATE_CLIENT_ORDER_ID,
+    INSUFFICIENT_BUYING_POWER,
+    ORDER_NOT_CANCELABLE,
+    ORDER_NOT_FOUND,
+    ExchangeOrder,
+    ExchangeState,
+    Rejection,
+    SubmitOrder,
+    initial_state,
+    rebuild,
+)
+
+D = Decimal
+MINUTE = sessions.MINUTE_NS
+DAY1 = date(2024, 3, 5)
+DAY2 = date(2024, 3, 6)
+OPEN1, CLOSE1 = sessions.session_open_close(DAY1)
+OPEN2, CLOSE2 = sessions.session_open_close(DAY2)
+
+
+def bar(
+    symbol: str,
+    minute: int,
+    *,
+    day_open: int = OPEN1,
+    session: date = DAY1,
+    open: str = "100",
+    high: str | None = None,
+    low: str | None = None,
+    close: str | None = None,
+    spread_bps: str = "10",
+) -> BarClosed:
+    ts = day_open + minute * MINUTE
+    o = D(open)
+    return BarClosed(
+        event_id=derive_id("bar", symbol, ts),
+        correlation_id=derive_id("bar", ts),
+        causation_id=derive_id("bar", ts),
+        ts_event=ts,
+        ts_init=ts,
+        symbol=symbol,
+        bar_start=ts - MINUTE,
+        session=session.isoformat(),
+        open=o,
+        high=D(high) if high else o + 1,
+        low=D(low) if low else o - 1,
+        close=D(close) if close else o,
+        volume=10_000,
+        spread_bps=D(spread_bps),
+    )
+
+
+def order(
+    cid: str,
+    *,
+    symbol: str = "AAPL",
+    side: str = "buy",
+    qty: int = 10,
+    type: str = "market",
+    tif: str = "day",
+    limit: str | None = None,
+    not_before: int = 0,
+) -> SubmitOrder:
+    return SubmitOrder(
+        symbol=symbol,
+        qty=qty,
+        side=side,  # type: ignore[arg-type]
+        type=type,  # type: ignore[arg-type]
+        time_in_force=tif,  # type: ignore[arg-type]
+        limit_price=D(limit) if limit else None,
+        client_order_id=cid,
+        not_before=not_before,
+    )
+
+
+def fresh(cash: str = "100000") -> ExchangeState:
+    return initial_state("acct-1", D(cash))
+
+
+def accept(state: ExchangeState, request: SubmitOrder) -> tuple[ExchangeState, ExchangeOrder]:
+    state, result = handlers.submit(state, request)
+    assert isinstance(result, ExchangeOrder), result
+    return state, result
+
+
+def feed(state: ExchangeState, *bars: BarClosed) -> tuple[ExchangeState, list[ExchangeOrder]]:
+    changed: list[ExchangeOrder] = []
+    for b in bars:
+        state, orders = handlers.on_bar(state, b)
+        changed.extend(orders)
+    return state, changed
+
+
+def test_submit_when_bar_seen_then_fills_on_next_bar_not_the_current_one() -> None:
+    # Arrange: the exchange has seen AAPL's 09:31 bar
+    state, _ = feed(fresh(), bar("AAPL", 1, open="100"))
+    state, accepted = accept(state, order("c1"))
+    # Act: the same bar again (late copy) does nothing; the next bar fills
+    state, changed_same = feed(state, bar("AAPL", 1, open="100"))
+    state, changed_next = feed(state, bar("AAPL", 2, open="101"))
+    # Assert
+    assert accepted.status == "new"
+    assert accepted.created_at == OPEN1 + MINUTE
+    assert changed_same == []
+    (filled,) = changed_next
+    assert filled.status == "filled"
+    assert filled.filled_qty == 10
+    assert filled.filled_avg_price == D("101.05")  # 101 * (1 + 10/20000) = 101.0505 -> 101.05
+    assert filled.filled_at == OPEN1 + 2 * MINUTE
+    assert state.positions["AAPL"].qty == 10
+    assert state.account.cash == D("100000") - D("1010.50")
+
+
+def test_submit_when_clock_advanced_by_other_symbol_then_late_bar_of_same_minute_does_not_fill() -> None:
+    # Arrange: MSFT's 09:31 bar moved the clock; AAPL's 09:31 bar arrives after the order
+    state, _ = feed(fresh(), bar("MSFT", 1))
+    state, _ = accept(state, order("c1", symbol="AAPL"))
+    # Act
+    state, on_same_minute = feed(state, bar("AAPL", 1))
+    state, on_next_minute = feed(state, bar("AAPL", 2))
+    # Assert
+    assert on_same_minute == []
+    assert [o.status for o in on_next_minute] == ["filled"]
+
+
+def test_fills_when_bars_of_two_symbols_arrive_in_either_order_then_results_are_identical() -> None:
+    base, _ = feed(fresh(), bar("AAPL", 1), bar("MSFT", 1))
+    base, _ = accept(base, order("a", symbol="AAPL"))
+    base, _ = accept(base, order("m", symbol="MSFT", side="sell"))
+    one, _ = feed(base, bar("AAPL", 2, open="100"), bar("MSFT", 2, open="50"))
+    two, _ = feed(base, bar("MSFT", 2, open="50"), bar("AAPL", 2, open="100"))
+    assert one == two
+
+
+def test_submit_when_no_bar_seen_then_fills_on_first_bar_and_day_order_binds_its_session() -> None:
+    state, accepted = accept(fresh(), order("c1"))
+    assert accepted.created_at == 0
+    assert accepted.expires_at is None
+    state, (filled,) = feed(state, bar("AAPL", 5, open="20"))
+    assert filled.status == "filled"
+    assert filled.filled_avg_price == D("20.01")  # 20 * 1.0005 = 20.01
+    assert filled.expires_at == CLOSE1
+
+
+def test_submit_when_not_before_is_after_clock_then_waits_for_the_bar_after_the_decision() -> None:
+    # the decision bar (09:32) has not reached the exchange yet
+    state, _ = feed(fresh(), bar("AAPL", 1))
+    state, accepted = accept(state, order("c1", not_before=OPEN1 + 2 * MINUTE))
+    state, on_decision_bar = feed(state, bar("AAPL", 2))
+    state, on_next = feed(state, bar("AAPL", 3))
+    assert accepted.created_at == OPEN1 + 2 * MINUTE
+    assert on_decision_bar == []
+    assert [o.status for o in on_next] == ["filled"]
+
+
+def test_limit_buy_when_bar_trades_through_then_fills_at_better_of_limit_and_market() -> None:
+    state, _ = feed(fresh(), bar("AAPL", 1))
+    state, _ = accept(state, order("below", type="limit", limit="99.50"))
+    state, _ = accept(state, order("above", type="limit", limit="105.00"))
+    state, changed = feed(state, bar("AAPL", 2, open="100", low="99.40", high="100.50"))
+    prices = {o.client_order_id: o.filled_avg_price for o in changed}
+    assert prices == {"below": D("99.50"), "above": D("100.05")}
+
+
+def test_limit_when_bar_does_not_reach_then_order_keeps_working() -> None:
+    state, _ = feed(fresh(), bar("AAPL", 1))
+    state, buy = accept(state, order("b", type="limit", limit="98.00", tif="gtc"))
+    state, sell = accept(state, order("s", side="sell", type="limit", limit="102.00", tif="gtc"))
+    state, changed = feed(state, bar("AAPL", 2, open="100", low="99", high="101"))
+    assert changed == []
+    assert state.working["AAPL"] == (buy.id, sell.id)
+
+
+def test_limit_sell_when_high_reaches_limit_then_fills_at_max_of_limit_and_market() -> None:
+    state, _ = feed(fresh(), bar("AAPL", 1))
+    state, _ = accept(state, order("s", side="sell", type="limit", limit="100.80"))
+    state, (filled,) = feed(state, bar("AAPL", 2, open="100", low="99", high="101"))
+    assert filled.filled_avg_price == D("100.80")
+    assert state.positions["AAPL"].qty == -10
+
+
+@pytest.mark.parametrize("tif", ["ioc", "fok"])
+def test_ioc_fok_when_first_bar_cannot_fill_then_canceled(tif: str) -> None:
+    state, _ = feed(fresh(), bar("AAPL", 1))
+    state, _ = accept(state, order("c", type="limit", limit="90.00", tif=tif))
+    state, (done,) = feed(state, bar("AAPL", 2, low="99"))
+    assert done.status == "canceled"
+    assert done.canceled_at == OPEN1 + 2 * MINUTE
+    assert "AAPL" not in state.working
+
+
+def test_day_order_when_session_closes_unfilled_then_expires_at_the_close() -> None:
+    state, _ = feed(fresh(), bar("AAPL", 1))
+    state, day = accept(state, order("day", type="limit", limit="50.00"))
+    state, gtc = accept(state, order("gtc", type="limit", limit="50.00", tif="gtc"))
+    last_minute = (CLOSE1 - OPEN1) // MINUTE
+    # the closing bar itself may still fill a day order: no expiry on it
+    state, at_close = feed(state, bar("AAPL", last_minute))
+    # Act: the first bar of the next session (another symbol is enough to move the clock)
+    state, next_day = feed(state, bar("MSFT", 1, day_open=OPEN2, session=DAY2))
+    assert day.expires_at == CLOSE1
+    assert at_close == []
+    assert [(o.id, o.status, o.expired_at) for o in next_day] == [(day.id, "expired", CLOSE1)]
+    assert state.orders[gtc.id].status == "new"
+    assert state.working["AAPL"] == (gtc.id,)
+
+
+def test_day_order_when_accepted_after_the_close_then_works_in_the_next_session() -> None:
+    last_minute = (CLOSE1 - OPEN1) // MINUTE
+    state, _ = feed(fresh(), bar("AAPL", last_minute))
+    state, accepted = accept(state, order("late"))
+    state, (filled,) = feed(state, bar("AAPL", 1, day_open=OPEN2, session=DAY2, open="102"))
+    assert accepted.expires_at == CLOSE2
+    assert filled.status == "filled"
+    assert filled.filled_avg_price == D("102.05")
+
+
+def test_submit_when_client_order_id_reused_then_rejected_as_duplicate() -> None:
+    state, first = accept(fresh(), order("same"))
+    after, result = handlers.submit(state, order("same", qty=1))
+    assert isinstance(result, Rejection)
+    assert result.reason == DUPLICATE_CLIENT_ORDER_ID
+    assert result.message == "client_order_id must be unique"
+    assert after is state
+
+
+def test_submit_when_cost_exceeds_buying_power_then_rejected() -> None:
+    state, _ = feed(fresh(cash="1000"), bar("AAPL", 1, open="100", close="100"))
+    # buying power = 2 * 1000 = 2000; 10 x 100 fits, 30 x 100 does not
+    state, result = handlers.submit(state, order("big", qty=30))
+    assert isinstance(result, Rejection)
+    assert result.reason == INSUFFICIENT_BUYING_POWER
+    assert result.details == {"buying_power": "2000", "cost_basis": "3000"}
+    state, _ = accept(state, order("ok", qty=10))
+    # the open order holds 1000 of buying power, so another 15 shares no longer fit
+    _, second = handlers.submit(state, order("more", qty=15))
+    assert isinstance(second, Rejection)
+    assert handlers.buying_power(state) == D("1000")
+
+
+def test_submit_when_order_closes_a_position_then_no_buying_power_needed() -> None:
+    state, _ = feed(fresh(cash="1000"), bar("AAPL", 1, open="100"))
+    state, _ = accept(state, order("buy", qty=15))
+    state, _ = feed(state, bar("AAPL", 2, open="100", close="100"))
+    state = handlers.on_bar(state, bar("MSFT", 2))[0]
+    # selling what is held needs no buying power even when it is exhausted
+    state, closing = accept(state, order("sell", side="sell", qty=15))
+    assert closing.position_intent == "sell_to_close"
+
+
+def test_cover_when_short_position_then_cash_and_positions_account_for_both_legs() -> None:
+    state, _ = feed(fresh(), bar("XYZ", 1))
+    state, short = accept(state, order("short", symbol="XYZ", side="sell", qty=10))
+    state, _ = feed(state, bar("XYZ", 2, open="100", close="95"))
+    position = state.positions["XYZ"]
+    assert short.position_intent == "sell_to_open"
+    assert position.qty == -10
+    assert position.avg_entry_price == D("99.95")  # sell pays half the 10 bps spread
+    assert state.account.cash == D("100999.50")
+    assert handlers.short_market_value(state) == D("-950")
+    assert handlers.equity(state) == D("100049.50")
+    state, cover = accept(state, order("cover", symbol="XYZ", side="buy", qty=10))
+    state, _ = feed(state, bar("XYZ", 3, open="90"))
+    assert cover.position_intent == "buy_to_close"
+    assert "XYZ" not in state.positions
+    assert state.account.cash == D("100999.50") - D("900.40")  # 90 * 1.0005 = 90.045 -> 90.04
+    assert handlers.equity(state) == D("100099.10")
+
+
+def test_fills_when_buys_at_two_prices_then_average_entry_is_volume_weighted_and_sells_keep_it() -> None:
+    state, _ = feed(fresh(), bar("AAPL", 1))
+    state, _ = accept(state, order("b1", qty=10))
+    state, _ = feed(state, bar("AAPL", 2, open="100", spread_bps="0"))
+    state, _ = accept(state, order("b2", qty=30))
+    state, _ = feed(state, bar("AAPL", 3, open="110", spread_bps="0"))
+    assert state.positions["AAPL"].avg_entry_price == D("107.5")
+    state, _ = accept(state, order("s1", side="sell", qty=20))
+    state, _ = feed(state, bar("AAPL", 4, open="120", spread_bps="0"))
+    assert state.positions["AAPL"].qty == 20
+    assert state.positions["AAPL"].avg_entry_price == D("107.5")
+    assert state.account.cash == D("100000") - 1000 - 3300 + 2400
+
+
+def test_sell_when_more_than_held_then_position_flips_short_at_fill_price() -> None:
+    state, _ = feed(fresh(), bar("AAPL", 1))
+    state, _ = accept(state, order("b", qty=10))
+    state, _ = feed(state, bar("AAPL", 2, open="100", spread_bps="0"))
+    state, flip = accept(state, order("s", side="sell", qty=15))
+    state, _ = feed(state, bar("AAPL", 3, open="104", spread_bps="0"))
+    assert flip.position_intent == "sell_to_close"
+    assert state.positions["AAPL"].qty == -5
+    assert state.positions["AAPL"].avg_entry_price == D("104")
+
+
+def test_cancel_when_open_then_canceled_and_when_filled_then_refused() -> None:
+    state, _ = feed(fresh(), bar("AAPL", 1))
+    state, working = accept(state, order("w", type="limit", limit="1.00", tif="gtc"))
+    state, market = accept(state, order("m"))
+    state, _ = feed(state, bar("AAPL", 2))
+    state, canceled = handlers.cancel(state, working.id)
+    _, refused = handlers.cancel(state, market.id)
+    _, unknown = handlers.cancel(state, "00000000-0000-0000-0000-000000000000")
+    assert isinstance(canceled, ExchangeOrder)
+    assert canceled.status == "canceled"
+    assert canceled.canceled_at == OPEN1 + 2 * MINUTE
+    assert isinstance(refused, Rejection) and refused.reason == ORDER_NOT_CANCELABLE
+    assert refused.message == 'order is already in "filled" state'
+    assert isinstance(unknown, Rejection) and unknown.reason == ORDER_NOT_FOUND
+
+
+def test_cancel_all_when_orders_open_then_every_one_canceled_oldest_first() -> None:
+    state, _ = feed(fresh(), bar("AAPL", 1))
+    state, a = accept(state, order("a", type="limit", limit="1.00", tif="gtc"))
+    state, m = accept(state, order("m", symbol="MSFT", type="limit", limit="1.00", tif="gtc"))
+    state, b = accept(state, order("b", type="limit", limit="1.00", tif="gtc"))
+    state, done = handlers.cancel_all(state)
+    assert [o.id for o in done] == [a.id, m.id, b.id]
+    assert state.working == {}
+    assert handlers.cancel_all(state)[1] == []
+
+
+def test_ids_when_same_inputs_then_same_uuids() -> None:
+    s1, o1 = accept(fresh(), order("cid-1"))
+    s2, o2 = accept(fresh(), order("cid-1"))
+    s1, (f1,) = feed(s1, bar("AAPL", 1))
+    s2, (f2,) = feed(s2, bar("AAPL", 1))
+    assert o1.id == o2.id == handlers.order_id_for("acct-1", "cid-1")
+    assert f1.fills[0].execution_id == handlers.execution_id_for(o1.id, 1) == f2.fills[0].execution_id
+    assert o1.id[14] == "8"  # UUID version 8 (RFC 9562 custom)
+
+
+def test_submit_when_no_client_order_id_then_a_deterministic_one_is_assigned() -> None:
+    request = SubmitOrder(symbol="AAPL", qty=1, side="buy", type="market", time_in_force="day")
+    _, first = accept(fresh(), request)
+    _, again = accept(fresh(), request)
+    assert first.client_order_id == again.client_order_id
+    assert len(first.client_order_id) == 36
+
+
+def test_rebuild_when_state_round_trips_then_equal() -> None:
+    state, _ = feed(fresh(), bar("AAPL", 1))
+    state, _ = accept(state, order("a", type="limit", limit="1.00", tif="gtc"))
+    state, _ = accept(state, order("b"))
+    state, _ = feed(state, bar("AAPL", 2))
+    rebuilt = rebuild(
+        state.account,
+        state.clock,
+        list(state.orders.values()),
+        list(state.positions.values()),
+        list(state.marks.values()),
+    )
+    assert rebuilt == state
+
+
+def test_on_bar_when_new_session_then_last_equity_is_equity_at_previous_close_marks() -> None:
+    state, _ = feed(fresh(), bar("AAPL", 1))
+    state, _ = accept(state, order("b", qty=100))
+    last_minute = (CLOSE1 - OPEN1) // MINUTE
+    state, _ = feed(state, bar("AAPL", 2, open="100", spread_bps="0"), bar("AAPL", last_minute, close="110"))
+    state, _ = feed(state, bar("AAPL", 1, day_open=OPEN2, session=DAY2, close="120"))
+    assert state.account.session == DAY2.isoformat()
+    assert state.account.last_equity == D("101000")
+    assert state.marks["AAPL"].lastday_price == D("110")
+    assert handlers.equity(state) == D("102000")
+
+
+def test_round_to_tick_when_above_or_below_a_dollar_then_cents_or_hundredths_of_cents() -> None:
+    assert handlers.round_to_tick(D("12.345")) == D("12.34")  # half-even
+    assert handlers.round_to_tick(D("0.123456")) == D("0.1235")
+
+
+def test_views_when_parsed_by_alpaca_py_then_expired_order_and_short_position_read_back() -> None:
+    from alpaca.trading.enums import OrderStatus, PositionSide
+    from alpaca.trading.models import Order, Position
+
+    from services.exchange.api import order_view, position_view
+
+    state, _ = feed(fresh(), bar("AAPL", 1))
+    state, day = accept(state, order("day", type="limit", limit="50.00"))
+    state, _ = accept(state, order("short", side="sell", qty=3))
+    state, _ = feed(state, bar("AAPL", 2), bar("MSFT", 1, day_open=OPEN2, session=DAY2))
+    parsed = Order(**order_view(state.orders[day.id]))
+    short = Position(**position_view(state, state.positions["AAPL"]))
+    assert parsed.status == OrderStatus.EXPIRED
+    assert parsed.expired_at is not None and parsed.limit_price == "50"
+    assert (short.side, short.qty, short.market_value, short.cost_basis) == (
+        PositionSide.SHORT, "-3", "-300.00", "-299.85",
+    )
+
+
+def test_clock_view_when_bars_seen_or_none_then_last_bar_ts_or_epoch_read_by_alpaca_py() -> None:
+    from datetime import UTC, datetime
+
+    from alpaca.trading.models import Clock
+
+    from services.exchange.api import clock_view
+
+    # Arrange: a late copy of bar 1, and an order whose Keel-Not-Before is ahead of every bar
+    state, _ = feed(fresh(), bar("AAPL", 1), bar("MSFT", 2), bar("AAPL", 1))
+    state, _ = accept(state, order("ahead", not_before=bar("AAPL", 5).ts_event))
+
+    # Act
+    before_any_bar = Clock(**clock_view(fresh().clock))
+    seen = Clock(**clock_view(state.clock))
+
+    # Assert: the clock is the last bar seen (execution polls it), never a header or the wall
+    assert before_any_bar.timestamp == datetime(1970, 1, 1, tzinfo=UTC)
+    assert state.clock == bar("MSFT", 2).ts_event
+    assert seen.timestamp == datetime.fromtimestamp(state.clock / 1e9, tz=UTC)
