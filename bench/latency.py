@@ -139,9 +139,27 @@ def run_system(url: str, database_url: str, prefix: str, minutes: int, var: Path
         "KEEL_RISK_MIN_ORDER_DOLLARS": "1",
     }
     out = subprocess.run(
-        [sys.executable, "-m", "libs.cli.main", "--var", str(var), "up", "--quiet", "--symbols", ",".join(SYMBOLS),
-         "--minutes", str(minutes), "--speed", "60", "--exit-when-done"],
-        env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=minutes * 3 + 300,
+        [
+            sys.executable,
+            "-m",
+            "libs.cli.main",
+            "--var",
+            str(var),
+            "up",
+            "--quiet",
+            "--symbols",
+            ",".join(SYMBOLS),
+            "--minutes",
+            str(minutes),
+            "--speed",
+            "60",
+            "--exit-when-done",
+        ],
+        env=env,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=minutes * 3 + 300,
     )
     if out.returncode != 0:
         raise SystemExit(f"keel up failed: {out.stderr[-2000:]}")
@@ -175,8 +193,14 @@ def main() -> None:
         "symbols": len(SYMBOLS),
         "bar_timestamps": summary["bar_timestamps"],
         "orders": len(system["accepted"]),
-        "bar_to_submitted_ms": {"p50": round(pct(system["submitted"], 0.5), 2), "p99": round(pct(system["submitted"], 0.99), 2)},
-        "bar_to_accepted_ms": {"p50": round(pct(system["accepted"], 0.5), 2), "p99": round(pct(system["accepted"], 0.99), 2)},
+        "bar_to_submitted_ms": {
+            "p50": round(pct(system["submitted"], 0.5), 2),
+            "p99": round(pct(system["submitted"], 0.99), 2),
+        },
+        "bar_to_accepted_ms": {
+            "p50": round(pct(system["accepted"], 0.5), 2),
+            "p99": round(pct(system["accepted"], 0.99), 2),
+        },
         "bare_5hop_ms": {"p50": round(pct(bare, 0.5), 2), "p99": round(pct(bare, 0.99), 2), "n": len(bare)},
     }
     result["ratio_accepted_to_bare"] = {

@@ -29,5 +29,5 @@ def sqlalchemy_url(url: str) -> str:
     """Turn a libpq URL into one SQLAlchemy drives with psycopg 3."""
     for scheme in ("postgresql://", "postgres://"):
         if url.startswith(scheme):
-            return "postgresql+psycopg://" + url[len(scheme):]
+            return "postgresql+psycopg://" + url[len(scheme) :]
     return url

@@ -11,8 +11,8 @@ import pytest
 from tests.support.servers import (
     Namespace,
     cleanup_namespace,
-    new_namespace,
     nats_server,
+    new_namespace,
     postgres_server,
 )
 
@@ -36,9 +36,7 @@ def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture
-async def namespace(
-    request: pytest.FixtureRequest, nats_url: str, database_url: str
-) -> AsyncIterator[Namespace]:
+async def namespace(request: pytest.FixtureRequest, nats_url: str, database_url: str) -> AsyncIterator[Namespace]:
     """Yield this test's subject/stream/bucket and schema prefixes; delete what they own after."""
     ns = new_namespace(request.node.nodeid)
     yield ns

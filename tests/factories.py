@@ -100,7 +100,9 @@ class Events:
 
     def watermark(self, source: str, bar_ts: int, *, final: bool = False) -> Watermark:
         """Return a watermark of `source` for bars up to bar_ts."""
-        return Watermark(**self._envelope("watermark", bar_ts, source, final), source=source, bar_ts=bar_ts, final=final)
+        return Watermark(
+            **self._envelope("watermark", bar_ts, source, final), source=source, bar_ts=bar_ts, final=final
+        )
 
     # --- signal and risk --------------------------------------------------------------------
 
@@ -253,7 +255,9 @@ class Events:
         """Return an expiry report."""
         return OrderExpired(**self._order("expired", intent), broker_order_id="bo-1", cum_qty=cum_qty)
 
-    def rejected(self, intent: OrderIntent, *, reason: str = "insufficient buying power", code: str = "40310000") -> OrderRejected:
+    def rejected(
+        self, intent: OrderIntent, *, reason: str = "insufficient buying power", code: str = "40310000"
+    ) -> OrderRejected:
         """Return a broker rejection."""
         return OrderRejected(**self._order("rejected", intent), reason=reason, code=code)
 

@@ -39,9 +39,7 @@ def _stream_config(subjects: sj.Subjects, family: str) -> api.StreamConfig:
     max_age = HEARTBEAT_MAX_AGE_SEC if family == sj.HB else None
     return api.StreamConfig(
         name=subjects.stream(family),
-        subjects=[subjects.family_wildcard(family)]
-        if family != sj.CTL
-        else [f"{subjects.prefix}.{sj.CTL}.>"],
+        subjects=[subjects.family_wildcard(family)] if family != sj.CTL else [f"{subjects.prefix}.{sj.CTL}.>"],
         retention=api.RetentionPolicy.LIMITS,
         storage=api.StorageType.FILE,
         duplicate_window=DUPLICATE_WINDOW_SEC if family != sj.HB else 60,
@@ -135,9 +133,7 @@ class Bus:
 
     async def publish(self, event: Event, *, headers: dict[str, str] | None = None) -> api.PubAck:
         """Publish an event and wait for its PubAck; a duplicate ack counts as success."""
-        return await self.js.publish(
-            self.subjects.of(event), encode(event), headers=self.headers_for(event, headers)
-        )
+        return await self.js.publish(self.subjects.of(event), encode(event), headers=self.headers_for(event, headers))
 
     async def publish_encoded(self, subject: str, data: bytes, headers: dict[str, str]) -> None:
         """Publish pre-encoded events pipelined; the caller awaits the returned futures."""

@@ -37,7 +37,7 @@ class ConsumerSpec:
     decode: Decode
     batch: int = 256
     fetch_timeout: float = 1.0
-    ack_wait_sec: float = 30.0
+    ack_wait_sec: float = 10.0  # how long a crashed consumer's messages wait before redelivery
     max_ack_pending: int = 4096
     nak_delay_sec: float = 1.0
 
@@ -89,7 +89,9 @@ async def _decode_batch(bus: Bus, spec: ConsumerSpec, msgs: list[Msg], metrics: 
     return good
 
 
-async def _apply(bus: Bus, spec: ConsumerSpec, batch: list[Inbound], on_batch: OnBatch, metrics: Metrics | None) -> None:
+async def _apply(
+    bus: Bus, spec: ConsumerSpec, batch: list[Inbound], on_batch: OnBatch, metrics: Metrics | None
+) -> None:
     try:
         await on_batch(batch)
     except Exception as e:  # classified below: transient -> nak, anything else -> isolate

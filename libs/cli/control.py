@@ -13,7 +13,6 @@ import time
 from typing import Any
 
 import httpx
-
 from nats.js.errors import NotFoundError
 
 from libs.bus import Bus, BusUnavailable
@@ -52,7 +51,9 @@ async def counts(bus: Bus) -> dict[str, int]:
     return out
 
 
-async def send(nats_url: str, prefix: str, verb: str, body: dict[str, Any], *, wait_halt: bool | None) -> dict[str, Any]:
+async def send(
+    nats_url: str, prefix: str, verb: str, body: dict[str, Any], *, wait_halt: bool | None
+) -> dict[str, Any]:
     """Publish a control command; optionally wait (1 s) until the halt flag shows it applied."""
     bus = await Bus.connect(nats_url, Subjects(prefix), service="cli")
     try:
@@ -104,7 +105,11 @@ async def status(up: dict[str, Any]) -> dict[str, Any]:
         return out
     try:
         halt = await bus.halt_state()
-        out["halt"] = {"halted": halt.halted, "reason": halt.reason, "since_ns": halt.since_ns} if halt else {"halted": False, "reason": ""}
+        out["halt"] = (
+            {"halted": halt.halted, "reason": halt.reason, "since_ns": halt.since_ns}
+            if halt
+            else {"halted": False, "reason": ""}
+        )
         out["counts"] = await counts(bus)
     finally:
         await bus.close()

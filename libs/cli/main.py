@@ -36,7 +36,9 @@ def _control(args: argparse.Namespace, verb: str, body: dict[str, Any], wait_hal
 def main(argv: list[str] | None = None) -> int:
     """Parse the command line and run one verb."""
     parser = argparse.ArgumentParser(prog="keel", description="keel: event-sourced trading for US equities")
-    parser.add_argument("--var", type=Path, default=Path(os.environ.get("KEEL_VAR", "var")), help="state directory (default ./var)")
+    parser.add_argument(
+        "--var", type=Path, default=Path(os.environ.get("KEEL_VAR", "var")), help="state directory (default ./var)"
+    )
     sub = parser.add_subparsers(dest="verb", required=True)
 
     up = sub.add_parser("up", help="run the whole system for paper trading on this machine")
@@ -47,7 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--speed", default="1", help="'max' (as fast as the lockstep allows) or a multiple of real time")
     up.add_argument("--start-date", default="", help="first session of the synthetic feed, YYYY-MM-DD")
     up.add_argument("--seed", type=int, default=None)
-    up.add_argument("--exit-when-done", action="store_true", help="stop and print a JSON summary when the feed is done and settled")
+    up.add_argument(
+        "--exit-when-done", action="store_true", help="stop and print a JSON summary when the feed is done and settled"
+    )
     up.add_argument("--quiet", action="store_true", help="no progress line")
     up.add_argument("--prefix", default="", help="subject and schema prefix (default keel)")
 
@@ -68,9 +72,17 @@ def main(argv: list[str] | None = None) -> int:
             from libs.cli.up import UpOptions, run
 
             opts = UpOptions(
-                var=args.var.resolve(), feed=args.feed, file=args.file, symbols=args.symbols, minutes=args.minutes,
-                speed=args.speed, start_date=args.start_date, seed=args.seed, exit_when_done=args.exit_when_done,
-                quiet=args.quiet, prefix=args.prefix,
+                var=args.var.resolve(),
+                feed=args.feed,
+                file=args.file,
+                symbols=args.symbols,
+                minutes=args.minutes,
+                speed=args.speed,
+                start_date=args.start_date,
+                seed=args.seed,
+                exit_when_done=args.exit_when_done,
+                quiet=args.quiet,
+                prefix=args.prefix,
             )
             return asyncio.run(run(opts))
         if args.verb == "status":

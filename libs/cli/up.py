@@ -32,11 +32,13 @@ from libs.contracts.subjects import Subjects
 from libs.runtime import manifest
 from libs.runtime.embedded import EmbeddedNats, EmbeddedPostgres, free_port, start_nats, start_postgres
 from libs.runtime.migrate import migrate
-from libs.sessions import sessions_between, session_of
+from libs.sessions import session_of, sessions_between
 
-# start order: the exchange first (execution checks it at start), the feed last
 SERVICES = ("exchange", "alerts", "tca", "oms", "execution", "risk", "signal", "marketdata")
-CONSUMER_SERVICES = ("signal", "risk", "oms", "execution", "tca", "alerts", "exchange")
+STARTUP_WAVES = (("exchange",), ("alerts", "tca", "oms", "execution", "risk", "signal"), ("marketdata",))
+# stop the feed first (nothing new enters) and alerts next (no false HEARTBEAT_MISSING while the
+# others stop), then everything else at once
+SHUTDOWN_WAVES = (("marketdata",), ("alerts",), ("signal", "risk", "oms", "execution", "tca", "exchange"))
 
 
 @dataclass
@@ -86,6 +88,11 @@ class Child:
         )
         log.close()
         self.started_at = time.monotonic()
+
+    def terminate(self) -> None:
+        """Send SIGTERM without waiting."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
 
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM, wait, then SIGKILL."""
@@ -187,7 +194,11 @@ async def _wait_ready(child: Child, timeout: float = 60.0) -> None:
 
 
 async def _write_manifest(cluster: Cluster, opts: UpOptions, run_id: str) -> dict[str, Any]:
-    doc = manifest.build(run_id=run_id, options=vars(opts) | {"var": str(opts.var)}, env=_child_env(cluster, opts, {"api_key_id": "", "api_secret_key": ""}))
+    doc = manifest.build(
+        run_id=run_id,
+        options=vars(opts) | {"var": str(opts.var)},
+        env=_child_env(cluster, opts, {"api_key_id": "", "api_secret_key": ""}),
+    )
     manifest.write_file(opts.var / "runs", doc)
     conn = await asyncpg.connect(cluster.database_url)
     try:
@@ -237,7 +248,9 @@ async def run(opts: UpOptions) -> int:
     (opts.var / "logs").mkdir(exist_ok=True)
     nats_url, database_url, en, ep = _servers(opts)
     prefix = opts.prefix or os.environ.get("KEEL_PREFIX", "keel")
-    cluster = Cluster(nats_url, database_url, prefix, os.environ.get("KEEL_SCHEMA_PREFIX", prefix), embedded_nats=en, embedded_pg=ep)
+    cluster = Cluster(
+        nats_url, database_url, prefix, os.environ.get("KEEL_SCHEMA_PREFIX", prefix), embedded_nats=en, embedded_pg=ep
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -256,17 +269,18 @@ async def run(opts: UpOptions) -> int:
             port = free_port()
             child_env = dict(env, KEEL_API_PORT=str(port))
             if name == "execution":
-                child_env["KEEL_EXEC_BASE_URL"] = cluster.children["exchange"].url
-            child = Child(name, port, child_env, opts.var / "logs" / f"{name}.log")
-            cluster.children[name] = child
-            child.start()
-            await _wait_ready(child)
+                child_env["KEEL_EXEC_BASE_URL"] = f"http://127.0.0.1:{cluster.children['exchange'].port}"
+            cluster.children[name] = Child(name, port, child_env, opts.var / "logs" / f"{name}.log")
+        # the exchange first (execution checks its broker at start), the feed last (so every
+        # consumer is listening before the first bar; durable consumers would catch up anyway)
+        for wave in STARTUP_WAVES:
+            for name in wave:
+                cluster.children[name].start()
+            await asyncio.gather(*(_wait_ready(cluster.children[name]) for name in wave))
         _write_up_file(opts.var, cluster, keys, run_id)
         return await _supervise(cluster, bus, opts, start_counts, doc, stop)
     finally:
-        for name in reversed(SERVICES):
-            if name in cluster.children:
-                cluster.children[name].stop()
+        _stop_all(cluster)
         if bus is not None:
             await bus.close()
         (opts.var / "up.json").unlink(missing_ok=True)
@@ -274,6 +288,15 @@ async def run(opts: UpOptions) -> int:
             en.stop()
         if ep is not None:
             ep.stop()
+
+
+def _stop_all(cluster: Cluster) -> None:
+    for wave in SHUTDOWN_WAVES:
+        children = [cluster.children[n] for n in wave if n in cluster.children]
+        for child in children:
+            child.terminate()
+        for child in children:
+            child.stop()
 
 
 def _write_up_file(var: Path, cluster: Cluster, keys: dict[str, str], run_id: str) -> None:
@@ -292,7 +315,9 @@ def _write_up_file(var: Path, cluster: Cluster, keys: dict[str, str], run_id: st
     path.chmod(0o600)
 
 
-async def _supervise(cluster: Cluster, bus: Bus, opts: UpOptions, start_counts: dict[str, int], doc: dict[str, Any], stop: asyncio.Event) -> int:
+async def _supervise(
+    cluster: Cluster, bus: Bus, opts: UpOptions, start_counts: dict[str, int], doc: dict[str, Any], stop: asyncio.Event
+) -> int:
     md = cluster.children["marketdata"]
     first_ts = 0
     settled_checks = 0
@@ -302,7 +327,11 @@ async def _supervise(cluster: Cluster, bus: Bus, opts: UpOptions, start_counts: 
                 assert child.process is not None
                 if child.process.poll() is not None:
                     child.restarts += 1
-                    _line(opts, f"{child.name} exited with {child.process.returncode}; restarting (restart {child.restarts})", newline=True)
+                    _line(
+                        opts,
+                        f"{child.name} exited with {child.process.returncode}; restarting (restart {child.restarts})",
+                        newline=True,
+                    )
                     child.start()
             progress = await _md_progress(client, md)
             now_counts = await control.counts(bus)

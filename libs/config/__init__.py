@@ -54,7 +54,6 @@ class CommonConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     heartbeat_sec: float = 1.0
     instance: str = ""
-    seed: int = 42
     config_file: str = ""
     var: str = "var"  # the keel CLI's state directory
 
@@ -139,17 +138,13 @@ def _gather(env: Mapping[str, str]) -> dict[str, str]:
     for bare, full in BARE_ALIASES.items():
         if bare in env:
             if full in merged and merged[full] != env[bare]:
-                raise ConfigError(
-                    f"{bare}: conflicts with {full} ({env[bare]!r} vs {merged[full]!r})"
-                )
+                raise ConfigError(f"{bare}: conflicts with {full} ({env[bare]!r} vs {merged[full]!r})")
             merged[full] = env[bare]
     file_path = merged.get(CONFIG_FILE_KEY, "")
     if file_path:
         for key, value in _read_file(file_path).items():
             if key in merged and merged[key] != value:
-                raise ConfigError(
-                    f"{key}: set to {merged[key]!r} in the environment and {value!r} in {file_path}"
-                )
+                raise ConfigError(f"{key}: set to {merged[key]!r} in the environment and {value!r} in {file_path}")
             merged[key] = value
     return merged
 
@@ -181,9 +176,7 @@ def load(
     """Load common keys and one service section; raise ConfigError naming any bad key."""
     values = _gather(os.environ if env is None else env)
     common_keys = {ENV_PREFIX + name.upper() for name in CommonConfig.__struct_fields__}
-    own_keys = (
-        {section_prefix + name.upper() for name in section.__struct_fields__} if section else set()
-    )
+    own_keys = {section_prefix + name.upper() for name in section.__struct_fields__} if section else set()
     for key in sorted(values):
         if key in common_keys or key in own_keys:
             continue

@@ -15,9 +15,7 @@ from libs.contracts.signal import TargetProposed
 from libs.contracts.subjects import CTL_CANCEL_ALL, CTL_KILL, CTL_RESUME
 from libs.contracts.tca import TcaRecorded
 
-AnyEvent = (
-    BarClosed | TargetProposed | OrderIntent | OmsEvent | ExecutionEvent | TcaRecorded | OpsEvent
-)
+AnyEvent = BarClosed | TargetProposed | OrderIntent | OmsEvent | ExecutionEvent | TcaRecorded | OpsEvent
 
 _encoder = msgspec.json.Encoder(decimal_format="string")
 _any_decoder = msgspec.json.Decoder(AnyEvent)
@@ -28,9 +26,7 @@ _COMMAND_BY_VERB: dict[str, type[msgspec.Struct]] = {
     CTL_RESUME: ResumeTrading,
     CTL_CANCEL_ALL: CancelAllOrders,
 }
-_command_decoders = {
-    verb: msgspec.json.Decoder(typ) for verb, typ in _COMMAND_BY_VERB.items()
-}
+_command_decoders = {verb: msgspec.json.Decoder(typ) for verb, typ in _COMMAND_BY_VERB.items()}
 _halt_decoder = msgspec.json.Decoder(HaltState)
 
 
@@ -53,9 +49,7 @@ def decode_command(verb: str, data: bytes) -> Command:
     """Decode a control command by its verb; an empty body is an empty object."""
     decoder = _command_decoders.get(verb)
     if decoder is None:
-        raise msgspec.ValidationError(
-            f"expected control verb in {sorted(_command_decoders)}, was {verb!r}"
-        )
+        raise msgspec.ValidationError(f"expected control verb in {sorted(_command_decoders)}, was {verb!r}")
     return decoder.decode(data or b"{}")
 
 

@@ -86,7 +86,7 @@ class Subjects:
             return self.event(HB, name, subject_key(ev.service))  # type: ignore[attr-defined]
         if name == "alert_raised":
             return self.event(OPS, name, subject_key(ev.source))  # type: ignore[attr-defined]
-        return self.event(family, name, subject_key(getattr(ev, "symbol")))
+        return self.event(family, name, subject_key(ev.symbol))
 
     def watermark(self, service: str) -> str:
         """Return the subject of one service's watermark."""

@@ -113,9 +113,7 @@ class Store:
 
     async def load_snapshot(self, name: str) -> bytes | None:
         """Return a named snapshot or None."""
-        return await self.pool.fetchval(
-            f"SELECT data FROM {self.schema}.snapshot WHERE name = $1", name
-        )
+        return await self.pool.fetchval(f"SELECT data FROM {self.schema}.snapshot WHERE name = $1", name)
 
     async def pending_outbox(self, limit: int = 1000) -> list[asyncpg.Record]:
         """Return unpublished outbox rows in insertion order."""

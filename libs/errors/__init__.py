@@ -134,31 +134,19 @@ def classify_exception(
         if status in (401, 403):
             return info(ErrorCategory.AUTH, ErrorScope.GLOBAL, ErrorAction.HALT_TRADING, "AUTH_HALT")
         if status == 429:
-            return info(
-                ErrorCategory.RATE_LIMIT, ErrorScope.PROVIDER, ErrorAction.RETRY, "RATE_LIMIT_RETRY"
-            )
+            return info(ErrorCategory.RATE_LIMIT, ErrorScope.PROVIDER, ErrorAction.RETRY, "RATE_LIMIT_RETRY")
         if status >= 500:
-            return info(
-                ErrorCategory.TRANSIENT_NETWORK, ErrorScope.PROVIDER, ErrorAction.RETRY, "NET_RETRY"
-            )
+            return info(ErrorCategory.TRANSIENT_NETWORK, ErrorScope.PROVIDER, ErrorAction.RETRY, "NET_RETRY")
         if status == 422 or 400 <= status < 500:
-            return info(
-                ErrorCategory.ORDER_REJECTED, ErrorScope.SYMBOL, ErrorAction.SKIP_SYMBOL, "ORDER_REJECTED"
-            )
+            return info(ErrorCategory.ORDER_REJECTED, ErrorScope.SYMBOL, ErrorAction.SKIP_SYMBOL, "ORDER_REJECTED")
     if isinstance(exc, msgspec.ValidationError | msgspec.DecodeError):
         return info(ErrorCategory.BAD_DATA, ErrorScope.SYMBOL, ErrorAction.SKIP_SYMBOL, "BAD_DATA")
     if isinstance(exc, InvariantViolation):
-        return info(
-            ErrorCategory.INVARIANT_VIOLATION, ErrorScope.GLOBAL, ErrorAction.HALT_TRADING, "INVARIANT_HALT"
-        )
+        return info(ErrorCategory.INVARIANT_VIOLATION, ErrorScope.GLOBAL, ErrorAction.HALT_TRADING, "INVARIANT_HALT")
     if _is_network(exc):
-        return info(
-            ErrorCategory.TRANSIENT_NETWORK, ErrorScope.PROVIDER, ErrorAction.RETRY, "NET_RETRY"
-        )
+        return info(ErrorCategory.TRANSIENT_NETWORK, ErrorScope.PROVIDER, ErrorAction.RETRY, "NET_RETRY")
     if isinstance(exc, TypeError | KeyError | AttributeError | AssertionError):
-        return info(
-            ErrorCategory.PROGRAMMING_ERROR, ErrorScope.GLOBAL, ErrorAction.HALT_TRADING, "PROGRAMMING_HALT"
-        )
+        return info(ErrorCategory.PROGRAMMING_ERROR, ErrorScope.GLOBAL, ErrorAction.HALT_TRADING, "PROGRAMMING_HALT")
     return info(ErrorCategory.UNKNOWN, ErrorScope.GLOBAL, ErrorAction.HALT_TRADING, "UNKNOWN_HALT")
 
 

@@ -15,22 +15,26 @@ class Metrics:
         self.consumed = Counter(
             "keel_messages_consumed_total", "Messages handled", labels + ["consumer"], registry=self.registry
         )
-        self.published = Counter(
-            "keel_messages_published_total", "Events published", labels, registry=self.registry
-        )
+        self.published = Counter("keel_messages_published_total", "Events published", labels, registry=self.registry)
         self.dead_lettered = Counter(
-            "keel_dead_letters_total", "Messages sent to the dead-letter stream", labels + ["consumer"],
+            "keel_dead_letters_total",
+            "Messages sent to the dead-letter stream",
+            labels + ["consumer"],
             registry=self.registry,
         )
         self.redelivered = Counter(
-            "keel_redeliveries_skipped_total", "Already-applied messages acked again", labels + ["consumer"],
+            "keel_redeliveries_skipped_total",
+            "Already-applied messages acked again",
+            labels + ["consumer"],
             registry=self.registry,
         )
         self.errors = Counter(
             "keel_errors_total", "Classified errors", labels + ["category", "reason"], registry=self.registry
         )
         self.decisions = Counter(
-            "keel_decisions_total", "Decisions by outcome and reason", labels + ["kind", "reason"],
+            "keel_decisions_total",
+            "Decisions by outcome and reason",
+            labels + ["kind", "reason"],
             registry=self.registry,
         )
         self.batch_seconds = Histogram(

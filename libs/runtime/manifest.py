@@ -32,7 +32,10 @@ def build(*, run_id: str, options: Mapping[str, Any], env: Mapping[str, str]) ->
     """Build the manifest from the effective common config and every KEEL_* key of the run."""
     loaded = load(None, env=env)
     keel_keys = {k: v for k, v in sorted(env.items()) if k.startswith("KEEL_")}
-    redacted = {k: ("***" if any(m in k for m in ("SECRET", "PASSWORD", "TOKEN", "KEY_ID")) else v) for k, v in keel_keys.items()}
+    redacted = {
+        k: ("***" if any(m in k for m in ("SECRET", "PASSWORD", "TOKEN", "KEY_ID")) else v)
+        for k, v in keel_keys.items()
+    }
     redacted.update(loaded.redacted)
     flags = {k: v for k, v in redacted.items() if k.endswith(FLAG_SUFFIXES)}
     config_sha = hashlib.sha256(json.dumps(redacted, sort_keys=True, default=str).encode()).hexdigest()

@@ -131,8 +131,7 @@ class Processor(Generic[S]):
         """Encode events as outbox rows carrying the current trace context."""
         trace_headers = tracing.inject({})
         return [
-            (e.event_id, self.bus.subjects.of(e), encode(e), {**trace_headers, sj.H_MSG_ID: e.event_id})
-            for e in events
+            (e.event_id, self.bus.subjects.of(e), encode(e), {**trace_headers, sj.H_MSG_ID: e.event_id}) for e in events
         ]
 
     async def apply(self, consumer: str, batch: list[Inbound], step: Step[S]) -> None:

@@ -197,7 +197,9 @@ async def serve(name: str, build: Build, loaded: Loaded) -> None:
 
     runners: list[Task] = [api, lambda s: heartbeats(deps, s), deps.relay.run]
     for spec, on_batch in service.consumers:
-        runners.append(lambda s, spec=spec, on_batch=on_batch: run_consumer(deps.bus, spec, on_batch, stop=s, metrics=deps.metrics))
+        runners.append(
+            lambda s, spec=spec, on_batch=on_batch: run_consumer(deps.bus, spec, on_batch, stop=s, metrics=deps.metrics)
+        )
     runners.extend(service.tasks)
     tasks = [asyncio.create_task(r(stop)) for r in runners]
     log.info("service started", extra={"api_url": deps.api_url, "consumers": [c.durable for c, _ in service.consumers]})

@@ -36,9 +36,7 @@ def _schedule() -> _Schedule:
         # exchange_calendars 4.13 reads Series.values, which pandas 3.1 deprecates; the values
         # it takes (UTC nanoseconds) are unchanged, so the notice is noise for every caller
         warnings.filterwarnings("ignore", message="Series.values returning an ndarray")
-        cal = exchange_calendars.get_calendar(
-            CALENDAR, start=FIRST_DAY.isoformat(), end=LAST_DAY.isoformat()
-        )
+        cal = exchange_calendars.get_calendar(CALENDAR, start=FIRST_DAY.isoformat(), end=LAST_DAY.isoformat())
     sched = cal.schedule
     opens = pd.DatetimeIndex(sched["open"]).as_unit("ns").asi8
     closes = pd.DatetimeIndex(sched["close"]).as_unit("ns").asi8

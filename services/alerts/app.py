@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+import msgspec
 from nats.aio.msg import Msg
 
 from libs.contracts import subjects as sj
@@ -13,7 +14,6 @@ from libs.runtime.runner import Deps, Service, processor_for
 from services.alerts import api, consumers, handlers
 from services.alerts.config import AlertsConfig
 from services.alerts.state import AlertsState
-import msgspec
 
 _hb_decoder = msgspec.json.Decoder(Heartbeat)
 
@@ -41,7 +41,7 @@ async def watchdog(deps: Deps, processor: Processor, stop: asyncio.Event) -> Non
             except TimeoutError:
                 ctx = processor.ctx()
                 await processor.commit(
-                    lambda s: handlers.heartbeat_check(s, last_seen, ctx.now_ns, timeout_ns, ctx)
+                    lambda s, ctx=ctx: handlers.heartbeat_check(s, last_seen, ctx.now_ns, timeout_ns, ctx)
                 )
     finally:
         await sub.unsubscribe()

@@ -71,8 +71,18 @@ def consumers(bus: Bus, processor: Processor) -> list[tuple[ConsumerSpec, OnBatc
         for inbound in batch:
             if inbound.stream_seq in fresh:
                 a: AlertRaised = inbound.payload  # type: ignore[assignment]
-                log.log(_LEVEL.get(a.severity, logging.WARNING), "ALERT_%s", a.code,
-                        extra={"alert": a.code, "severity": a.severity, "source": a.source,
-                               "alert_message": a.message, "details": a.details, "event_id": a.event_id})
+                log.log(
+                    _LEVEL.get(a.severity, logging.WARNING),
+                    "ALERT_%s",
+                    a.code,
+                    extra={
+                        "alert": a.code,
+                        "severity": a.severity,
+                        "source": a.source,
+                        "alert_message": a.message,
+                        "details": a.details,
+                        "event_id": a.event_id,
+                    },
+                )
 
     return [(rejects, on_rejects), (dead, on_dead), (raised, on_raised)]

@@ -370,8 +370,7 @@ def parse_order(body: bytes, not_before: str | None) -> SubmitOrder:
             raise _invalid("limit_price must be > 0")
         if limit >= 1 and limit != limit.quantize(CENT):
             raise _invalid(
-                f"invalid limit_price {_plain(limit)}. sub-penny increment does not fulfill "
-                "minimum pricing criteria"
+                f"invalid limit_price {_plain(limit)}. sub-penny increment does not fulfill minimum pricing criteria"
             )
         limit = Decimal(_plain(limit))
     elif limit is not None:
@@ -539,16 +538,12 @@ def router(service: ExchangeService) -> APIRouter:
     async def delete_orders() -> Response:
         canceled = await service.cancel_all()
         # Alpaca answers 207 Multi-Status with one {id, status, body} per order it canceled
-        return json_response(
-            [{"id": o.id, "status": 200, "body": order_view(o)} for o in canceled], 207
-        )
+        return json_response([{"id": o.id, "status": 200, "body": order_view(o)} for o in canceled], 207)
 
     @r.get("/v2/positions")
     async def get_positions() -> Response:
         state = service.state
-        return json_response(
-            [position_view(state, state.positions[s]) for s in sorted(state.positions)]
-        )
+        return json_response([position_view(state, state.positions[s]) for s in sorted(state.positions)])
 
     @r.get("/v2/positions/{symbol_or_asset_id}")
     async def get_position(symbol_or_asset_id: str) -> Response:

@@ -26,4 +26,3 @@ class ExchangeConfig(Section, frozen=True, kw_only=True, forbid_unknown_fields=T
             raise ValueError("expected non-empty api_key_id and api_secret_key, was empty")
         if not self.account_id:
             raise ValueError("expected a non-empty account_id, was empty")
-

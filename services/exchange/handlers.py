@@ -120,16 +120,12 @@ def _position_price(state: ExchangeState, p: Position) -> Decimal:
 
 def long_market_value(state: ExchangeState) -> Decimal:
     """Return the market value of all long positions."""
-    return sum(
-        (p.qty * _position_price(state, p) for p in state.positions.values() if p.qty > 0), ZERO
-    )
+    return sum((p.qty * _position_price(state, p) for p in state.positions.values() if p.qty > 0), ZERO)
 
 
 def short_market_value(state: ExchangeState) -> Decimal:
     """Return the market value of all short positions (negative, as Alpaca reports it)."""
-    return sum(
-        (p.qty * _position_price(state, p) for p in state.positions.values() if p.qty < 0), ZERO
-    )
+    return sum((p.qty * _position_price(state, p) for p in state.positions.values() if p.qty < 0), ZERO)
 
 
 def equity(state: ExchangeState) -> Decimal:
@@ -253,19 +249,12 @@ def cancel(
 
 def cancel_all(state: ExchangeState, ctx: Ctx = DEFAULT_CTX) -> tuple[ExchangeState, list[ExchangeOrder]]:
     """Cancel every open order, oldest first; return the canceled orders."""
-    ids = sorted(
-        (oid for ids in state.working.values() for oid in ids), key=lambda i: state.orders[i].seq
-    )
-    done = [
-        _transition(state.orders[oid], CANCELED, max(state.clock, state.orders[oid].updated_at))
-        for oid in ids
-    ]
+    ids = sorted((oid for ids in state.working.values() for oid in ids), key=lambda i: state.orders[i].seq)
+    done = [_transition(state.orders[oid], CANCELED, max(state.clock, state.orders[oid].updated_at)) for oid in ids]
     return (_store_orders(state, done) if done else state), done
 
 
-def on_bar(
-    state: ExchangeState, bar: BarClosed, ctx: Ctx = DEFAULT_CTX
-) -> tuple[ExchangeState, list[ExchangeOrder]]:
+def on_bar(state: ExchangeState, bar: BarClosed, ctx: Ctx = DEFAULT_CTX) -> tuple[ExchangeState, list[ExchangeOrder]]:
     """Advance the event clock to a closed bar, match its symbol's orders, expire day orders."""
     ts = bar.ts_event
     account = state.account
@@ -295,9 +284,7 @@ def on_bar(
         qty = order.leaves_qty  # whole order on one bar until the fill-realism issue
         order = _fill(order, qty, price, ts)
         changed[oid] = order
-        positions, cash = _apply_fill(
-            positions, cash, bar.symbol, _signed(order.side, qty), price, bar.session
-        )
+        positions, cash = _apply_fill(positions, cash, bar.symbol, _signed(order.side, qty), price, bar.session)
 
     for ids in state.working.values():
         for oid in ids:
@@ -313,9 +300,7 @@ def on_bar(
             lastday = old.price
         marks = {
             **marks,
-            bar.symbol: Mark(
-                symbol=bar.symbol, price=bar.close, ts=ts, session=bar.session, lastday_price=lastday
-            ),
+            bar.symbol: Mark(symbol=bar.symbol, price=bar.close, ts=ts, session=bar.session, lastday_price=lastday),
         }
     if cash != account.cash:
         account = replace(account, cash=cash)
@@ -415,8 +400,7 @@ def _day_close_after(ts: int) -> int:
 def _transition(order: ExchangeOrder, status: OrderStatus, ts: int) -> ExchangeOrder:
     if status not in TRANSITIONS[order.status]:
         raise InvariantViolation(
-            f"expected a transition allowed from {order.status}, was {order.status} -> {status} "
-            f"(order {order.id})"
+            f"expected a transition allowed from {order.status}, was {order.status} -> {status} (order {order.id})"
         )
     stamps: dict[str, int] = {}
     if status == CANCELED:

@@ -35,8 +35,7 @@ class ExchangeStore(Store):
         """Raise DatabaseUnavailable when the base or the exchange tables are missing."""
         await super().check_migrated()
         found = await self.pool.fetchval(
-            "SELECT count(*) FROM information_schema.tables WHERE table_schema = $1 "
-            "AND table_name = ANY($2::text[])",
+            "SELECT count(*) FROM information_schema.tables WHERE table_schema = $1 AND table_name = ANY($2::text[])",
             self.schema,
             list(_TABLES),
         )
@@ -58,9 +57,7 @@ class ExchangeStore(Store):
                 return state
             if len(rows) != 1 or rows[0]["account_id"] != account_id:
                 held = sorted(r["account_id"] for r in rows)
-                raise DatabaseUnavailable(
-                    f"expected schema {s} to hold account {account_id!r}, was {held}"
-                )
+                raise DatabaseUnavailable(f"expected schema {s} to hold account {account_id!r}, was {held}")
             row = rows[0]
             account = Account(
                 account_id=row["account_id"],
@@ -134,13 +131,9 @@ class ExchangeStore(Store):
         if before.positions is after.positions:
             return
         gone = [sym for sym in before.positions if sym not in after.positions]
-        upserts = [
-            p for sym, p in after.positions.items() if before.positions.get(sym) is not p
-        ]
+        upserts = [p for sym, p in after.positions.items() if before.positions.get(sym) is not p]
         if gone:
-            await uow.conn.execute(
-                f"DELETE FROM {self.schema}.positions WHERE symbol = ANY($1::text[])", gone
-            )
+            await uow.conn.execute(f"DELETE FROM {self.schema}.positions WHERE symbol = ANY($1::text[])", gone)
         if upserts:
             await uow.conn.executemany(
                 f"INSERT INTO {self.schema}.positions (symbol, qty, avg_entry_price, opened_session) "

@@ -56,7 +56,7 @@ async def poll_once(processor: Processor, broker: AlpacaBroker) -> None:
             continue
         with tracing.span("execution poll", parent_headers={sj.H_TRACEPARENT: order.traceparent}):
             ctx = processor.ctx()
-            await processor.commit(lambda s, cid=cid, bo=bo: handlers.on_broker_order(s, cid, bo, ctx))
+            await processor.commit(lambda s, cid=cid, bo=bo, ctx=ctx: handlers.on_broker_order(s, cid, bo, ctx))
 
 
 async def poller(processor: Processor, broker: AlpacaBroker, interval: float, stop: asyncio.Event) -> None:

@@ -108,11 +108,18 @@ class AlpacaBroker:
         side = OrderSide.BUY if d.side == "buy" else OrderSide.SELL
         tif = TimeInForce(d.time_in_force)
         if d.order_type == "limit":
-            req = LimitOrderRequest(symbol=d.symbol, qty=d.qty, side=side, time_in_force=tif,
-                                    limit_price=float(d.limit_price or 0), client_order_id=d.client_order_id)
+            req = LimitOrderRequest(
+                symbol=d.symbol,
+                qty=d.qty,
+                side=side,
+                time_in_force=tif,
+                limit_price=float(d.limit_price or 0),
+                client_order_id=d.client_order_id,
+            )
         else:
-            req = MarketOrderRequest(symbol=d.symbol, qty=d.qty, side=side, time_in_force=tif,
-                                     client_order_id=d.client_order_id)
+            req = MarketOrderRequest(
+                symbol=d.symbol, qty=d.qty, side=side, time_in_force=tif, client_order_id=d.client_order_id
+            )
         try:
             order = await asyncio.to_thread(self.client.submit_order, req)
         except APIError as e:

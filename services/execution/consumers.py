@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections import defaultdict
 
 import msgspec
 
@@ -51,8 +53,10 @@ def consumers(bus: Bus, processor: Processor, broker: AlpacaBroker) -> list[tupl
                 await processor.apply(decisions.durable, [inbound], lambda s, _e, _c: (s, refused))
                 return
             if not await broker.wait_for_clock(d.bar_ts):
-                log.warning("broker clock behind the decision bar; submitting anyway",
-                            extra={"client_order_id": d.client_order_id, "bar_ts": d.bar_ts})
+                log.warning(
+                    "broker clock behind the decision bar; submitting anyway",
+                    extra={"client_order_id": d.client_order_id, "bar_ts": d.bar_ts},
+                )
             await processor.commit(lambda s: (s, [handlers.submitted(d, broker.name, ctx)]))
             outcome = await broker.submit(d)
             traceparent = tracing.inject({}).get(sj.H_TRACEPARENT, "")
@@ -60,14 +64,31 @@ def consumers(bus: Bus, processor: Processor, broker: AlpacaBroker) -> list[tupl
             decisions.durable, [inbound], lambda s, _e, c: handlers.on_outcome(s, d, outcome, traceparent, c)
         )
 
+    async def submit_all(approved: list[tuple[Inbound, PretradeDecision]]) -> None:
+        # orders for different symbols go out concurrently (their HTTP round trips overlap);
+        # orders for one symbol keep their stream order
+        by_symbol: dict[str, list[tuple[Inbound, PretradeDecision]]] = defaultdict(list)
+        for inbound, d in approved:
+            by_symbol[d.symbol].append((inbound, d))
+
+        async def in_order(items: list[tuple[Inbound, PretradeDecision]]) -> None:
+            for inbound, d in items:
+                await submit_one(inbound, d)
+
+        await asyncio.gather(*(in_order(items) for items in by_symbol.values()))
+
     async def on_decisions(batch: list[Inbound]) -> None:
-        # one at a time and in stream order: the OMS watermark must follow the submits before it
+        # everything else (the OMS watermark above all) waits for the submits before it
+        approved: list[tuple[Inbound, PretradeDecision]] = []
         for inbound in batch:
             ev = inbound.payload
             if isinstance(ev, PretradeDecision) and ev.approved:
-                await submit_one(inbound, ev)
-            else:
-                await processor.apply(decisions.durable, [inbound], handlers.step)
+                approved.append((inbound, ev))
+                continue
+            await submit_all(approved)
+            approved = []
+            await processor.apply(decisions.durable, [inbound], handlers.step)
+        await submit_all(approved)
 
     async def on_control(batch: list[Inbound]) -> None:
         for inbound in batch:

@@ -62,7 +62,9 @@ class Unknown(msgspec.Struct, frozen=True, kw_only=True):
 Outcome = Accepted | Rejected | Failed | Unknown
 
 
-def _envelope(name: str, d: PretradeDecision | st.ExecOrder, ts_event: int, ctx: Ctx, *parts: object) -> dict[str, object]:
+def _envelope(
+    name: str, d: PretradeDecision | st.ExecOrder, ts_event: int, ctx: Ctx, *parts: object
+) -> dict[str, object]:
     cid = d.client_order_id
     return {
         "event_id": derive_id(f"exec.{name}.v1", cid, *parts),
@@ -92,7 +94,9 @@ def blocked(d: PretradeDecision, reason_code: str, message: str, ctx: Ctx) -> Su
     )
 
 
-def on_outcome(state: st.ExecState, d: PretradeDecision, outcome: Outcome, traceparent: str, ctx: Ctx) -> tuple[st.ExecState, list[Event]]:
+def on_outcome(
+    state: st.ExecState, d: PretradeDecision, outcome: Outcome, traceparent: str, ctx: Ctx
+) -> tuple[st.ExecState, list[Event]]:
     """Record the broker's answer to a submit."""
     if isinstance(outcome, Rejected):
         ev = OrderRejected(**_envelope("order_rejected", d, d.ts_event, ctx), reason=outcome.message, code=outcome.code)  # type: ignore[arg-type]
@@ -120,7 +124,9 @@ def on_outcome(state: st.ExecState, d: PretradeDecision, outcome: Outcome, trace
     return on_broker_order(state, d.client_order_id, outcome.order, ctx)
 
 
-def on_broker_order(state: st.ExecState, cid: str, bo: st.BrokerOrder | None, ctx: Ctx) -> tuple[st.ExecState, list[Event]]:
+def on_broker_order(
+    state: st.ExecState, cid: str, bo: st.BrokerOrder | None, ctx: Ctx
+) -> tuple[st.ExecState, list[Event]]:
     """Compare a polled broker order with what was reported; report the difference."""
     order = state.orders.get(cid)
     if order is None:
@@ -138,7 +144,9 @@ def on_broker_order(state: st.ExecState, cid: str, bo: st.BrokerOrder | None, ct
     events: list[Event] = []
     ts = order_ts(order, bo, ctx)
     if order.broker_status == st.UNRESOLVED:
-        events.append(OrderAccepted(**_envelope("order_accepted", order, ts, ctx), broker_order_id=bo.id, broker_status=bo.status))  # type: ignore[arg-type]
+        events.append(
+            OrderAccepted(**_envelope("order_accepted", order, ts, ctx), broker_order_id=bo.id, broker_status=bo.status)
+        )  # type: ignore[arg-type]
     kind = st.ALPACA_STATUS.get(bo.status, st.WORKING)
     if bo.filled_qty > order.cum_qty and bo.filled_avg_price is not None:
         last_qty = bo.filled_qty - order.cum_qty
@@ -157,11 +165,21 @@ def on_broker_order(state: st.ExecState, cid: str, bo: st.BrokerOrder | None, ct
             )
         )
     if kind == st.CANCELED:
-        events.append(OrderCanceled(**_envelope("order_canceled", order, ts, ctx), broker_order_id=bo.id, cum_qty=bo.filled_qty))  # type: ignore[arg-type]
+        events.append(
+            OrderCanceled(**_envelope("order_canceled", order, ts, ctx), broker_order_id=bo.id, cum_qty=bo.filled_qty)
+        )  # type: ignore[arg-type]
     elif kind == st.EXPIRED:
-        events.append(OrderExpired(**_envelope("order_expired", order, ts, ctx), broker_order_id=bo.id, cum_qty=bo.filled_qty))  # type: ignore[arg-type]
+        events.append(
+            OrderExpired(**_envelope("order_expired", order, ts, ctx), broker_order_id=bo.id, cum_qty=bo.filled_qty)
+        )  # type: ignore[arg-type]
     elif kind == st.REJECTED:
-        events.append(OrderRejected(**_envelope("order_rejected", order, ts, ctx), reason=f"broker status {bo.status}", broker_order_id=bo.id))  # type: ignore[arg-type]
+        events.append(
+            OrderRejected(
+                **_envelope("order_rejected", order, ts, ctx),
+                reason=f"broker status {bo.status}",
+                broker_order_id=bo.id,
+            )
+        )  # type: ignore[arg-type]
     if kind != st.WORKING and (kind != st.FILLED or bo.filled_qty >= order.qty):
         return _without(state, cid), events
     # a fill counts only once its price is known: without one, cum_qty stays put and the next

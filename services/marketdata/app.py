@@ -43,7 +43,9 @@ async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
         return  # paced: the next bar is due
 
 
-async def feed(deps: Deps, processor: Processor, watch: WatermarkWatch | None, progress: Progress, stop: asyncio.Event) -> None:
+async def feed(
+    deps: Deps, processor: Processor, watch: WatermarkWatch | None, progress: Progress, stop: asyncio.Event
+) -> None:
     """Emit bar timestamps until the configured minutes are done (or forever)."""
     cfg: MdConfig = deps.section
     run_cfg = msgspec.structs.replace(cfg, minutes=processor.state.emitted + cfg.minutes) if cfg.minutes else cfg
@@ -53,7 +55,10 @@ async def feed(deps: Deps, processor: Processor, watch: WatermarkWatch | None, p
     while not stop.is_set():
         state: FeedState = processor.state
         if watch is not None and state.last_ts and not await watch.wait_until(state.last_ts, timeout):
-            log.warning("watermark timeout; releasing the next bar anyway", extra={"waiting_for": cfg.wait_for, "bar_ts": state.last_ts})
+            log.warning(
+                "watermark timeout; releasing the next bar anyway",
+                extra={"waiting_for": cfg.wait_for, "bar_ts": state.last_ts},
+            )
         if file_groups is not None:
             group = next((g for g in file_groups if g[1].bar_ts > state.last_ts), None)
             if group is None or (cfg.minutes and progress.emitted_this_run >= cfg.minutes):
@@ -61,7 +66,9 @@ async def feed(deps: Deps, processor: Processor, watch: WatermarkWatch | None, p
             bars, wm = group
 
             def advance(s: FeedState, bars: list[BarClosed] = bars, wm: Watermark = wm) -> tuple[FeedState, list]:
-                new = msgspec.structs.replace(s, last_ts=wm.bar_ts, session=bars[0].session if bars else s.session, emitted=s.emitted + 1)
+                new = msgspec.structs.replace(
+                    s, last_ts=wm.bar_ts, session=bars[0].session if bars else s.session, emitted=s.emitted + 1
+                )
                 return new, [*bars, wm]
         else:
             ts = handlers.next_timestamp(state, run_cfg)

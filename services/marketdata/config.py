@@ -40,7 +40,7 @@ class MdConfig(Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
     feed: Literal["synthetic", "file"] = "synthetic"
     symbols: Annotated[tuple[str, ...], msgspec.Meta(min_length=1)] = ("AAPL", "MSFT", "SPY")
     start_date: str = "2026-01-05"  # first session date to generate, YYYY-MM-DD
-    minutes: Annotated[int, msgspec.Meta(ge=0)] = 0  # bar timestamps to emit in all; 0 = unbounded
+    minutes: Annotated[int, msgspec.Meta(ge=0)] = 0  # bar timestamps to emit in this run; 0 = unbounded
     speed: str = "max"  # "max" or a positive multiple of real time
     file_path: str = ""
     seed: int = 7

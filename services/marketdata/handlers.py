@@ -113,9 +113,7 @@ def next_timestamp(state: FeedState, cfg: MdConfig) -> int | None:
     return sessions.session_open_close(following)[0] + MINUTE_NS
 
 
-def bars_for(
-    state: FeedState, ts_ns: int, cfg: MdConfig, ctx: Ctx
-) -> tuple[FeedState, list[BarClosed], Watermark]:
+def bars_for(state: FeedState, ts_ns: int, cfg: MdConfig, ctx: Ctx) -> tuple[FeedState, list[BarClosed], Watermark]:
     """Build every symbol's bar closing at ts, the watermark that follows them, and new state."""
     day = sessions.session_of(ts_ns)
     if day is None or not sessions.is_bar_close(ts_ns):
@@ -148,9 +146,7 @@ def bars_for(
         )
         closes[symbol] = c
     emitted = state.emitted + 1
-    new_state = msgspec.structs.replace(
-        state, last_close=closes, last_ts=ts_ns, session=session, emitted=emitted
-    )
+    new_state = msgspec.structs.replace(state, last_close=closes, last_ts=ts_ns, session=session, emitted=emitted)
     final = bool(cfg.minutes) and emitted >= cfg.minutes
     return new_state, bars, watermark(ts_ns, now, final=final)
 

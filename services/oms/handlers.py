@@ -88,7 +88,9 @@ def position_changed(state: st.OmsState, symbol: str, cause: Event, ctx: Ctx) ->
     )
 
 
-def alert(code: str, severity: str, message: str, cause: Event | msgspec.Struct, ctx: Ctx, **details: str) -> AlertRaised:
+def alert(
+    code: str, severity: str, message: str, cause: Event | msgspec.Struct, ctx: Ctx, **details: str
+) -> AlertRaised:
     """Build an AlertRaised caused by an event or command."""
     cause_id = getattr(cause, "event_id", "")
     return AlertRaised(
@@ -175,15 +177,30 @@ def on_report(state: st.OmsState, ev: ExecutionEvent, ctx: Ctx) -> tuple[st.OmsS
     intent = state.intents.get(intent_id or "")
     if intent is None:
         return state, [
-            alert("OMS_UNKNOWN_ORDER", "warning", f"execution report for unknown order {ev.client_order_id}", ev, ctx,
-                  client_order_id=ev.client_order_id, report=_kind(ev))
+            alert(
+                "OMS_UNKNOWN_ORDER",
+                "warning",
+                f"execution report for unknown order {ev.client_order_id}",
+                ev,
+                ctx,
+                client_order_id=ev.client_order_id,
+                report=_kind(ev),
+            )
         ]
     kind = _kind(ev)
     target = st.TRANSITIONS.get((intent.status, kind))
     if target is None:
         return state, [
-            alert("OMS_INVALID_TRANSITION", "warning", f"{kind} not allowed in {intent.status}", ev, ctx,
-                  client_order_id=ev.client_order_id, status=intent.status, report=kind)
+            alert(
+                "OMS_INVALID_TRANSITION",
+                "warning",
+                f"{kind} not allowed in {intent.status}",
+                ev,
+                ctx,
+                client_order_id=ev.client_order_id,
+                status=intent.status,
+                report=kind,
+            )
         ]
     changes: dict[str, object] = {"status": target}
     if isinstance(ev, OrderAccepted):
@@ -210,7 +227,9 @@ def on_report(state: st.OmsState, ev: ExecutionEvent, ctx: Ctx) -> tuple[st.OmsS
     return new_state, []
 
 
-def on_control(state: st.OmsState, cmd: HaltTrading | ResumeTrading | CancelAllOrders, ctx: Ctx) -> tuple[st.OmsState, list[Event]]:
+def on_control(
+    state: st.OmsState, cmd: HaltTrading | ResumeTrading | CancelAllOrders, ctx: Ctx
+) -> tuple[st.OmsState, list[Event]]:
     """Apply an operator command to the halt flag and say so in an alert."""
     if isinstance(cmd, HaltTrading):
         new = msgspec.structs.replace(
@@ -222,7 +241,9 @@ def on_control(state: st.OmsState, cmd: HaltTrading | ResumeTrading | CancelAllO
             state, halted=False, halt_reason=cmd.reason, halt_since_ns=cmd.ts_event, halt_command_id=cmd.event_id
         )
         return new, [alert("TRADING_RESUMED", "warning", f"trading resumed: {cmd.reason}", cmd, ctx, reason=cmd.reason)]
-    return state, [alert("CANCEL_ALL_REQUESTED", "warning", f"cancel-all requested: {cmd.reason}", cmd, ctx, reason=cmd.reason)]
+    return state, [
+        alert("CANCEL_ALL_REQUESTED", "warning", f"cancel-all requested: {cmd.reason}", cmd, ctx, reason=cmd.reason)
+    ]
 
 
 UPSTREAM = "risk"
@@ -238,7 +259,9 @@ def on_watermark(state: st.OmsState, wm: Watermark, ctx: Ctx) -> tuple[st.OmsSta
     # client_order_ids carry their session date, so a day of them is enough to refuse a re-send
     horizon = wm.bar_ts - DUPLICATE_WINDOW_NS
     recent = {cid: ts for cid, ts in state.recent_cids.items() if ts >= horizon}
-    return msgspec.structs.replace(state, intents=intents, by_cid=by_cid, recent_cids=recent, last_watermark=last), events
+    return msgspec.structs.replace(
+        state, intents=intents, by_cid=by_cid, recent_cids=recent, last_watermark=last
+    ), events
 
 
 def step(state: st.OmsState, event: object, ctx: Ctx) -> tuple[st.OmsState, Sequence[Event]]:

@@ -10,20 +10,36 @@ from collections.abc import Sequence
 
 from libs.contracts.base import Event, tag_of
 from libs.contracts.codec import encode
-from libs.contracts.execution import OrderAccepted, OrderCanceled, OrderExpired, OrderFilled, OrderPartiallyFilled, OrderRejected, OrderSubmitted, SubmitFailed
+from libs.contracts.execution import (
+    OrderAccepted,
+    OrderCanceled,
+    OrderExpired,
+    OrderFilled,
+    OrderPartiallyFilled,
+    OrderRejected,
+    OrderSubmitted,
+    SubmitFailed,
+)
 from libs.contracts.oms import PretradeDecision
 from libs.contracts.risk import OrderIntent
 from libs.db import UnitOfWork
 from services.oms.state import OmsState
 
-_REPORTS = (OrderSubmitted, OrderAccepted, OrderPartiallyFilled, OrderFilled, OrderCanceled, OrderRejected, OrderExpired, SubmitFailed)
+_REPORTS = (
+    OrderSubmitted,
+    OrderAccepted,
+    OrderPartiallyFilled,
+    OrderFilled,
+    OrderCanceled,
+    OrderRejected,
+    OrderExpired,
+    SubmitFailed,
+)
 
 
 def _log_rows(old: OmsState, inbound: object, events: Sequence[Event]) -> list[Event]:
     rows: list[Event] = []
-    if isinstance(inbound, OrderIntent) and inbound.intent_id not in old.intents:
-        rows.append(inbound)
-    elif isinstance(inbound, _REPORTS):
+    if isinstance(inbound, OrderIntent) and inbound.intent_id not in old.intents or isinstance(inbound, _REPORTS):
         rows.append(inbound)
     rows.extend(e for e in events if isinstance(e, PretradeDecision))
     return rows

@@ -22,7 +22,9 @@ def decode(subject: str, data: bytes) -> object:
 
 def consumers(subjects: sj.Subjects, processor: Processor) -> list[tuple[ConsumerSpec, OnBatch]]:
     """Return the signal service's durable consumers."""
-    spec = ConsumerSpec(durable="signal-bars", family=sj.MD, filter_subject=subjects.family_wildcard(sj.MD), decode=decode)
+    spec = ConsumerSpec(
+        durable="signal-bars", family=sj.MD, filter_subject=subjects.family_wildcard(sj.MD), decode=decode
+    )
 
     async def on_batch(batch):  # type: ignore[no-untyped-def]
         await processor.apply(spec.durable, batch, handlers.step)

@@ -10,4 +10,6 @@ from services.tca.state import TcaState
 async def build(deps: Deps) -> Service:
     """Wire shortfall measurement to its consumers, table and views."""
     processor = await processor_for(deps, TcaState(), project=store.project)
-    return Service(consumers=consumers.consumers(deps.bus.subjects, processor), router=api.router(processor, deps.store))
+    return Service(
+        consumers=consumers.consumers(deps.bus.subjects, processor), router=api.router(processor, deps.store)
+    )

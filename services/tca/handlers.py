@@ -52,7 +52,9 @@ def on_intent(state: TcaState, ev: OrderIntent, ctx: Ctx) -> tuple[TcaState, lis
     """Remember an intent's arrival price and measure fills that were waiting for it."""
     cfg: TcaConfig = ctx.config
     horizon = ev.bar_ts - int(cfg.intent_retention_hours * 3600 * 1e9)
-    arrival = Arrival(symbol=ev.symbol, side=ev.side, arrival_price=ev.arrival_price, strategy=ev.strategy, bar_ts=ev.bar_ts)
+    arrival = Arrival(
+        symbol=ev.symbol, side=ev.side, arrival_price=ev.arrival_price, strategy=ev.strategy, bar_ts=ev.bar_ts
+    )
     arrivals = {k: v for k, v in state.arrivals.items() if v.bar_ts >= horizon}
     arrivals[ev.client_order_id] = arrival
     ready = [f for f in state.waiting if f.client_order_id == ev.client_order_id]

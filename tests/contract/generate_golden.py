@@ -155,9 +155,7 @@ def examples() -> list[msgspec.Struct]:
             realized_pnl=Decimal("-12.40"),
         ),
         OrderSubmitted(**order("exec.order_submitted.v1"), qty=200, broker="alpaca-paper"),
-        OrderAccepted(
-            **order("exec.order_accepted.v1"), broker_order_id="b-7f3c2a", broker_status="new"
-        ),
+        OrderAccepted(**order("exec.order_accepted.v1"), broker_order_id="b-7f3c2a", broker_status="new"),
         OrderPartiallyFilled(**fill("exec.order_partially_filled.v1", 120, 120, 80)),
         OrderFilled(**fill("exec.order_filled.v1", 80, 200, 0)),
         OrderCanceled(**order("exec.order_canceled.v1"), broker_order_id="b-7f3c2a", cum_qty=120),

@@ -45,8 +45,18 @@ def keel_up(namespace, nats_url, database_url, tmp_path):  # type: ignore[no-unt
         }
         var = tmp_path / "var"
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "libs.cli.main", "--var", str(var), "up", "--quiet", *args,
-            env=env, cwd=REPO_ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            sys.executable,
+            "-m",
+            "libs.cli.main",
+            "--var",
+            str(var),
+            "up",
+            "--quiet",
+            *args,
+            env=env,
+            cwd=REPO_ROOT,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
         )
         run = KeelUp(proc, var)
         started.append(run)

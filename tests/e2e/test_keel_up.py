@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import defaultdict
-from decimal import Decimal
 
 import asyncpg
 import nats
@@ -31,8 +30,12 @@ async def ledger(database_url: str, prefix: str) -> dict[str, object]:
     conn = await asyncpg.connect(database_url)
     try:
         oms, ex, tca = f"{prefix}_oms", f"{prefix}_exchange", f"{prefix}_tca"
-        intents = await conn.fetch(f"SELECT intent_id, client_order_id, symbol, side, qty, status, filled_qty, reason FROM {oms}.intents")
-        events = await conn.fetch(f"SELECT seq, event_id, client_order_id, event_type, payload FROM {oms}.intent_events ORDER BY seq")
+        intents = await conn.fetch(
+            f"SELECT intent_id, client_order_id, symbol, side, qty, status, filled_qty, reason FROM {oms}.intents"
+        )
+        events = await conn.fetch(
+            f"SELECT seq, event_id, client_order_id, event_type, payload FROM {oms}.intent_events ORDER BY seq"
+        )
         oms_positions = {r["symbol"]: r["qty"] for r in await conn.fetch(f"SELECT symbol, qty FROM {oms}.positions")}
         ex_orders = await conn.fetch(f"SELECT client_order_id, symbol, side, status, data FROM {ex}.orders")
         ex_positions = {r["symbol"]: r["qty"] for r in await conn.fetch(f"SELECT symbol, qty FROM {ex}.positions")}
@@ -54,7 +57,11 @@ def check_invariants(led: dict[str, object]) -> dict[str, int]:
     intents = led["intents"]
     events = led["events"]
     approved = [i for i in intents if i["reason"] == "APPROVED"]
-    fills = [json.loads(e["payload"]) for e in events if e["event_type"] in ("exec.order_filled.v1", "exec.order_partially_filled.v1")]
+    fills = [
+        json.loads(e["payload"])
+        for e in events
+        if e["event_type"] in ("exec.order_filled.v1", "exec.order_partially_filled.v1")
+    ]
 
     # every approved intent reached the exchange exactly once, under its own client_order_id
     ex_cids = [o["client_order_id"] for o in led["ex_orders"]]
@@ -118,7 +125,9 @@ async def fill_traces(nats_url: str, prefix: str) -> tuple[int, int]:
 
 
 async def test_keel_up_when_five_symbols_trade_a_session_then_ledgers_agree(keel_up, namespace, nats_url, database_url):
-    run = await keel_up("--symbols", SYMBOLS, "--minutes", "390", "--speed", "max", "--exit-when-done", "--start-date", "2026-03-02")
+    run = await keel_up(
+        "--symbols", SYMBOLS, "--minutes", "390", "--speed", "max", "--exit-when-done", "--start-date", "2026-03-02"
+    )
     summary = await run.summary(timeout=400)
 
     assert summary["bar_timestamps"] == 390
@@ -134,7 +143,11 @@ async def test_keel_up_when_five_symbols_trade_a_session_then_ledgers_agree(keel
     assert len(led["intents"]) == summary["intents"]
     # orders decided on the session's last bar have no next bar to fill against
     open_intents = [i for i in led["intents"] if i["status"] not in TERMINAL]
-    assert all(o["status"] in ("new", "accepted") for o in led["ex_orders"] if o["status"] not in ("filled", "canceled", "expired"))
+    assert all(
+        o["status"] in ("new", "accepted")
+        for o in led["ex_orders"]
+        if o["status"] not in ("filled", "canceled", "expired")
+    )
     assert len(open_intents) <= len(SYMBOLS.split(","))
 
     checked, matched = await fill_traces(nats_url, namespace.prefix)
@@ -142,8 +155,12 @@ async def test_keel_up_when_five_symbols_trade_a_session_then_ledgers_agree(keel
 
 
 @pytest.mark.parametrize("victim", ["oms", "execution"])
-async def test_keel_up_when_a_service_is_sigkilled_mid_run_then_nothing_lost_or_duplicated(keel_up, namespace, database_url, victim):
-    run = await keel_up("--symbols", SYMBOLS, "--minutes", "200", "--speed", "max", "--exit-when-done", "--start-date", "2026-03-03")
+async def test_keel_up_when_a_service_is_sigkilled_mid_run_then_nothing_lost_or_duplicated(
+    keel_up, namespace, database_url, victim
+):
+    run = await keel_up(
+        "--symbols", SYMBOLS, "--minutes", "200", "--speed", "max", "--exit-when-done", "--start-date", "2026-03-03"
+    )
     conn = await asyncpg.connect(database_url)
     try:
         # wait until the victim has done real work, then kill it without warning

@@ -21,7 +21,7 @@ from libs.runtime.embedded import start_nats, start_postgres
 from libs.runtime.migrate import alembic_config, downgrade, migrate  # noqa: F401  (re-exported for tests)
 
 if TYPE_CHECKING:
-    from alembic.config import Config
+    pass
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -142,9 +142,7 @@ async def stream_names(js: nats.js.JetStreamContext) -> list[str]:
 def owned_by(ns: Namespace, stream: str) -> bool:
     """Return whether `stream` belongs to `ns` (its own streams, KV and object-store buckets)."""
     # KV buckets are streams named KV_<bucket>, object stores OBJ_<bucket> (NATS ADR-8, ADR-20).
-    return stream.startswith(
-        (ns.stream_prefix, "KV_" + ns.bucket_prefix, "OBJ_" + ns.bucket_prefix)
-    )
+    return stream.startswith((ns.stream_prefix, "KV_" + ns.bucket_prefix, "OBJ_" + ns.bucket_prefix))
 
 
 async def delete_namespace_streams(nc: nats.NATS, ns: Namespace) -> list[str]:
@@ -165,8 +163,7 @@ async def delete_namespace_streams(nc: nats.NATS, ns: Namespace) -> list[str]:
 async def drop_namespace_schemas(conn: asyncpg.Connection, ns: Namespace) -> list[str]:
     """Drop every schema named `schema_prefix` or starting with `schema_prefix_`; return them."""
     rows = await conn.fetch(
-        "SELECT nspname FROM pg_namespace WHERE nspname = $1 OR starts_with(nspname, $2)"
-        " ORDER BY nspname",
+        "SELECT nspname FROM pg_namespace WHERE nspname = $1 OR starts_with(nspname, $2) ORDER BY nspname",
         ns.schema_prefix,
         ns.schema_prefix + "_",
     )
@@ -191,5 +188,3 @@ async def cleanup_namespace(ns: Namespace, *, nats_url: str, database_url: str) 
         await drop_namespace_schemas(conn, ns)
     finally:
         await conn.close()
-
-

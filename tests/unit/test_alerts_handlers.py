@@ -48,7 +48,10 @@ def test_order_rejected_when_consumed_then_order_rejected_alert_names_client_ord
     assert "insufficient buying power" in alert.message and "40310000" in alert.message
     assert alert.details == {"client_order_id": intent.client_order_id, "symbol": "AAPL"}
     assert (alert.causation_id, alert.correlation_id, alert.ts_event, alert.ts_init) == (
-        ev.event_id, ev.correlation_id, ev.ts_event, NOW_NS,
+        ev.event_id,
+        ev.correlation_id,
+        ev.ts_event,
+        NOW_NS,
     )
     assert state == AlertsState()
 

@@ -398,7 +398,10 @@ def test_views_when_parsed_by_alpaca_py_then_expired_order_and_short_position_re
     assert parsed.status == OrderStatus.EXPIRED
     assert parsed.expired_at is not None and parsed.limit_price == "50"
     assert (short.side, short.qty, short.market_value, short.cost_basis) == (
-        PositionSide.SHORT, "-3", "-300.00", "-299.85",
+        PositionSide.SHORT,
+        "-3",
+        "-300.00",
+        "-299.85",
     )
 
 

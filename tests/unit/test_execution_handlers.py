@@ -102,7 +102,12 @@ def test_blocked_when_halt_went_up_after_approval_then_submit_failed_broker_stat
 
     assert isinstance(ev, SubmitFailed)
     assert ev.event_id == derive_id("exec.submit_failed.v1", d.client_order_id)
-    assert (ev.correlation_id, ev.causation_id, ev.ts_event, ev.ts_init) == (d.correlation_id, d.event_id, d.ts_event, NOW_NS)
+    assert (ev.correlation_id, ev.causation_id, ev.ts_event, ev.ts_init) == (
+        d.correlation_id,
+        d.event_id,
+        d.ts_event,
+        NOW_NS,
+    )
     assert (ev.category, ev.reason_code, ev.message) == ("BROKER_STATE", "KILL_SWITCH_BLOCK", "halted: manual")
     assert (ev.intent_id, ev.client_order_id) == (d.intent_id, d.client_order_id)
 
@@ -133,12 +138,20 @@ def test_outcome_when_accepted_already_filled_then_accepted_and_filled(d: Pretra
     acc, fill = out
     assert isinstance(acc, OrderAccepted)
     assert isinstance(fill, OrderFilled)
-    assert (fill.last_qty, fill.last_px, fill.cum_qty, fill.avg_px, fill.leaves_qty) == (100, D("10.02"), 100, D("10.02"), 0)
+    assert (fill.last_qty, fill.last_px, fill.cum_qty, fill.avg_px, fill.leaves_qty) == (
+        100,
+        D("10.02"),
+        100,
+        D("10.02"),
+        0,
+    )
     assert d.client_order_id not in state.orders
 
 
 def test_outcome_when_accepted_partly_filled_then_accepted_and_partial(d: PretradeDecision) -> None:
-    state, out = on_outcome(st.ExecState(), d, Accepted(order=broker(d, "partially_filled", filled=25, avg="10")), "", CTX)
+    state, out = on_outcome(
+        st.ExecState(), d, Accepted(order=broker(d, "partially_filled", filled=25, avg="10")), "", CTX
+    )
 
     assert [type(e) for e in out] == [OrderAccepted, OrderPartiallyFilled]
     assert out[1].leaves_qty == 75  # type: ignore[union-attr]
@@ -223,7 +236,13 @@ def test_poll_when_partial_then_full_fill_then_last_qty_and_px_from_cumulative(d
     (full,) = out2
     assert isinstance(full, OrderFilled)
     # (10.05 * 100 - 10.00 * 40) / 60 = 605 / 60 = 10.08333...
-    assert (full.last_qty, full.last_px, full.cum_qty, full.avg_px, full.leaves_qty) == (60, D("10.0833"), 100, D("10.05"), 0)
+    assert (full.last_qty, full.last_px, full.cum_qty, full.avg_px, full.leaves_qty) == (
+        60,
+        D("10.0833"),
+        100,
+        D("10.05"),
+        0,
+    )
     assert p.execution_id == derive_id("execution", "bo-1", 40)
     assert full.execution_id == derive_id("execution", "bo-1", 100)
     assert p.execution_id != full.execution_id
@@ -237,7 +256,9 @@ def test_poll_when_fills_arrive_in_three_steps_then_each_last_px_reprices_the_in
 
     reports = []
     for filled, avg in polls:
-        state, out = on_broker_order(state, d.client_order_id, broker(d, "partially_filled", filled=filled, avg=avg), CTX)
+        state, out = on_broker_order(
+            state, d.client_order_id, broker(d, "partially_filled", filled=filled, avg=avg), CTX
+        )
         reports += out
 
     assert [(r.last_qty, r.last_px) for r in reports] == [(10, D("10")), (20, D("10.15")), (70, D("10.2429"))]
@@ -256,7 +277,9 @@ def test_poll_when_same_broker_state_twice_then_second_poll_emits_nothing(d: Pre
     assert after == state
 
 
-def test_poll_when_filled_qty_known_before_average_price_then_fill_reported_once_price_known(d: PretradeDecision) -> None:
+def test_poll_when_filled_qty_known_before_average_price_then_fill_reported_once_price_known(
+    d: PretradeDecision,
+) -> None:
     state, first = on_broker_order(working(d), d.client_order_id, broker(d, "partially_filled", filled=40), CTX)
 
     _, later = on_broker_order(state, d.client_order_id, broker(d, "partially_filled", filled=40, avg="10.00"), CTX)

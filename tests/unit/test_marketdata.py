@@ -107,9 +107,7 @@ def test_generate_when_many_sessions_then_volume_and_spread_are_u_shaped():
             midday.append(bar)
 
     assert statistics.mean(b.volume for b in edge) > 2 * statistics.mean(b.volume for b in midday)
-    assert statistics.mean(b.spread_bps for b in edge) > statistics.mean(
-        b.spread_bps for b in midday
-    )
+    assert statistics.mean(b.spread_bps for b in edge) > statistics.mean(b.spread_bps for b in midday)
 
 
 def test_generate_when_many_bars_then_ohlc_consistent_cents_and_positive_volume():
@@ -224,10 +222,7 @@ def test_file_feed_when_synthetic_bars_round_trip_then_same_events_except_source
     write_bars(path, all_bars(steps))
     back = list(file_feed(path, CTX))
 
-    relabelled = [
-        ([msgspec.structs.replace(b, source="synthetic") for b in bars], mark)
-        for bars, mark in back
-    ]
+    relabelled = [([msgspec.structs.replace(b, source="synthetic") for b in bars], mark) for bars, mark in back]
     assert {b.source for b in all_bars(back)} == {"file"}
     assert wire(relabelled) == wire(steps)
 

@@ -291,7 +291,11 @@ def test_report_when_transition_not_in_table_then_invalid_transition_alert_and_s
     (alert,) = out
     assert isinstance(alert, AlertRaised)
     assert alert.code == "OMS_INVALID_TRANSITION"
-    assert alert.details == {"client_order_id": intent.client_order_id, "status": st.ACKED, "report": "exec.order_submitted"}
+    assert alert.details == {
+        "client_order_id": intent.client_order_id,
+        "status": st.ACKED,
+        "report": "exec.order_submitted",
+    }
     assert alert.source == "oms"
     assert after is state
 
@@ -401,7 +405,9 @@ def test_transitions_when_listed_then_non_terminal_keys_are_the_live_lifecycle()
     [(k, v) for k, v in st.TRANSITIONS.items() if k[0] in st.TERMINAL],
     ids=lambda x: "-".join(x) if isinstance(x, tuple) else x,
 )
-def test_transitions_when_from_terminal_then_only_documented_edges_to_terminal(key: tuple[str, str], target: str) -> None:
+def test_transitions_when_from_terminal_then_only_documented_edges_to_terminal(
+    key: tuple[str, str], target: str
+) -> None:
     assert key in DOCUMENTED_TERMINAL_EDGES
     assert target in st.TERMINAL
 

@@ -287,16 +287,30 @@ def test_target_when_two_intents_for_same_symbol_and_qty_then_client_order_ids_d
 
 def test_client_order_id_when_built_then_follows_cidv2_field_order() -> None:
     cid = client_order_id(
-        strategy="keel", symbol="AAPL", side="buy", session="20240305", horizon="1m",
-        signal_hash="abcdef012345", qty=100, version="1",
+        strategy="keel",
+        symbol="AAPL",
+        side="buy",
+        session="20240305",
+        horizon="1m",
+        signal_hash="abcdef012345",
+        qty=100,
+        version="1",
     )
 
     assert cid == "CIDv2:keel:AAPL:buy:20240305:1m:abcdef012345:100:1"
 
 
 def test_client_order_id_when_called_twice_then_same_id() -> None:
-    args = dict(strategy="keel", symbol="MSFT", side="sell", session="20240305", horizon="1m",
-                signal_hash="0123456789ab", qty=7, version="2")
+    args = dict(
+        strategy="keel",
+        symbol="MSFT",
+        side="sell",
+        session="20240305",
+        horizon="1m",
+        signal_hash="0123456789ab",
+        qty=7,
+        version="2",
+    )
 
     assert client_order_id(**args) == client_order_id(**args)  # type: ignore[arg-type]
 
@@ -306,8 +320,14 @@ def test_client_order_id_when_strategy_is_200_chars_then_at_most_128_and_other_f
     tail = ":AAPL:buy:20240305:1m:abcdef012345:100:1"
 
     cid = client_order_id(
-        strategy=strategy, symbol="AAPL", side="buy", session="20240305", horizon="1m",
-        signal_hash="abcdef012345", qty=100, version="1",
+        strategy=strategy,
+        symbol="AAPL",
+        side="buy",
+        session="20240305",
+        horizon="1m",
+        signal_hash="abcdef012345",
+        qty=100,
+        version="1",
     )
 
     assert len(cid) <= MAX_CID_LEN == 128
@@ -321,8 +341,14 @@ def test_client_order_id_when_fixed_fields_alone_exceed_128_then_raises_value_er
     # strategy cannot make room, and the function must say so instead of recursing forever
     with pytest.raises(ValueError):
         client_order_id(
-            strategy="keel", symbol="AAPL", side="buy", session="20240305", horizon="h" * 130,
-            signal_hash="abcdef012345", qty=100, version="1",
+            strategy="keel",
+            symbol="AAPL",
+            side="buy",
+            session="20240305",
+            horizon="h" * 130,
+            signal_hash="abcdef012345",
+            qty=100,
+            version="1",
         )
 
 

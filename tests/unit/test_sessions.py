@@ -35,9 +35,7 @@ def test_minute_bar_closes_when_early_close_then_210_bars_ending_13_00_et():
     )
 
 
-@pytest.mark.parametrize(
-    "day", [date(2026, 11, 26), date(2026, 7, 3), date(2026, 1, 10), date(2026, 1, 11)]
-)
+@pytest.mark.parametrize("day", [date(2026, 11, 26), date(2026, 7, 3), date(2026, 1, 10), date(2026, 1, 11)])
 def test_session_lookup_when_holiday_or_weekend_then_no_session(day):
     assert not sessions.is_session(day)
     assert sessions.minute_bar_closes(day) == []

@@ -27,7 +27,9 @@ def f() -> Events:
     return Events(seed=11)
 
 
-def given(events: Iterable[object], *, context=CTX, state: SignalState | None = None) -> tuple[SignalState, list[Event]]:
+def given(
+    events: Iterable[object], *, context=CTX, state: SignalState | None = None
+) -> tuple[SignalState, list[Event]]:
     state = state or SignalState()
     out: list[Event] = []
     for ev in events:
@@ -147,7 +149,9 @@ def test_bar_when_series_is_nearly_riskless_then_target_is_capped_by_max_leverag
     state, out = given(bars)
 
     sym = state.symbols["AAPL"]
-    uncapped = int(CFG.dollars_per_symbol * CFG.target_annual_vol / math.sqrt(sym.var * MINUTES_PER_YEAR) / sym.last_close)
+    uncapped = int(
+        CFG.dollars_per_symbol * CFG.target_annual_vol / math.sqrt(sym.var * MINUTES_PER_YEAR) / sym.last_close
+    )
     capped = int(CFG.dollars_per_symbol * CFG.max_leverage / sym.last_close)
     assert uncapped > capped
     assert targets(out) == [capped]

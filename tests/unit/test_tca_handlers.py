@@ -51,7 +51,9 @@ def given(events: Iterable[object], *, state: TcaState | None = None) -> tuple[T
         ("sell", "30", "29.99", "3.3333"),  # 1/3 bp per cent at $30, quantized to 1e-4
     ],
 )
-def test_shortfall_bps_when_fill_differs_from_arrival_then_signed_cost_in_bps(side: str, arrival: str, fill: str, bps: str) -> None:
+def test_shortfall_bps_when_fill_differs_from_arrival_then_signed_cost_in_bps(
+    side: str, arrival: str, fill: str, bps: str
+) -> None:
     result = shortfall_bps(side, D(arrival), D(fill))
 
     assert result == D(bps)
@@ -71,13 +73,19 @@ def test_fill_when_intent_known_then_shortfall_is_recorded(f: Events) -> None:
     (rec,) = out
     assert isinstance(rec, TcaRecorded)
     assert (rec.client_order_id, rec.execution_id, rec.symbol, rec.side) == (
-        intent.client_order_id, fill.execution_id, "AAPL", "buy",
+        intent.client_order_id,
+        fill.execution_id,
+        "AAPL",
+        "buy",
     )
     assert (rec.qty, rec.arrival_price, rec.fill_price, rec.shortfall_bps) == (40, D("100"), D("100.05"), D("5.0000"))
     assert rec.strategy == "trend"
     assert rec.event_id == derive_id("tca.tca_recorded.v1", fill.execution_id)
     assert (rec.causation_id, rec.correlation_id, rec.ts_event, rec.ts_init) == (
-        fill.event_id, fill.correlation_id, fill.ts_event, NOW_NS,
+        fill.event_id,
+        fill.correlation_id,
+        fill.ts_event,
+        NOW_NS,
     )
     assert after == state
 
@@ -168,4 +176,3 @@ def test_fills_when_replayed_then_records_are_byte_identical(f: Events) -> None:
 
     assert len(first) == 2
     assert [encode(e) for e in first] == [encode(e) for e in second]
-
