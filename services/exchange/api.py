@@ -46,7 +46,6 @@ H_KEY_ID = "APCA-API-KEY-ID"
 H_SECRET_KEY = "APCA-API-SECRET-KEY"
 # keel extension (not Alpaca): ts_event ns of the bar an order was decided on; the order then
 # fills after that bar even when the exchange has not consumed it yet (DESIGN: determinism)
-H_NOT_BEFORE = "Keel-Not-Before"
 
 # Alpaca error codes (observed on the Trading API v2)
 CODE_MALFORMED = 40010000
@@ -327,7 +326,7 @@ def _invalid(message: str) -> ApiError:
     return ApiError(422, CODE_INVALID, message)
 
 
-def parse_order(body: bytes, not_before: str | None) -> SubmitOrder:
+def parse_order(body: bytes) -> SubmitOrder:
     """Check a POST /v2/orders body the way Alpaca does; raise ApiError when it is bad."""
     try:
         raw = _body_decoder.decode(body)
@@ -386,20 +385,7 @@ def parse_order(body: bytes, not_before: str | None) -> SubmitOrder:
         time_in_force=raw.time_in_force,  # type: ignore[arg-type]
         limit_price=limit,
         client_order_id=cid,
-        not_before=_parse_not_before(not_before),
     )
-
-
-def _parse_not_before(value: str | None) -> int:
-    if not value:
-        return 0
-    try:
-        ns = int(value)
-    except ValueError as e:
-        raise _invalid(f"{H_NOT_BEFORE} must be int ns UTC, was {value!r}") from e
-    if ns < 0:
-        raise _invalid(f"{H_NOT_BEFORE} must be >= 0, was {ns}")
-    return ns
 
 
 def _parse_time(name: str, value: str) -> int:
@@ -498,7 +484,7 @@ def router(service: ExchangeService) -> APIRouter:
 
     @r.post("/v2/orders")
     async def post_order(request: Request) -> Response:
-        order_request = parse_order(await request.body(), request.headers.get(H_NOT_BEFORE))
+        order_request = parse_order(await request.body())
         result = await service.submit(order_request)
         if isinstance(result, Rejection):
             raise rejection_error(result)

@@ -200,7 +200,7 @@ def submit(
                 message="insufficient buying power",
                 details={"buying_power": str(available), "cost_basis": str(cost)},
             )
-    ts = max(state.clock, request.not_before)
+    ts = state.clock
     order_id = order_id_for(account_id, cid)
     order = ExchangeOrder(
         id=order_id,

@@ -167,7 +167,6 @@ class SubmitOrder(msgspec.Struct, frozen=True, kw_only=True):
     client_order_id: str | None = None
     # keel extension: the decision bar's ts; the order fills after it even when the exchange
     # has not consumed that bar yet (0 = exchange clock only, Alpaca's behaviour)
-    not_before: int = 0
 
 
 class Rejection(msgspec.Struct, frozen=True, kw_only=True):

@@ -78,17 +78,25 @@ def consumers(bus: Bus, processor: Processor, broker: AlpacaBroker) -> list[tupl
         await asyncio.gather(*(in_order(items) for items in by_symbol.values()))
 
     async def on_decisions(batch: list[Inbound]) -> None:
-        # everything else (the OMS watermark above all) waits for the submits before it
+        # approved decisions are submitted; a watermark waits for every submit before it (so the
+        # feed's lockstep knows the orders of its bar are at the broker); the rest (position
+        # reports, denials) only need their tracking rows
         approved: list[tuple[Inbound, PretradeDecision]] = []
+        passive: list[Inbound] = []
         for inbound in batch:
             ev = inbound.payload
             if isinstance(ev, PretradeDecision) and ev.approved:
                 approved.append((inbound, ev))
-                continue
-            await submit_all(approved)
-            approved = []
-            await processor.apply(decisions.durable, [inbound], handlers.step)
+            elif isinstance(ev, Watermark):
+                await submit_all(approved)
+                approved = []
+                await processor.apply(decisions.durable, [*passive, inbound], handlers.step)
+                passive = []
+            else:
+                passive.append(inbound)
         await submit_all(approved)
+        if passive:
+            await processor.apply(decisions.durable, passive, handlers.step)
 
     async def on_control(batch: list[Inbound]) -> None:
         for inbound in batch:

@@ -31,7 +31,7 @@ async def ledger(database_url: str, prefix: str) -> dict[str, object]:
     try:
         oms, ex, tca = f"{prefix}_oms", f"{prefix}_exchange", f"{prefix}_tca"
         intents = await conn.fetch(
-            f"SELECT intent_id, client_order_id, symbol, side, qty, status, filled_qty, reason FROM {oms}.intents"
+            f"SELECT intent_id, client_order_id, symbol, side, qty, status, filled_qty, reason, bar_ts FROM {oms}.intents"
         )
         events = await conn.fetch(
             f"SELECT seq, event_id, client_order_id, event_type, payload FROM {oms}.intent_events ORDER BY seq"
@@ -88,6 +88,13 @@ def check_invariants(led: dict[str, object]) -> dict[str, int]:
         assert i["filled_qty"] == by_cid.get(i["client_order_id"], 0)
         if i["status"] == "FILLED":
             assert i["filled_qty"] == i["qty"]
+
+    # an order decided on bar t fills against a later bar, never the one it was decided on
+    decided_at = {i["client_order_id"]: i["bar_ts"] for i in intents}
+    for o in led["ex_orders"]:
+        filled_at = json.loads(o["data"]).get("filled_at")
+        if filled_at is not None:
+            assert filled_at > decided_at[o["client_order_id"]]
 
     # one TCA record per fill
     assert sorted(r["execution_id"] for r in led["tca"]) == sorted(exec_ids)

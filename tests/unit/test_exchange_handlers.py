@@ -73,7 +73,6 @@ def order(
     type: str = "market",
     tif: str = "day",
     limit: str | None = None,
-    not_before: int = 0,
 ) -> SubmitOrder:
     return SubmitOrder(
         symbol=symbol,
@@ -83,7 +82,6 @@ def order(
         time_in_force=tif,  # type: ignore[arg-type]
         limit_price=D(limit) if limit else None,
         client_order_id=cid,
-        not_before=not_before,
     )
 
 
@@ -154,17 +152,6 @@ def test_submit_when_no_bar_seen_then_fills_on_first_bar_and_day_order_binds_its
     assert filled.status == "filled"
     assert filled.filled_avg_price == D("20.01")  # 20 * 1.0005 = 20.01
     assert filled.expires_at == CLOSE1
-
-
-def test_submit_when_not_before_is_after_clock_then_waits_for_the_bar_after_the_decision() -> None:
-    # the decision bar (09:32) has not reached the exchange yet
-    state, _ = feed(fresh(), bar("AAPL", 1))
-    state, accepted = accept(state, order("c1", not_before=OPEN1 + 2 * MINUTE))
-    state, on_decision_bar = feed(state, bar("AAPL", 2))
-    state, on_next = feed(state, bar("AAPL", 3))
-    assert accepted.created_at == OPEN1 + 2 * MINUTE
-    assert on_decision_bar == []
-    assert [o.status for o in on_next] == ["filled"]
 
 
 def test_limit_buy_when_bar_trades_through_then_fills_at_better_of_limit_and_market() -> None:
@@ -412,15 +399,14 @@ def test_clock_view_when_bars_seen_or_none_then_last_bar_ts_or_epoch_read_by_alp
 
     from services.exchange.api import clock_view
 
-    # Arrange: a late copy of bar 1, and an order whose Keel-Not-Before is ahead of every bar
+    # Arrange: a late copy of bar 1 after bar 2
     state, _ = feed(fresh(), bar("AAPL", 1), bar("MSFT", 2), bar("AAPL", 1))
-    state, _ = accept(state, order("ahead", not_before=bar("AAPL", 5).ts_event))
 
     # Act
     before_any_bar = Clock(**clock_view(fresh().clock))
     seen = Clock(**clock_view(state.clock))
 
-    # Assert: the clock is the last bar seen (execution polls it), never a header or the wall
+    # Assert: the clock is the last bar seen (execution polls it), never the wall clock
     assert before_any_bar.timestamp == datetime(1970, 1, 1, tzinfo=UTC)
     assert state.clock == bar("MSFT", 2).ts_event
     assert seen.timestamp == datetime.fromtimestamp(state.clock / 1e9, tz=UTC)
