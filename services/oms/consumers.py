@@ -27,12 +27,20 @@ def decode_control(subject: str, data: bytes) -> object:
 
 
 def _stamp(inbound: Inbound) -> Inbound:
-    # operator JSON has no envelope: the command's identity is its place in the control stream
+    # operator JSON has no envelope: the command's identity is its place in the control stream,
+    # its event time the moment the stream stored it (so a replay stamps it the same way)
     cmd = inbound.payload
     if getattr(cmd, "event_id", ""):
         return inbound
     event_id = derive_id("ctl", inbound.subject, inbound.stream_seq)
-    stamped = msgspec.structs.replace(cmd, event_id=event_id, correlation_id=event_id, causation_id=event_id)  # type: ignore[type-var]
+    stored_at = inbound.msg.metadata.timestamp
+    stamped = msgspec.structs.replace(  # type: ignore[type-var]
+        cmd,
+        event_id=event_id,
+        correlation_id=event_id,
+        causation_id=event_id,
+        ts_event=int(stored_at.timestamp() * 1_000_000) * 1_000,
+    )
     return Inbound(inbound.subject, inbound.stream_seq, stamped, inbound.headers, inbound.msg)
 
 
