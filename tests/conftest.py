@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterator
 
 import asyncpg
 import nats
 import pytest
 
+from tests.support.processes import Cluster
 from tests.support.servers import (
     Namespace,
     cleanup_namespace,
+    migrate,
     nats_server,
     new_namespace,
     postgres_server,
@@ -59,3 +62,14 @@ async def pg(database_url: str) -> AsyncIterator[asyncpg.Connection]:
     yield conn
     if not conn.is_closed():
         await conn.close()
+
+
+@pytest.fixture
+async def cluster(namespace: Namespace, nats_url: str, database_url: str, tmp_path) -> AsyncIterator[Cluster]:  # type: ignore[no-untyped-def]
+    """Yield real service processes for this namespace (migrated); every child is stopped after."""
+    await asyncio.to_thread(migrate, database_url, namespace.schema_prefix)
+    c = Cluster(namespace, nats_url, database_url, tmp_path)
+    try:
+        yield c
+    finally:
+        await asyncio.to_thread(c.stop_all)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 from collections import defaultdict
 
 import asyncpg
@@ -18,6 +19,7 @@ import pytest
 from libs.contracts import subjects as sj
 from libs.contracts.subjects import Subjects
 from libs.obs.tracing import trace_id
+from libs.runtime.migrate import REPO_ROOT
 
 pytestmark = pytest.mark.e2e
 
@@ -131,6 +133,25 @@ async def fill_traces(nats_url: str, prefix: str) -> tuple[int, int]:
         await nc.close()
 
 
+async def keel_status(run) -> dict:  # type: ignore[no-untyped-def]
+    """Run `keel status --json` against a running keel up, as a user would."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "libs.cli.main",
+        "--var",
+        str(run.var),
+        "status",
+        "--json",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        cwd=REPO_ROOT,
+    )
+    out, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    return json.loads(out)
+
+
 async def test_keel_up_when_five_symbols_trade_a_session_then_ledgers_agree(keel_up, namespace, nats_url, database_url):
     run = await keel_up(
         "--symbols", SYMBOLS, "--minutes", "390", "--speed", "max", "--exit-when-done", "--start-date", "2026-03-02"
@@ -156,6 +177,21 @@ async def test_keel_up_when_five_symbols_trade_a_session_then_ledgers_agree(keel
         if o["status"] not in ("filled", "canceled", "expired")
     )
     assert len(open_intents) <= len(SYMBOLS.split(","))
+
+    # the run manifest, in Postgres and in ./var/runs, names mode, config hash, commit, contract
+    conn = await asyncpg.connect(database_url)
+    try:
+        row = await conn.fetchrow(
+            f"SELECT * FROM {namespace.schema_prefix}_meta.run_manifests WHERE run_id = $1", summary["run_id"]
+        )
+    finally:
+        await conn.close()
+    on_disk = json.loads((run.var / "runs" / f"{summary['run_id']}.json").read_text())
+    assert row is not None and json.loads(row["manifest"]) == on_disk
+    assert (row["execution_mode"], row["config_sha256"]) == ("paper", summary["config_sha256"])
+    assert on_disk["git_commit"] and on_disk["runtime_contract"]["stubs_enabled"] is False
+    secret = json.loads((run.var / "exchange-keys.json").read_text())["api_secret_key"]
+    assert secret not in json.dumps(on_disk) and secret not in row["manifest"]
 
     checked, matched = await fill_traces(nats_url, namespace.prefix)
     assert checked == summary["fills"] and matched == checked  # one trace from BarClosed to OrderFilled
@@ -183,6 +219,14 @@ async def test_keel_up_when_a_service_is_sigkilled_mid_run_then_nothing_lost_or_
             pytest.fail("no intents after 60 s")
     finally:
         await conn.close()
+    status = await keel_status(run)
+    assert sorted(status["services"]) == sorted(
+        ["exchange", "alerts", "tca", "oms", "execution", "risk", "signal", "marketdata"]
+    )
+    assert all(v["healthz"] and v["readyz"] for v in status["services"].values())
+    assert status["exchange"]["base_url"] and status["exchange"]["api_key_id"]
+    assert status["halt"]["halted"] is False and status["counts"]["intents"] > 0
+
     children = psutil.Process(run.proc.pid).children()
     target = [c for c in children if f"services.{victim}" in " ".join(c.cmdline())]
     assert len(target) == 1
