@@ -37,6 +37,7 @@ HOPS = 5
 HOP_CODE = r"""
 import asyncio, sys, nats
 from nats.js import api
+from libs.bus.consumer import fetch_batch
 async def main(url, prefix, i):
     nc = await nats.connect(url)
     js = nc.jetstream()
@@ -45,7 +46,7 @@ async def main(url, prefix, i):
     print("ready", flush=True)
     while True:
         try:
-            msgs = await sub.fetch(256, timeout=1)
+            msgs = await fetch_batch(sub, 256, 1.0)
         except (nats.errors.TimeoutError, TimeoutError):
             continue
         acks = [await js.publish_async(f"{prefix}.h{i+1}.x", m.data, headers={"Nats-Msg-Id": f"{i}-{m.metadata.sequence.stream}"})
@@ -73,7 +74,7 @@ async def bare_chain(url: str, seconds: int) -> list[float]:
     for i in range(HOPS + 1):
         await js.add_stream(name=f"{prefix.upper()}_H{i}", subjects=[f"{prefix}.h{i}.x"])
     procs = [
-        subprocess.Popen([sys.executable, "-c", HOP_CODE, url, prefix, str(i)], stdout=subprocess.PIPE)
+        subprocess.Popen([sys.executable, "-c", HOP_CODE, url, prefix, str(i)], stdout=subprocess.PIPE, cwd=REPO_ROOT)
         for i in range(HOPS)
     ]
     try:

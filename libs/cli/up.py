@@ -14,9 +14,7 @@ import json
 import os
 import secrets
 import signal
-import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,8 +28,9 @@ from libs.cli import control
 from libs.contracts import subjects as sj
 from libs.contracts.subjects import Subjects
 from libs.runtime import manifest
-from libs.runtime.embedded import EmbeddedNats, EmbeddedPostgres, free_port, start_nats, start_postgres
+from libs.runtime.embedded import EmbeddedNats, EmbeddedPostgres, start_nats, start_postgres
 from libs.runtime.migrate import migrate
+from libs.runtime.process import ServiceProcess
 from libs.sessions import session_of, sessions_between
 
 SERVICES = ("exchange", "alerts", "tca", "oms", "execution", "risk", "signal", "marketdata")
@@ -59,54 +58,6 @@ class UpOptions:
 
 
 @dataclass
-class Child:
-    """One supervised service process."""
-
-    name: str
-    port: int
-    env: dict[str, str]
-    log_path: Path
-    process: subprocess.Popen[bytes] | None = None
-    restarts: int = 0
-    started_at: float = 0.0
-
-    @property
-    def url(self) -> str:
-        """Return the service's API base URL."""
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        """Start the process, appending to its log."""
-        log = self.log_path.open("ab")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", f"services.{self.name}"],
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=str(Path(__file__).resolve().parents[2]),
-            start_new_session=True,  # Ctrl-C reaches keel up, which stops children in order
-        )
-        log.close()
-        self.started_at = time.monotonic()
-
-    def terminate(self) -> None:
-        """Send SIGTERM without waiting."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """SIGTERM, wait, then SIGKILL."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-
-
-@dataclass
 class Cluster:
     """The servers and children of one `keel up`."""
 
@@ -114,7 +65,7 @@ class Cluster:
     database_url: str
     prefix: str
     schema_prefix: str
-    children: dict[str, Child] = field(default_factory=dict)
+    children: dict[str, ServiceProcess] = field(default_factory=dict)
     embedded_nats: EmbeddedNats | None = None
     embedded_pg: EmbeddedPostgres | None = None
 
@@ -175,24 +126,6 @@ def _child_env(cluster: Cluster, opts: UpOptions, keys: dict[str, str]) -> dict[
     return env
 
 
-async def _wait_ready(child: Child, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    async with httpx.AsyncClient(timeout=1.0) as client:
-        while time.monotonic() < deadline:
-            assert child.process is not None
-            if child.process.poll() is not None:
-                tail = child.log_path.read_text(errors="replace").splitlines()[-5:]
-                raise RuntimeError(f"{child.name} exited with {child.process.returncode} at start:\n" + "\n".join(tail))
-            try:
-                if (await client.get(f"{child.url}/readyz")).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                await asyncio.sleep(0.2)
-                continue
-            await asyncio.sleep(0.2)
-    raise RuntimeError(f"{child.name} was not ready after {timeout:.0f}s (log: {child.log_path})")
-
-
 async def _write_manifest(cluster: Cluster, opts: UpOptions, run_id: str) -> dict[str, Any]:
     doc = manifest.build(
         run_id=run_id,
@@ -217,7 +150,25 @@ async def _consumers_idle(bus: Bus) -> bool:
     return True
 
 
-async def _md_progress(client: httpx.AsyncClient, child: Child) -> dict[str, Any] | None:
+async def _execution_caught_up(client: httpx.AsyncClient, cluster: Cluster) -> bool:
+    """True when execution has reported every fill and end the exchange knows of (its poll is async)."""
+    exchange = cluster.children["exchange"]
+    headers = {
+        "APCA-API-KEY-ID": exchange.env["KEEL_EXCHANGE_API_KEY_ID"],
+        "APCA-API-SECRET-KEY": exchange.env["KEEL_EXCHANGE_API_SECRET_KEY"],
+    }
+    try:
+        held = (await client.get(f"{cluster.children['execution'].url}/state")).json()["orders"]
+        open_orders = (
+            await client.get(f"{exchange.url}/v2/orders", params={"status": "open", "limit": 500}, headers=headers)
+        ).json()
+    except (httpx.HTTPError, KeyError, ValueError):
+        return False
+    at_exchange = {o["client_order_id"]: int(float(o["filled_qty"])) for o in open_orders}
+    return at_exchange == {cid: o["cum_qty"] for cid, o in held.items()}
+
+
+async def _md_progress(client: httpx.AsyncClient, child: ServiceProcess) -> dict[str, Any] | None:
     try:
         r = await client.get(f"{child.url}/progress")
     except httpx.HTTPError:
@@ -266,17 +217,16 @@ async def run(opts: UpOptions) -> int:
         env = _child_env(cluster, opts, keys)
         start_counts = await control.counts(bus)
         for name in SERVICES:
-            port = free_port()
-            child_env = dict(env, KEEL_API_PORT=str(port))
+            child_env = dict(env)
             if name == "execution":
-                child_env["KEEL_EXEC_BASE_URL"] = f"http://127.0.0.1:{cluster.children['exchange'].port}"
-            cluster.children[name] = Child(name, port, child_env, opts.var / "logs" / f"{name}.log")
+                child_env["KEEL_EXEC_BASE_URL"] = cluster.children["exchange"].url
+            cluster.children[name] = ServiceProcess(name, child_env, opts.var / "logs" / f"{name}.log")
         # the exchange first (execution checks its broker at start), the feed last (so every
         # consumer is listening before the first bar; durable consumers would catch up anyway)
         for wave in STARTUP_WAVES:
             for name in wave:
                 cluster.children[name].start()
-            await asyncio.gather(*(_wait_ready(cluster.children[name]) for name in wave))
+            await asyncio.gather(*(cluster.children[name].wait_ready() for name in wave))
         _write_up_file(opts.var, cluster, keys, run_id)
         return await _supervise(cluster, bus, opts, start_counts, doc, stop)
     finally:
@@ -341,7 +291,11 @@ async def _supervise(
                 first_ts = progress["last_ts"]
             _line(opts, _progress_text(progress, delta, halt))
             if opts.exit_when_done and progress and progress["done"]:
-                if await _exec_watermark(bus) >= progress["last_ts"] and await _consumers_idle(bus):
+                if (
+                    await _exec_watermark(bus) >= progress["last_ts"]
+                    and await _consumers_idle(bus)
+                    and await _execution_caught_up(client, cluster)
+                ):
                     settled_checks += 1
                 else:
                     settled_checks = 0

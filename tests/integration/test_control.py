@@ -146,7 +146,7 @@ async def test_command_when_invalid_then_dead_lettered_alerted_and_oms_keeps_obe
     # the bad command changed nothing: still halted for the original reason
     assert halted_with("manual")(await halt_flag(nc, namespace))
 
-    assert cluster["oms"].running(), cluster["oms"].log_tail()
+    assert cluster["oms"].running, cluster["oms"].log_tail()
     sent = await nats_pub(nc, kill, b'{"reason":"after bad command"}')
     await wait_for_flag(nc, namespace, halted_with("after bad command"), since=sent, within=HALT_WITHIN_SEC)
     assert (await js.stream_info(f"{namespace.stream_prefix}DLQ")).state.messages == 1

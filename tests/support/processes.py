@@ -4,15 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import httpx
 
-from libs.runtime.runner import free_port
+from libs.runtime import process
 from tests.support.servers import Namespace
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -20,66 +16,25 @@ READY_TIMEOUT_SEC = 30.0
 OUTSIDE_KEYS = ("TRADING_MODE", "EXECUTION_MODE", "TRADING_PROFILE")
 
 
-class ServiceProcess:
-    """One real service started as `python -m services.<name>`, its output in a log file."""
+class ServiceProcess(process.ServiceProcess):
+    """A service process for a test: its log in the test's directory, failures as AssertionError."""
 
     def __init__(self, name: str, env: dict[str, str], log_dir: Path) -> None:
-        self.name = name
-        self.port = free_port()
-        self.env = {**env, "KEEL_API_PORT": str(self.port)}
-        self.log_path = log_dir / f"{name}.log"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", f"services.{self.name}"],
-                env=self.env,
-                cwd=REPO_ROOT,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-
-    def log_tail(self, lines: int = 30) -> str:
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-
-    def running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
+        super().__init__(name, env, log_dir / f"{name}.log")
 
     async def wait_ready(self, timeout: float = READY_TIMEOUT_SEC) -> None:
-        deadline = time.monotonic() + timeout
-        async with httpx.AsyncClient(timeout=1.0) as client:
-            while True:
-                if not self.running():
-                    raise AssertionError(f"{self.name} exited with {self.process.returncode}:\n{self.log_tail()}")  # type: ignore[union-attr]
-                try:
-                    if (await client.get(f"{self.url}/readyz")).status_code == 200:
-                        return
-                except httpx.HTTPError:
-                    pass  # not listening yet
-                if time.monotonic() > deadline:
-                    raise AssertionError(f"{self.name} not ready after {timeout}s:\n{self.log_tail()}")
-                await asyncio.sleep(0.05)
+        """Wait for /readyz; fail the test with the log's tail otherwise."""
+        try:
+            await super().wait_ready(timeout)
+        except RuntimeError as e:
+            raise AssertionError(f"{e}\n{self.log_tail(30)}") from e
 
     async def get_json(self, path: str) -> object:
+        """GET a JSON view of the service."""
         async with httpx.AsyncClient(timeout=2.0) as client:
             r = await client.get(f"{self.url}{path}")
             r.raise_for_status()
             return r.json()
-
-    def stop(self, timeout: float = 10.0) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
 
 
 def service_env(namespace: Namespace, nats_url: str, database_url: str) -> dict[str, str]:
