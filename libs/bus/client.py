@@ -6,7 +6,6 @@ import asyncio
 import logging
 import time
 
-import msgspec
 import nats
 import nats.errors
 import nats.js.errors
@@ -139,10 +138,6 @@ class Bus:
         """Publish pre-encoded events pipelined; the caller awaits the returned futures."""
         return await self.js.publish_async(subject, data, headers=headers)
 
-    async def flush_async(self) -> None:
-        """Wait until every pipelined publish has its PubAck."""
-        await self.js.publish_async_completed()
-
     async def dead_letter(self, consumer: str, msg: Msg, error: BaseException) -> None:
         """Copy a message to the dead-letter stream with why, then terminate it (STYLE 20)."""
         meta = msg.metadata
@@ -183,8 +178,3 @@ class Bus:
         except (nats.errors.ConnectionClosedError, nats.errors.TimeoutError, TimeoutError) as e:
             log.warning("flush before close failed; closing anyway", extra={"error": repr(e)})
         await self.nc.close()
-
-
-def decode_struct(typ: type[msgspec.Struct]) -> msgspec.json.Decoder:
-    """Build a decoder for a wire type."""
-    return msgspec.json.Decoder(typ)

@@ -40,11 +40,6 @@ def decode_event(data: bytes) -> Event:
     return _any_decoder.decode(data)
 
 
-def decoder_for(typ: object) -> msgspec.json.Decoder:
-    """Build a decoder for one event union."""
-    return msgspec.json.Decoder(typ)
-
-
 def decode_command(verb: str, data: bytes) -> Command:
     """Decode a control command by its verb; an empty body is an empty object."""
     decoder = _command_decoders.get(verb)

@@ -148,8 +148,3 @@ def classify_exception(
     if isinstance(exc, TypeError | KeyError | AttributeError | AssertionError):
         return info(ErrorCategory.PROGRAMMING_ERROR, ErrorScope.GLOBAL, ErrorAction.HALT_TRADING, "PROGRAMMING_HALT")
     return info(ErrorCategory.UNKNOWN, ErrorScope.GLOBAL, ErrorAction.HALT_TRADING, "UNKNOWN_HALT")
-
-
-def is_transient(exc: BaseException) -> bool:
-    """Return True when retrying the same work later may succeed."""
-    return classify_exception(exc, dependency="").retryable
