@@ -34,6 +34,7 @@ COUNTED = {
     "tca_records": (sj.TCA, "tca_recorded"),
     "alerts": (sj.OPS, "alert_raised"),
     "dead_letters": (sj.DLQ, ""),
+    "halts": (sj.CTL, sj.CTL_KILL),
 }
 
 
@@ -41,7 +42,12 @@ async def counts(bus: Bus) -> dict[str, int]:
     """Count stored events per kind from the streams' per-subject totals."""
     out: dict[str, int] = {}
     for name, (family, event) in COUNTED.items():
-        subject = bus.subjects.family_wildcard(family) if not event else bus.subjects.event(family, event, ">")
+        if family == sj.CTL:
+            subject = bus.subjects.ctl(event)  # keel.ctl.<verb> has no key token
+        elif event:
+            subject = bus.subjects.event(family, event, ">")
+        else:
+            subject = bus.subjects.family_wildcard(family)
         try:
             info = await bus.js.stream_info(bus.subjects.stream(family), subjects_filter=subject)
         except NotFoundError:

@@ -239,3 +239,49 @@ async def test_keel_up_when_a_service_is_sigkilled_mid_run_then_nothing_lost_or_
     led = await ledger(database_url, namespace.schema_prefix)
     counts = check_invariants(led)
     assert counts["approved"] == summary["orders"] and counts["fills"] > 0
+
+
+async def test_keel_up_when_killed_mid_run_then_every_later_intent_is_blocked_and_none_reaches_the_exchange(
+    keel_up, namespace, database_url
+):
+    run = await keel_up(
+        "--symbols", SYMBOLS, "--minutes", "200", "--speed", "max", "--exit-when-done", "--start-date", "2026-03-04"
+    )
+    conn = await asyncpg.connect(database_url)
+    try:
+        for _ in range(600):
+            await asyncio.sleep(0.1)
+            try:
+                n = await conn.fetchval(f"SELECT count(*) FROM {namespace.schema_prefix}_oms.intents")
+            except asyncpg.UndefinedTableError:
+                continue
+            if n and n >= 4:
+                break
+        else:
+            pytest.fail("no intents after 60 s")
+    finally:
+        await conn.close()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "libs.cli.main", "--var", str(run.var), "kill", "--reason", "e2e",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=REPO_ROOT,
+    )  # fmt: skip
+    out, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    assert json.loads(out)["applied"] is True
+
+    summary = await run.summary(timeout=400)
+    assert summary["halts"] == 1 and summary["halted_at_end"] is True
+    led = await ledger(database_url, namespace.schema_prefix)
+    check_invariants(led)
+    decisions = [json.loads(e["payload"]) for e in led["events"] if e["event_type"] == "oms.pretrade_decision.v1"]
+    reasons = [d["reason"] for d in decisions]
+    first_block = reasons.index("KILL_SWITCH_BLOCK")
+    assert set(reasons[first_block:]) == {"KILL_SWITCH_BLOCK"}  # nothing approved after the kill
+    # an order the OMS approved just before the kill is stopped by execution's own halt check
+    refused = [
+        json.loads(e["payload"])
+        for e in led["events"]
+        if e["event_type"] == "exec.submit_failed.v1" and json.loads(e["payload"])["reason_code"] == "KILL_SWITCH_BLOCK"
+    ]
+    approved = sum(r == "APPROVED" for r in reasons)
+    assert approved - len(refused) == summary["orders"] == len(led["ex_orders"])
