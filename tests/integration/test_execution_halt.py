@@ -1,0 +1,81 @@
+"""Execution's own halt check: an order approved before a kill never reaches the broker after it.
+
+Real exchange and execution processes, real alpaca-py in between; the halt flag is written to
+the control bucket as the OMS would, and approved decisions are published as the OMS would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import httpx
+import nats
+
+from libs.bus import Bus
+from libs.contracts.control import HaltState
+from libs.contracts.subjects import Subjects
+from tests.factories import Events
+from tests.support.processes import Cluster
+from tests.support.servers import Namespace
+
+KEYS = {"KEEL_EXCHANGE_API_KEY_ID": "PKTEST", "KEEL_EXCHANGE_API_SECRET_KEY": "test-secret"}
+
+
+async def next_report(queue: asyncio.Queue, cid: str, timeout: float = 10) -> dict:
+    """Return the next execution report (not the hand-off) about one order."""
+    async with asyncio.timeout(timeout):
+        while True:
+            report = await queue.get()
+            if report.get("client_order_id") == cid and report["type"] != "exec.order_submitted.v1":
+                return report
+
+
+async def exchange_orders(url: str) -> list[dict]:
+    """List every order the exchange holds."""
+    headers = {
+        "APCA-API-KEY-ID": KEYS["KEEL_EXCHANGE_API_KEY_ID"],
+        "APCA-API-SECRET-KEY": KEYS["KEEL_EXCHANGE_API_SECRET_KEY"],
+    }
+    async with httpx.AsyncClient(timeout=5) as client:
+        r = await client.get(f"{url}/v2/orders", params={"status": "all"}, headers=headers)
+        r.raise_for_status()
+        return r.json()
+
+
+async def test_submit_when_halt_flag_is_up_then_kill_switch_block_and_nothing_at_the_broker(
+    cluster: Cluster, namespace: Namespace, nats_url: str, nc: nats.NATS
+):
+    f = Events(seed=11)
+    cluster.env.update(KEYS, KEEL_EXEC_API_KEY_ID=KEYS["KEEL_EXCHANGE_API_KEY_ID"],
+                       KEEL_EXEC_API_SECRET_KEY=KEYS["KEEL_EXCHANGE_API_SECRET_KEY"])  # fmt: skip
+    await cluster.start("exchange")
+    cluster.env["KEEL_EXEC_BASE_URL"] = cluster["exchange"].url
+    await cluster.start("execution")
+    reports: asyncio.Queue = asyncio.Queue()
+
+    async def on_report(msg) -> None:  # type: ignore[no-untyped-def]
+        await reports.put(json.loads(msg.data))
+
+    await nc.subscribe(f"{namespace.prefix}.exec.>", cb=on_report)
+    bus = await Bus.connect(nats_url, Subjects(namespace.prefix), service="test")
+    try:
+        await bus.publish(f.bar("AAPL", 2, "50"))  # the exchange's clock passes the decision bar
+        blocked = f.intent("AAPL", "buy", 10, "50", n=1)
+        allowed = f.intent("AAPL", "buy", 10, "50", n=2)
+
+        await bus.put_halt_state(HaltState(halted=True, reason="test kill", since_ns=1))
+        await bus.publish(f.decision(blocked))
+        refused = await next_report(reports, blocked.client_order_id)
+
+        await bus.put_halt_state(HaltState(halted=False, reason="test resume", since_ns=2))
+        await bus.publish(f.decision(allowed))
+        accepted = await next_report(reports, allowed.client_order_id)
+    finally:
+        await bus.close()
+
+    assert (refused["type"], refused["reason_code"]) == ("exec.submit_failed.v1", "KILL_SWITCH_BLOCK")
+    assert "test kill" in refused["message"]
+    assert accepted["type"] == "exec.order_accepted.v1"
+    at_broker = [o["client_order_id"] for o in await exchange_orders(cluster["exchange"].url)]
+    assert at_broker == [allowed.client_order_id]
