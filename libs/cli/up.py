@@ -15,6 +15,7 @@ import os
 import secrets
 import signal
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ SERVICES = ("exchange", "alerts", "tca", "oms", "execution", "risk", "signal", "
 STARTUP_WAVES = (("exchange",), ("alerts", "tca", "oms", "execution", "risk", "signal"), ("marketdata",))
 # stop the feed first (nothing new enters) and alerts next (no false HEARTBEAT_MISSING while the
 # others stop), then everything else at once
+QUICK_EXIT_SEC = 10.0  # a child that dies sooner than this after its start is crash-looping
 SHUTDOWN_WAVES = (("marketdata",), ("alerts",), ("signal", "risk", "oms", "execution", "tca", "exchange"))
 
 
@@ -265,24 +267,34 @@ def _write_up_file(var: Path, cluster: Cluster, keys: dict[str, str], run_id: st
     path.chmod(0o600)
 
 
+def _restart_exited(cluster: Cluster, opts: UpOptions, backoff: dict[str, float]) -> None:
+    """Restart children that died; one that keeps dying at start waits longer each time (max 30 s)."""
+    now = time.monotonic()
+    for child in cluster.children.values():
+        if child.running:
+            continue
+        if child.name not in backoff:
+            quick = now - child.started_at < QUICK_EXIT_SEC
+            child.quick_exits = child.quick_exits + 1 if quick else 0
+            backoff[child.name] = now + (min(2 ** (child.quick_exits - 1), 30) if quick else 0)
+            code = child.process.returncode if child.process else None
+            _line(opts, f"{child.name} exited with {code}; restarting (restart {child.restarts + 1})", newline=True)
+        if now >= backoff[child.name]:
+            del backoff[child.name]
+            child.restarts += 1
+            child.start()
+
+
 async def _supervise(
     cluster: Cluster, bus: Bus, opts: UpOptions, start_counts: dict[str, int], doc: dict[str, Any], stop: asyncio.Event
 ) -> int:
     md = cluster.children["marketdata"]
+    backoff: dict[str, float] = {}
     first_ts = 0
     settled_checks = 0
     async with httpx.AsyncClient(timeout=1.0) as client:
         while not stop.is_set():
-            for child in cluster.children.values():
-                assert child.process is not None
-                if child.process.poll() is not None:
-                    child.restarts += 1
-                    _line(
-                        opts,
-                        f"{child.name} exited with {child.process.returncode}; restarting (restart {child.restarts})",
-                        newline=True,
-                    )
-                    child.start()
+            _restart_exited(cluster, opts, backoff)
             progress = await _md_progress(client, md)
             now_counts = await control.counts(bus)
             delta = {k: now_counts[k] - start_counts.get(k, 0) for k in now_counts}

@@ -25,6 +25,8 @@ class ServiceProcess:
         self.log_path = log_path
         self.process: subprocess.Popen[bytes] | None = None
         self.restarts = 0
+        self.quick_exits = 0
+        self.started_at = 0.0
 
     @property
     def url(self) -> str:
@@ -47,6 +49,7 @@ class ServiceProcess:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
+        self.started_at = time.monotonic()
 
     def log_tail(self, lines: int = 20) -> str:
         """Return the last lines of the log."""

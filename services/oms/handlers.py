@@ -187,6 +187,8 @@ def on_report(state: st.OmsState, ev: ExecutionEvent, ctx: Ctx) -> tuple[st.OmsS
                 report=_kind(ev),
             )
         ]
+    if isinstance(ev, OrderPartiallyFilled | OrderFilled) and ev.execution_id in intent.execution_ids:
+        return state, []  # the same fill reported twice, whatever the status now
     kind = _kind(ev)
     target = st.TRANSITIONS.get((intent.status, kind))
     if target is None:
@@ -210,8 +212,6 @@ def on_report(state: st.OmsState, ev: ExecutionEvent, ctx: Ctx) -> tuple[st.OmsS
         changes["reason"] = reason
     new_state = state
     if isinstance(ev, OrderPartiallyFilled | OrderFilled):
-        if ev.execution_id in intent.execution_ids:
-            return state, []  # the same fill reported twice
         changes.update(
             filled_qty=ev.cum_qty,
             avg_fill_price=ev.avg_px,

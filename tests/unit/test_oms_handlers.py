@@ -340,9 +340,10 @@ def test_fill_when_final_fill_repeats_then_position_moves_once(f: Events) -> Non
     fill = f.fill(intent, last_qty=100, last_px="50", cum_qty=100)
     state, _ = given([intent, f.submitted(intent), fill])
 
-    after, _ = step(state, fill, CTX)
+    after, out = step(state, fill, CTX)
 
     assert after.positions["AAPL"].qty == 100
+    assert out == []  # a repeat is not news: no position report, no invalid-transition alert
 
 
 def test_fill_when_it_races_a_cancel_then_position_moves_and_order_is_filled(f: Events) -> None:
