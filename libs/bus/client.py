@@ -149,8 +149,9 @@ class Bus:
                 sj.H_DLQ_STREAM_SEQ: str(meta.sequence.stream),
                 sj.H_DLQ_CONSUMER: consumer,
                 sj.H_DLQ_ERROR: f"{type(error).__name__}: {error}"[:1000],
-                # the same message dead-lettered twice (redelivery) is stored once
-                sj.H_MSG_ID: f"dlq:{meta.stream}:{meta.sequence.stream}",
+                # the same message dead-lettered twice by one consumer (redelivery) is stored once;
+                # another consumer refusing it too gets its own copy
+                sj.H_MSG_ID: f"dlq:{consumer}:{meta.stream}:{meta.sequence.stream}",
             }
         )
         await self.js.publish(self.subjects.dlq(consumer), msg.data, headers=headers)

@@ -60,7 +60,7 @@ async def counts(bus: Bus) -> dict[str, int]:
 async def send(
     nats_url: str, prefix: str, verb: str, body: dict[str, Any], *, wait_halt: bool | None
 ) -> dict[str, Any]:
-    """Publish a control command; optionally wait (1 s) until the halt flag shows it applied."""
+    """Publish a control command; optionally wait (up to 5 s) until the halt flag shows it applied."""
     bus = await Bus.connect(nats_url, Subjects(prefix), service="cli")
     try:
         await bus.provision()

@@ -38,6 +38,9 @@ SERVICES = ("exchange", "alerts", "tca", "oms", "execution", "risk", "signal", "
 STARTUP_WAVES = (("exchange",), ("alerts", "tca", "oms", "execution", "risk", "signal"), ("marketdata",))
 # stop the feed first (nothing new enters) and alerts next (no false HEARTBEAT_MISSING while the
 # others stop), then everything else at once
+# --exit-when-done gives up (summary with "settled": false, exit 1) if the pipeline has not
+# settled this long after the feed finished: a crash-looping service, an order nobody tracks
+SETTLE_TIMEOUT_SEC = 120.0
 QUICK_EXIT_SEC = 10.0  # a child that dies sooner than this after its start is crash-looping
 SHUTDOWN_WAVES = (("marketdata",), ("alerts",), ("signal", "risk", "oms", "execution", "tca", "exchange"))
 
@@ -292,6 +295,7 @@ async def _supervise(
     backoff: dict[str, float] = {}
     first_ts = 0
     settled_checks = 0
+    done_at = 0.0
     async with httpx.AsyncClient(timeout=1.0) as client:
         while not stop.is_set():
             _restart_exited(cluster, opts, backoff)
@@ -303,6 +307,7 @@ async def _supervise(
                 first_ts = progress["last_ts"]
             _line(opts, _progress_text(progress, delta, halt))
             if opts.exit_when_done and progress and progress["done"]:
+                done_at = done_at or time.monotonic()
                 if (
                     await _exec_watermark(bus) >= progress["last_ts"]
                     and await _consumers_idle(bus)
@@ -311,8 +316,10 @@ async def _supervise(
                     settled_checks += 1
                 else:
                     settled_checks = 0
-                if settled_checks >= 3:
+                timed_out = time.monotonic() - done_at > SETTLE_TIMEOUT_SEC
+                if settled_checks >= 3 or timed_out:
                     summary = {
+                        "settled": not timed_out,
                         "run_id": doc["run_id"],
                         "bars": delta["bars"],
                         "bar_timestamps": progress["emitted_this_run"],
@@ -331,7 +338,7 @@ async def _supervise(
                     }
                     _line(opts, "", newline=True)
                     print(json.dumps(summary), flush=True)
-                    return 0
+                    return 1 if timed_out else 0
             try:
                 await asyncio.wait_for(stop.wait(), timeout=0.5)
             except TimeoutError:

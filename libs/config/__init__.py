@@ -33,6 +33,23 @@ FORBIDDEN_KEYS = {
 }
 # bare aliases accepted for the two mode settings the seeds name without a prefix
 BARE_ALIASES = {"EXECUTION_MODE": "KEEL_EXECUTION_MODE", "TRADING_PROFILE": "KEEL_TRADING_PROFILE"}
+# where and how a process runs, not what it decides: left out of the config hash so the hash
+# stamped on decisions is the same across restarts, free ports and machines
+DEPLOYMENT_KEYS = frozenset(
+    {
+        "KEEL_NATS_URL",
+        "KEEL_DATABASE_URL",
+        "KEEL_PREFIX",
+        "KEEL_SCHEMA_PREFIX",
+        "KEEL_API_HOST",
+        "KEEL_API_PORT",
+        "KEEL_LOG_LEVEL",
+        "KEEL_HEARTBEAT_SEC",
+        "KEEL_INSTANCE",
+        "KEEL_CONFIG_FILE",
+        "KEEL_VAR",
+    }
+)
 SECRET_MARKERS = ("SECRET", "PASSWORD", "TOKEN", "API_KEY", "_KEY_ID")
 
 
@@ -73,7 +90,6 @@ SECTION_PREFIXES = (
     "KEEL_TCA_",
     "KEEL_ALERTS_",
     "KEEL_EXCHANGE_",
-    "KEEL_UP_",
     "KEEL_TEST_",  # the test harness's server URLs (DESIGN "Running it")
 )
 
@@ -194,13 +210,19 @@ def load(
         for name, value in msgspec.to_builtins(obj).items():
             key = prefix + name.upper()
             redacted[key] = _redact_value(key, value)
-    digest = hashlib.sha256(json.dumps(redacted, sort_keys=True, default=str).encode()).hexdigest()
-    return Loaded(common=common, section=sect, redacted=redacted, sha256=digest)
+    return Loaded(common=common, section=sect, redacted=redacted, sha256=config_hash(redacted))
+
+
+def config_hash(redacted: Mapping[str, object]) -> str:
+    """Return the sha256 of the decision-relevant keys (deployment keys left out)."""
+    relevant = {k: v for k, v in redacted.items() if k not in DEPLOYMENT_KEYS}
+    return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()
 
 
 __all__ = [
     "CommonConfig",
     "ConfigError",
+    "config_hash",
     "Decimal",
     "ExecutionMode",
     "Loaded",

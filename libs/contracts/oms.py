@@ -47,7 +47,7 @@ class PositionChanged(Event, kw_only=True, tag="oms.position_changed.v1"):
     qty: SignedShares
     avg_price: Decimal
     open_order_qty: SignedShares
-    intents_seen: int
+    intents_seen: int  # the highest risk_seq of the symbol the OMS has handled
     realized_pnl: Decimal = Decimal(0)
 
 

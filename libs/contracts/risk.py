@@ -44,6 +44,9 @@ class OrderIntent(Event, kw_only=True, tag="risk.order_intent.v1"):
     strategy: str
     sleeves: tuple[SleeveShare, ...] = ()
     notional: Decimal = Decimal(0)
+    # risk's 1-based count of intents for this symbol: lets the OMS report how far it has seen,
+    # so risk's in-flight accounting survives an intent that never reached the OMS
+    risk_seq: int = 0
 
 
 RiskEvent = OrderIntent

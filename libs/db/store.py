@@ -139,6 +139,11 @@ class Store:
         )
         return found is not None
 
+    async def has_outbox_event(self, event_id: str) -> bool:
+        """Return True when this service has ever committed an event with this id."""
+        found = await self.pool.fetchval(f"SELECT 1 FROM {self.schema}.outbox WHERE event_id = $1", event_id)
+        return found is not None
+
     async def ping(self) -> None:
         """Run a trivial query (readiness)."""
         await self.pool.fetchval("SELECT 1")

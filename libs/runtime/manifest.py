@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import subprocess
 from collections.abc import Mapping
@@ -12,7 +11,7 @@ from typing import Any
 
 import asyncpg
 
-from libs.config import load
+from libs.config import config_hash, load
 from libs.runtime.migrate import REPO_ROOT
 
 # keys whose truthiness is a feature switch worth listing on its own
@@ -38,7 +37,7 @@ def build(*, run_id: str, options: Mapping[str, Any], env: Mapping[str, str]) ->
     }
     redacted.update(loaded.redacted)
     flags = {k: v for k, v in redacted.items() if k.endswith(FLAG_SUFFIXES)}
-    config_sha = hashlib.sha256(json.dumps(redacted, sort_keys=True, default=str).encode()).hexdigest()
+    config_sha = config_hash(redacted)
     return {
         "run_id": run_id,
         "started_at": dt.datetime.now(dt.UTC).isoformat(),

@@ -23,6 +23,7 @@ from libs.contracts.base import Event
 from libs.contracts.codec import encode
 from libs.db import Store, UnitOfWork
 from libs.decide import Ctx
+from libs.errors import classify_exception
 from libs.obs import tracing
 from libs.obs.metrics import Metrics
 from libs.runtime.clock import Clock
@@ -60,17 +61,32 @@ class OutboxRelay:
                     headers = json.loads(row["headers"])
                     headers[sj.H_EMITTED_AT] = str(time.time_ns())
                     futures.append(await self.bus.publish_encoded(row["subject"], row["data"], headers))
-                await asyncio.gather(*futures)
-                await self.store.mark_published([row["id"] for row in rows])
-                total += len(rows)
+                acks = await asyncio.gather(*futures, return_exceptions=True)
+                failed = next((i for i, a in enumerate(acks) if isinstance(a, BaseException)), len(acks))
+                # only the rows up to the first failure are known stored in order; the rest go
+                # again (Nats-Msg-Id makes a row that did get stored a duplicate, not a copy)
+                await self.store.mark_published([row["id"] for row in rows[:failed]])
+                total += failed
                 if self.metrics:
-                    self.metrics.published.labels(self.metrics.service).inc(len(rows))
+                    self.metrics.published.labels(self.metrics.service).inc(failed)
+                if failed < len(acks):
+                    raise acks[failed]  # type: ignore[misc]
         return total
 
     async def run(self, stop: asyncio.Event) -> None:
         """Flush on every kick, and every half second in case a kick was missed."""
         while not stop.is_set():
-            await self.flush()
+            try:
+                await self.flush()
+            except Exception as e:  # classified: transient publish failures are retried here
+                info = classify_exception(e, dependency="bus")
+                if not info.retryable:
+                    raise
+                if self.metrics:
+                    self.metrics.errors.labels(self.metrics.service, info.category.value, info.reason_code).inc()
+                log.warning("outbox publish failed; retrying", extra={"error": repr(e)[:300]})
+                await asyncio.sleep(0.5)
+                continue
             try:
                 await asyncio.wait_for(self._kick.wait(), timeout=0.5)
             except TimeoutError:

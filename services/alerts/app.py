@@ -26,7 +26,7 @@ async def watchdog(deps: Deps, processor: Processor, stop: asyncio.Event) -> Non
     async def on_heartbeat(msg: Msg) -> None:
         try:
             hb = _hb_decoder.decode(msg.data)
-        except msgspec.ValidationError:
+        except (msgspec.ValidationError, msgspec.DecodeError):
             deps.metrics.errors.labels(deps.name, "BAD_DATA", "BAD_HEARTBEAT").inc()
             return  # heartbeats are not stored; a bad one is counted and the next one decides
         if hb.service != deps.name:

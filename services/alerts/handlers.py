@@ -90,7 +90,7 @@ def heartbeat_check(
                     "critical",
                     f"{service} silent for {(now_ns - seen_ns) / 1e9:.1f}s",
                     ctx,
-                    f"hb-missing:{service}:{seq}",
+                    f"hb-missing:{service}:{seen_ns}",
                     service=service,
                     last_seq=str(seq),
                 )
@@ -103,7 +103,7 @@ def heartbeat_check(
                     "info",
                     f"{service} is back",
                     ctx,
-                    f"hb-recovered:{service}:{went_quiet}:{seq}",
+                    f"hb-recovered:{service}:{went_quiet}:{seen_ns}",
                     service=service,
                 )
             )

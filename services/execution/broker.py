@@ -20,10 +20,9 @@ from alpaca.trading.enums import OrderSide, OrderStatus, QueryOrderStatus, TimeI
 from alpaca.trading.models import Order
 from alpaca.trading.requests import GetOrdersRequest, LimitOrderRequest, MarketOrderRequest
 
-from libs.contracts.oms import PretradeDecision
 from libs.errors import classify_exception
 from services.execution import handlers
-from services.execution.state import BrokerOrder
+from services.execution.state import BrokerOrder, ExecOrder
 
 DUPLICATE_CLIENT_ORDER_ID = "40010001"
 
@@ -103,45 +102,43 @@ class AlpacaBroker:
         """Fetch the account; raises when the broker is unreachable or refuses the keys."""
         await asyncio.to_thread(self.client.get_account)
 
-    async def submit(self, d: PretradeDecision) -> handlers.Outcome:
-        """Submit an approved order; never raises, never resubmits."""
-        side = OrderSide.BUY if d.side == "buy" else OrderSide.SELL
-        tif = TimeInForce(d.time_in_force)
-        if d.order_type == "limit":
+    async def submit(self, order: ExecOrder) -> handlers.Outcome:
+        """Submit (or re-submit: the client_order_id makes it idempotent) an order; never raises."""
+        side = OrderSide.BUY if order.side == "buy" else OrderSide.SELL
+        tif = TimeInForce(order.time_in_force)
+        if order.order_type == "limit":
             req = LimitOrderRequest(
-                symbol=d.symbol,
-                qty=d.qty,
+                symbol=order.symbol,
+                qty=order.qty,
                 side=side,
                 time_in_force=tif,
-                limit_price=float(d.limit_price or 0),
-                client_order_id=d.client_order_id,
+                limit_price=float(order.limit_price or 0),
+                client_order_id=order.client_order_id,
             )
         else:
             req = MarketOrderRequest(
-                symbol=d.symbol, qty=d.qty, side=side, time_in_force=tif, client_order_id=d.client_order_id
+                symbol=order.symbol, qty=order.qty, side=side, time_in_force=tif, client_order_id=order.client_order_id
             )
         try:
-            order = await asyncio.to_thread(self.client.submit_order, req)
+            placed = await asyncio.to_thread(self.client.submit_order, req)
         except APIError as e:
             if api_error_code(e) == DUPLICATE_CLIENT_ORDER_ID:
-                # we submitted before (crash after the broker accepted): adopt that order
-                return await self.resolve(d.client_order_id, str(e))
-            info = classify_exception(e, dependency="broker_submit", symbol=d.symbol)
+                # submitted before (a crash after the broker accepted, a lost response): adopt it
+                return await self.resolve(order.client_order_id, str(e))
+            info = classify_exception(e, dependency="broker_submit", symbol=order.symbol)
             if info.retryable:
-                return await self.resolve(d.client_order_id, str(e))
+                return await self.resolve(order.client_order_id, str(e))
             return handlers.Rejected(code=api_error_code(e) or str(e.status_code), message=str(e)[:300])
         except (requests.RequestException, OSError) as e:
-            return await self.resolve(d.client_order_id, str(e))
-        return handlers.Accepted(order=to_broker_order(order))
+            return await self.resolve(order.client_order_id, str(e))
+        return handlers.Accepted(order=to_broker_order(placed))
 
     async def resolve(self, cid: str, why: str) -> handlers.Outcome:
-        """Find out whether the broker holds an order, by client_order_id."""
+        """Find out whether the broker holds an order; not finding it is not a verdict."""
         found = await self.lookup(cid)
-        if found is None:
-            return handlers.Unknown(message=why[:300])
-        if found == "absent":
-            return handlers.Failed(category="TRANSIENT_NETWORK", reason_code="NET_RETRY", message=why[:300])
-        return handlers.Accepted(order=found)
+        if isinstance(found, BrokerOrder):
+            return handlers.Accepted(order=found)
+        return handlers.Unknown(message=why[:300])
 
     async def lookup(self, cid: str) -> BrokerOrder | str | None:
         """Return the order, "absent" when the broker says 404, None when it cannot tell."""

@@ -24,8 +24,10 @@ log = logging.getLogger(__name__)
 _decision_decoder = msgspec.json.Decoder(OmsEvent | Watermark)
 
 
-def consumers(bus: Bus, processor: Processor, broker: AlpacaBroker) -> list[tuple[ConsumerSpec, OnBatch]]:
-    """Return execution's durable consumers."""
+def consumers(
+    bus: Bus, processor: Processor, broker: AlpacaBroker, inflight: set[str]
+) -> list[tuple[ConsumerSpec, OnBatch]]:
+    """Return execution's durable consumers; `inflight` holds orders whose submit is under way."""
     subjects = bus.subjects
     decisions = ConsumerSpec(
         durable="execution-decisions",
@@ -43,26 +45,36 @@ def consumers(bus: Bus, processor: Processor, broker: AlpacaBroker) -> list[tupl
     )
 
     async def submit_one(inbound: Inbound, d: PretradeDecision) -> None:
+        cid = d.client_order_id
         if await processor.store.is_tracked(decisions.durable, inbound.stream_seq):
             return  # applied before a crash; the ack was lost
         with tracing.span("execution submit", parent_headers=inbound.headers):
             ctx = processor.ctx()
-            halt = await bus.halt_state()
-            if halt is not None and halt.halted:
-                refused = [handlers.blocked(d, "KILL_SWITCH_BLOCK", f"halted: {halt.reason}", ctx)]
-                await processor.apply(decisions.durable, [inbound], lambda s, _e, _c: (s, refused))
-                return
-            if not await broker.wait_for_clock(d.bar_ts):
-                log.warning(
-                    "broker clock behind the decision bar; submitting anyway",
-                    extra={"client_order_id": d.client_order_id, "bar_ts": d.bar_ts},
-                )
-            await processor.commit(lambda s: (s, [handlers.submitted(d, broker.name, ctx)]))
-            outcome = await broker.submit(d)
-            traceparent = tracing.inject({}).get(sj.H_TRACEPARENT, "")
-        await processor.apply(
-            decisions.durable, [inbound], lambda s, _e, c: handlers.on_outcome(s, d, outcome, traceparent, c)
-        )
+            # an order handed over before a crash is resolved, never refused: the halt flag
+            # only stops orders that have not yet left for the broker
+            if not await processor.store.has_outbox_event(handlers.submitted_event_id(cid)):
+                if not await broker.wait_for_clock(d.bar_ts):
+                    log.warning(
+                        "broker clock behind the decision bar; submitting anyway",
+                        extra={"client_order_id": cid, "bar_ts": d.bar_ts},
+                    )
+                halt = await bus.halt_state()
+                if halt is not None and halt.halted:
+                    refused = [handlers.blocked(d, "KILL_SWITCH_BLOCK", f"halted: {halt.reason}", ctx)]
+                    await processor.apply(decisions.durable, [inbound], lambda s, _e, _c: (s, refused))
+                    return
+                traceparent = tracing.inject({}).get(sj.H_TRACEPARENT, "")
+                await processor.commit(lambda s: handlers.hand_over(s, d, broker.name, traceparent, ctx))
+            order = processor.state.orders.get(cid)
+            if order is None:
+                outcome: handlers.Outcome = handlers.Unknown(message="finished before this redelivery")
+            else:
+                inflight.add(cid)
+                try:
+                    outcome = await broker.submit(order)
+                finally:
+                    inflight.discard(cid)
+        await processor.apply(decisions.durable, [inbound], lambda s, _e, c: handlers.on_outcome(s, cid, outcome, c))
 
     async def submit_all(approved: list[tuple[Inbound, PretradeDecision]]) -> None:
         # orders for different symbols go out concurrently (their HTTP round trips overlap);
@@ -100,6 +112,8 @@ def consumers(bus: Bus, processor: Processor, broker: AlpacaBroker) -> list[tupl
 
     async def on_control(batch: list[Inbound]) -> None:
         for inbound in batch:
+            if await processor.store.is_tracked(control.durable, inbound.stream_seq):
+                continue  # done before a crash: cancelling again would hit orders placed since
             cmd = inbound.payload
             if isinstance(cmd, CancelAllOrders) or (isinstance(cmd, HaltTrading) and cmd.cancel_all):
                 n = await broker.cancel_all()

@@ -45,21 +45,13 @@ class Rejected(msgspec.Struct, frozen=True, kw_only=True):
     message: str
 
 
-class Failed(msgspec.Struct, frozen=True, kw_only=True):
-    """The submit failed and the broker provably does not hold the order."""
-
-    category: str
-    reason_code: str
-    message: str
-
-
 class Unknown(msgspec.Struct, frozen=True, kw_only=True):
     """The outcome is not known (timeout, lost response): resolve by client_order_id later."""
 
     message: str
 
 
-Outcome = Accepted | Rejected | Failed | Unknown
+Outcome = Accepted | Rejected | Unknown
 
 
 def _envelope(
@@ -69,7 +61,7 @@ def _envelope(
     return {
         "event_id": derive_id(f"exec.{name}.v1", cid, *parts),
         "correlation_id": d.correlation_id,
-        "causation_id": getattr(d, "event_id", cid),
+        "causation_id": d.event_id if isinstance(d, PretradeDecision) else (d.decision_id or cid),
         "ts_event": ts_event,
         "ts_init": ctx.now_ns,
         "intent_id": d.intent_id,
@@ -79,9 +71,35 @@ def _envelope(
     }
 
 
-def submitted(d: PretradeDecision, broker: str, ctx: Ctx) -> OrderSubmitted:
-    """Report the hand-off to the broker, before its answer."""
-    return OrderSubmitted(**_envelope("order_submitted", d, d.ts_event, ctx), qty=d.qty, broker=broker)  # type: ignore[arg-type]
+def hand_over(
+    state: st.ExecState, d: PretradeDecision, broker: str, traceparent: str, ctx: Ctx
+) -> tuple[st.ExecState, list[Event]]:
+    """Hold an approved order as handed to the broker (unresolved) and say so, before the call.
+
+    From here on the order is never refused or forgotten: whatever happens to the call, the
+    order is resolved by its client_order_id (a re-submit with the same id is idempotent).
+    """
+    order = st.ExecOrder(
+        intent_id=d.intent_id,
+        client_order_id=d.client_order_id,
+        symbol=d.symbol,
+        side=d.side,
+        qty=d.qty,
+        order_type=d.order_type,
+        limit_price=d.limit_price,
+        time_in_force=d.time_in_force,
+        bar_ts=d.bar_ts,
+        correlation_id=d.correlation_id,
+        decision_id=d.event_id,
+        traceparent=traceparent,
+    )
+    event = OrderSubmitted(**_envelope("order_submitted", d, d.ts_event, ctx), qty=d.qty, broker=broker)  # type: ignore[arg-type]
+    return msgspec.structs.replace(state, orders={**state.orders, d.client_order_id: order}), [event]
+
+
+def submitted_event_id(cid: str) -> str:
+    """Return the id of the OrderSubmitted of an order (it exists once the order was handed over)."""
+    return derive_id("exec.order_submitted.v1", cid)
 
 
 def blocked(d: PretradeDecision, reason_code: str, message: str, ctx: Ctx) -> SubmitFailed:
@@ -94,34 +112,21 @@ def blocked(d: PretradeDecision, reason_code: str, message: str, ctx: Ctx) -> Su
     )
 
 
-def on_outcome(
-    state: st.ExecState, d: PretradeDecision, outcome: Outcome, traceparent: str, ctx: Ctx
-) -> tuple[st.ExecState, list[Event]]:
-    """Record the broker's answer to a submit."""
+def on_outcome(state: st.ExecState, cid: str, outcome: Outcome, ctx: Ctx) -> tuple[st.ExecState, list[Event]]:
+    """Record the broker's answer to a submit of an order already handed over."""
+    order = state.orders.get(cid)
+    if order is None:
+        return state, []  # resolved and finished meanwhile (a poll got there first)
     if isinstance(outcome, Rejected):
-        ev = OrderRejected(**_envelope("order_rejected", d, d.ts_event, ctx), reason=outcome.message, code=outcome.code)  # type: ignore[arg-type]
-        return state, [ev]
-    if isinstance(outcome, Failed):
-        ev = SubmitFailed(
-            **_envelope("submit_failed", d, d.ts_event, ctx),  # type: ignore[arg-type]
-            category=outcome.category,
-            reason_code=outcome.reason_code,
-            message=outcome.message,
+        ev = OrderRejected(
+            **_envelope("order_rejected", order, order.bar_ts or ctx.now_ns, ctx),  # type: ignore[arg-type]
+            reason=outcome.message,
+            code=outcome.code,
         )
-        return state, [ev]
-    order = st.ExecOrder(
-        intent_id=d.intent_id,
-        client_order_id=d.client_order_id,
-        symbol=d.symbol,
-        side=d.side,
-        qty=d.qty,
-        correlation_id=d.correlation_id,
-        traceparent=traceparent,
-    )
-    state = msgspec.structs.replace(state, orders={**state.orders, d.client_order_id: order})
+        return _without(state, cid), [ev]
     if isinstance(outcome, Unknown):
-        return state, []
-    return on_broker_order(state, d.client_order_id, outcome.order, ctx)
+        return state, []  # stays unresolved; the poller asks again by client_order_id
+    return on_broker_order(state, cid, outcome.order, ctx)
 
 
 def on_broker_order(
@@ -132,15 +137,7 @@ def on_broker_order(
     if order is None:
         return state, []
     if bo is None:
-        if order.broker_status != st.UNRESOLVED:
-            return state, []  # a known order vanished from one listing; the next poll decides
-        ev = SubmitFailed(
-            **_envelope("submit_failed", order, order_ts(order, None, ctx), ctx),  # type: ignore[arg-type]
-            category="TRANSIENT_NETWORK",
-            reason_code="SUBMIT_NOT_ACCEPTED",
-            message="the broker has no order with this client_order_id",
-        )
-        return _without(state, cid), [ev]
+        return state, []  # the broker does not show it (yet): never a verdict on its own
     events: list[Event] = []
     ts = order_ts(order, bo, ctx)
     if order.broker_status == st.UNRESOLVED:

@@ -67,7 +67,12 @@ class ExecOrder(msgspec.Struct, frozen=True, kw_only=True):
     symbol: str
     side: str
     qty: int
+    order_type: str = "market"
+    limit_price: Decimal | None = None
+    time_in_force: str = "day"
+    bar_ts: int = 0
     correlation_id: str
+    decision_id: str = ""  # the PretradeDecision that approved it: the cause of every report
     broker_order_id: str = ""
     broker_status: str = UNRESOLVED
     cum_qty: int = 0

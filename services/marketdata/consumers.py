@@ -25,15 +25,19 @@ class WatermarkWatch:
         self._changed = asyncio.Event()
 
     async def start(self) -> None:
-        """Read the last stored watermark, then follow new ones."""
+        """Follow new watermarks, then read the last stored one (so none falls in between)."""
+        await self.bus.nc.subscribe(self.bus.subjects.watermark(self.service), cb=self._on_msg)
+        await self.refresh()
+
+    async def refresh(self) -> None:
+        """Read the last stored watermark: the stream is the truth, the subscription a shortcut."""
         subject = self.bus.subjects.watermark(self.service)
         stream = self.bus.subjects.stream(sj.SERVICE_FAMILY[self.service])
         try:
             last = await self.bus.js.get_last_msg(stream, subject)
-            self.bar_ts = _decoder.decode(last.data).bar_ts
         except nats.js.errors.NotFoundError:
-            self.bar_ts = 0  # nothing downstream has run yet
-        await self.bus.nc.subscribe(subject, cb=self._on_msg)
+            return  # nothing downstream has run yet
+        self.bar_ts = max(self.bar_ts, _decoder.decode(last.data).bar_ts)
 
     async def _on_msg(self, msg: Msg) -> None:
         wm = _decoder.decode(msg.data)
@@ -51,7 +55,7 @@ class WatermarkWatch:
             if remaining is not None and remaining <= 0:
                 return False
             try:
-                await asyncio.wait_for(self._changed.wait(), timeout=remaining if remaining is not None else 5.0)
+                await asyncio.wait_for(self._changed.wait(), timeout=min(remaining or 1.0, 1.0))
             except TimeoutError:
-                continue
+                await self.refresh()  # a watermark published during a reconnect is in the stream
         return True

@@ -136,9 +136,15 @@ def on_intent(state: st.OmsState, ev: OrderIntent, ctx: Ctx) -> tuple[st.OmsStat
         intents={**state.intents, ev.intent_id: intent},
         by_cid={**state.by_cid, ev.client_order_id: ev.intent_id},
         recent_cids={**state.recent_cids, ev.client_order_id: ev.bar_ts},
-        intents_seen={**state.intents_seen, ev.symbol: state.intents_seen.get(ev.symbol, 0) + 1},
+        intents_seen={**state.intents_seen, ev.symbol: _seen_after(state, ev)},
     )
     return new_state, [_decision(ev, approved, reason, details, ctx), position_changed(new_state, ev.symbol, ev, ctx)]
+
+
+def _seen_after(state: st.OmsState, ev: OrderIntent) -> int:
+    # risk numbers its intents per symbol; an intent lost on the way is skipped over, not waited for
+    seen = state.intents_seen.get(ev.symbol, 0)
+    return max(seen, ev.risk_seq) if ev.risk_seq else seen + 1
 
 
 def _decision(ev: OrderIntent, approved: bool, reason: str, details: dict[str, str], ctx: Ctx) -> PretradeDecision:
@@ -172,59 +178,56 @@ def _kind(ev: Event) -> str:
 
 
 def on_report(state: st.OmsState, ev: ExecutionEvent, ctx: Ctx) -> tuple[st.OmsState, list[Event]]:
-    """Advance an intent's lifecycle from an execution report; fills move the position."""
-    intent_id = state.by_cid.get(ev.client_order_id)
-    intent = state.intents.get(intent_id or "")
-    if intent is None:
-        return state, [
-            alert(
-                "OMS_UNKNOWN_ORDER",
-                "warning",
-                f"execution report for unknown order {ev.client_order_id}",
-                ev,
-                ctx,
-                client_order_id=ev.client_order_id,
-                report=_kind(ev),
-            )
-        ]
-    if isinstance(ev, OrderPartiallyFilled | OrderFilled) and ev.execution_id in intent.execution_ids:
+    """Advance an intent's lifecycle from an execution report; every new fill moves the position.
+
+    A fill is a fact at the broker: it moves the position even when the lifecycle says it should
+    not have happened (a fill on a FAILED order) or the order is no longer tracked; the anomaly
+    is alerted, the money is not lost. Fills are de-duplicated by execution_id for a day.
+    """
+    fill = ev if isinstance(ev, OrderPartiallyFilled | OrderFilled) else None
+    if fill is not None and fill.execution_id in state.recent_fills:
         return state, []  # the same fill reported twice, whatever the status now
-    kind = _kind(ev)
-    target = st.TRANSITIONS.get((intent.status, kind))
-    if target is None:
-        return state, [
-            alert(
-                "OMS_INVALID_TRANSITION",
-                "warning",
-                f"{kind} not allowed in {intent.status}",
-                ev,
-                ctx,
-                client_order_id=ev.client_order_id,
-                status=intent.status,
-                report=kind,
-            )
-        ]
-    changes: dict[str, object] = {"status": target}
-    if isinstance(ev, OrderAccepted):
-        changes["broker_order_id"] = ev.broker_order_id
-    reason = getattr(ev, "reason", None) or getattr(ev, "reason_code", None)
-    if reason:
-        changes["reason"] = reason
     new_state = state
-    if isinstance(ev, OrderPartiallyFilled | OrderFilled):
-        changes.update(
-            filled_qty=ev.cum_qty,
-            avg_fill_price=ev.avg_px,
-            broker_order_id=ev.broker_order_id,
-            execution_ids=(*intent.execution_ids, ev.execution_id),
+    if fill is not None:
+        pos = apply_fill(state.positions.get(ev.symbol, st.Position()), ev.side, fill.last_qty, fill.last_px)
+        new_state = msgspec.structs.replace(
+            state,
+            positions={**state.positions, ev.symbol: pos},
+            recent_fills={**state.recent_fills, fill.execution_id: fill.ts_event},
         )
-        pos = apply_fill(state.positions.get(ev.symbol, st.Position()), ev.side, ev.last_qty, ev.last_px)
-        new_state = msgspec.structs.replace(state, positions={**state.positions, ev.symbol: pos})
-    new_state = _replace_intent(new_state, intent, **changes)
+    events: list[Event] = []
+    intent = state.intents.get(state.by_cid.get(ev.client_order_id, ""))
+    kind = _kind(ev)
+    target = st.TRANSITIONS.get((intent.status, kind)) if intent is not None else None
+    if intent is None:
+        events.append(
+            alert("OMS_UNKNOWN_ORDER", "warning", f"execution report for unknown order {ev.client_order_id}", ev, ctx,
+                  client_order_id=ev.client_order_id, report=kind)
+        )  # fmt: skip
+    elif target is None:
+        events.append(
+            alert("OMS_INVALID_TRANSITION", "warning", f"{kind} not allowed in {intent.status}", ev, ctx,
+                  client_order_id=ev.client_order_id, status=intent.status, report=kind)
+        )  # fmt: skip
+    if intent is not None and (target is not None or fill is not None):
+        changes: dict[str, object] = {"status": target or intent.status}
+        if isinstance(ev, OrderAccepted) and target is not None:
+            changes["broker_order_id"] = ev.broker_order_id
+        reason = getattr(ev, "reason", None) or getattr(ev, "reason_code", None)
+        if reason and target is not None:
+            changes["reason"] = reason
+        if fill is not None:
+            changes.update(
+                filled_qty=fill.cum_qty,
+                avg_fill_price=fill.avg_px,
+                broker_order_id=fill.broker_order_id,
+                execution_ids=(*intent.execution_ids, fill.execution_id),
+            )
+        new_state = _replace_intent(new_state, intent, **changes)
     working_changed = open_order_qty(new_state, ev.symbol) != open_order_qty(state, ev.symbol)
-    if working_changed or new_state.positions is not state.positions:
-        return new_state, [position_changed(new_state, ev.symbol, ev, ctx)]
-    return new_state, []
+    if working_changed or fill is not None:
+        events.append(position_changed(new_state, ev.symbol, ev, ctx))
+    return new_state, events
 
 
 def on_control(
@@ -259,8 +262,9 @@ def on_watermark(state: st.OmsState, wm: Watermark, ctx: Ctx) -> tuple[st.OmsSta
     # client_order_ids carry their session date, so a day of them is enough to refuse a re-send
     horizon = wm.bar_ts - DUPLICATE_WINDOW_NS
     recent = {cid: ts for cid, ts in state.recent_cids.items() if ts >= horizon}
+    fills = {x: ts for x, ts in state.recent_fills.items() if ts >= horizon}
     return msgspec.structs.replace(
-        state, intents=intents, by_cid=by_cid, recent_cids=recent, last_watermark=last
+        state, intents=intents, by_cid=by_cid, recent_cids=recent, recent_fills=fills, last_watermark=last
     ), events
 
 

@@ -108,6 +108,7 @@ class OmsState(msgspec.Struct, frozen=True, kw_only=True):
     intents: dict[str, IntentState] = {}
     by_cid: dict[str, str] = {}
     recent_cids: dict[str, int] = {}  # every client_order_id of the last day -> its bar_ts
+    recent_fills: dict[str, int] = {}  # every execution_id of the last day -> its ts_event
     positions: dict[str, Position] = {}
     intents_seen: dict[str, int] = {}
     halted: bool = False

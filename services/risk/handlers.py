@@ -2,7 +2,8 @@
 OrderIntent with a deterministic CIDv2 client_order_id (pure).
 
 Expected position = filled position + the OMS's working quantity + intents risk emitted that
-the OMS has not reported yet (counted by `intents_seen`), so a bar arriving before the OMS
+the OMS has not reported yet (`intents_seen` is the highest `risk_seq` the OMS has handled, so
+an intent lost on the way is not counted in flight forever), so a bar arriving before the OMS
 catches up never orders the same shares twice.
 """
 
@@ -95,6 +96,7 @@ def on_target(state: RiskState, ev: TargetProposed, ctx: Ctx) -> tuple[RiskState
                 strategy=cfg.strategy,
                 sleeves=tuple(SleeveShare(sleeve=k, shares=v) for k, v in sorted(sleeves.items())),
                 notional=qty * ev.reference_price,
+                risk_seq=sym.emitted + 1,
             )
         )
         sym = msgspec.structs.replace(

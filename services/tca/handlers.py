@@ -13,6 +13,7 @@ import msgspec
 
 from libs.contracts.base import Event, derive_id
 from libs.contracts.execution import OrderFilled, OrderPartiallyFilled
+from libs.contracts.ops import AlertRaised
 from libs.contracts.risk import OrderIntent
 from libs.contracts.tca import TcaRecorded
 from libs.decide import Ctx
@@ -63,11 +64,31 @@ def on_intent(state: TcaState, ev: OrderIntent, ctx: Ctx) -> tuple[TcaState, lis
 
 
 def on_fill(state: TcaState, ev: OrderFilled | OrderPartiallyFilled, ctx: Ctx) -> tuple[TcaState, list[Event]]:
-    """Measure a fill, or hold it until its intent is known."""
+    """Measure a fill, or hold it until its intent is known (for intent_retention_hours)."""
     arrival = state.arrivals.get(ev.client_order_id)
-    if arrival is None:
-        return msgspec.structs.replace(state, waiting=(*state.waiting, ev)), []
-    return state, [record(ev, arrival, ctx)]
+    if arrival is not None:
+        return state, [record(ev, arrival, ctx)]
+    cfg: TcaConfig = ctx.config
+    horizon = ev.ts_event - int(cfg.intent_retention_hours * 3600 * 1e9)
+    orphans = [f for f in state.waiting if f.ts_event < horizon]
+    waiting = (*(f for f in state.waiting if f.ts_event >= horizon), ev)
+    return msgspec.structs.replace(state, waiting=waiting), [orphan_alert(f, ctx) for f in orphans]
+
+
+def orphan_alert(fill: OrderFilled | OrderPartiallyFilled, ctx: Ctx) -> AlertRaised:
+    """Say that a fill was never measured because its intent never arrived."""
+    return AlertRaised(
+        event_id=derive_id("ops.alert_raised.v1", "TCA_ORPHAN_FILL", fill.execution_id),
+        correlation_id=fill.correlation_id,
+        causation_id=fill.event_id,
+        ts_event=fill.ts_event,
+        ts_init=ctx.now_ns,
+        code="TCA_ORPHAN_FILL",
+        severity="warning",
+        source=ctx.service,
+        message=f"fill {fill.execution_id} of {fill.client_order_id} has no intent to measure against",
+        details={"client_order_id": fill.client_order_id, "execution_id": fill.execution_id},
+    )
 
 
 def step(state: TcaState, event: object, ctx: Ctx) -> tuple[TcaState, Sequence[Event]]:

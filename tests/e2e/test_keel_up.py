@@ -100,9 +100,6 @@ def check_invariants(led: dict[str, object]) -> dict[str, int]:
 
     # one TCA record per fill
     assert sorted(r["execution_id"] for r in led["tca"]) == sorted(exec_ids)
-    # the log's sequence is gap-free in commit order
-    seqs = [e["seq"] for e in events]
-    assert seqs == sorted(seqs) and len(seqs) == len(set(seqs))
     return {"approved": len(approved), "fills": len(fills)}
 
 
@@ -158,7 +155,7 @@ async def test_keel_up_when_five_symbols_trade_a_session_then_ledgers_agree(keel
     )
     summary = await run.summary(timeout=400)
 
-    assert summary["bar_timestamps"] == 390
+    assert summary["settled"] is True and summary["bar_timestamps"] == 390
     assert summary["bars"] == 390 * 5
     assert summary["sessions"] == ["2026-03-02"]
     assert summary["intents"] > 0 and summary["fills"] > 0

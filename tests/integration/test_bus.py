@@ -53,7 +53,9 @@ def bar(symbol: str = "AAPL", n: int = 0, *, close: str = "100.00") -> BarClosed
     )
 
 
-async def eventually(check: Callable[[], Awaitable[bool]] | Callable[[], bool], *, timeout: float = 5.0, what: str = "") -> None:
+async def eventually(
+    check: Callable[[], Awaitable[bool]] | Callable[[], bool], *, timeout: float = 5.0, what: str = ""
+) -> None:
     """Poll `check` until it is true or fail after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while True:
@@ -142,7 +144,13 @@ async def _namespace_streams(js, namespace: Namespace) -> dict[str, api.StreamIn
     offset = 0
     while page := await js.streams_info(offset=offset):
         offset += len(page)
-        out.update({i.config.name: i for i in page if i.config.name.startswith((namespace.stream_prefix, "KV_" + namespace.bucket_prefix))})
+        out.update(
+            {
+                i.config.name: i
+                for i in page
+                if i.config.name.startswith((namespace.stream_prefix, "KV_" + namespace.bucket_prefix))
+            }
+        )
     return out
 
 
@@ -374,7 +382,9 @@ def processor(bus: Bus, store: Store) -> Processor[Counter]:
 
 async def fetch_inbound(bus: Bus) -> Inbound:
     """Fetch the one message of the MD stream as a consumer would see it."""
-    sub = await bus.js.pull_subscribe(bus.subjects.family_wildcard(sj.MD), durable="test-fetch", stream=bus.subjects.stream(sj.MD))
+    sub = await bus.js.pull_subscribe(
+        bus.subjects.family_wildcard(sj.MD), durable="test-fetch", stream=bus.subjects.stream(sj.MD)
+    )
     [msg] = await sub.fetch(1, timeout=2)
     return Inbound(msg.subject, msg.metadata.sequence.stream, decode_event(msg.data), dict(msg.headers or {}), msg)
 
@@ -397,7 +407,9 @@ async def test_apply_when_same_stream_seq_twice_then_state_and_outbox_change_onc
     assert await store.pool.fetchval(f"SELECT count(*) FROM {store.schema}.outbox") == 1
     assert await store.pool.fetchval(f"SELECT count(*) FROM {store.schema}.tracking") == 1
     assert await store.is_tracked(CONSUMER, inbound.stream_seq)
-    assert msgspec.json.decode(await store.load_snapshot("state"), type=Counter) == Counter(applied=1, symbols=("IDEM",))
+    assert msgspec.json.decode(await store.load_snapshot("state"), type=Counter) == Counter(
+        applied=1, symbols=("IDEM",)
+    )
 
     # a restarted process restores the snapshot and still recognises the redelivery
     restarted = processor(bus, store)
@@ -432,9 +444,7 @@ async def test_relay_when_outbox_rows_committed_but_never_published_then_flush_p
 ):
     events = [count_bars(Counter(), bar("CRASH", n), Ctx(TS, "counter", None, ""))[1][0] for n in (1, 2)]
     async with store.unit() as uow:  # the process "crashed" right after this commit
-        await uow.add_outbox(
-            [(e.event_id, bus.subjects.of(e), encode(e), {sj.H_MSG_ID: e.event_id}) for e in events]
-        )
+        await uow.add_outbox([(e.event_id, bus.subjects.of(e), encode(e), {sj.H_MSG_ID: e.event_id}) for e in events])
     relay = OutboxRelay(bus, store)
 
     published = await relay.flush()

@@ -108,9 +108,7 @@ class ExchangeProcess:
         async with httpx.AsyncClient(base_url=self.url, timeout=1.0) as http:
             while time.monotonic() < deadline:
                 if self.process.poll() is not None:
-                    raise AssertionError(
-                        f"exchange exited with {self.process.returncode} at start:\n{self.log_tail()}"
-                    )
+                    raise AssertionError(f"exchange exited with {self.process.returncode} at start:\n{self.log_tail()}")
                 try:
                     if (await http.get("/readyz")).status_code == 200:
                         return
@@ -214,9 +212,9 @@ async def test_alpaca_client_when_orders_bars_and_restart_then_exchange_answers_
         # the exchange's clock follows the bus: first bar at 09:31
         await publisher.publish(make_bar("AAPL", 1, "99"))
         clock = await eventually(
-            lambda: (c := client.get_clock()).timestamp
-            == datetime.fromtimestamp((OPEN_NS + MINUTE) / 1e9, tz=UTC)
-            and c
+            lambda: (
+                (c := client.get_clock()).timestamp == datetime.fromtimestamp((OPEN_NS + MINUTE) / 1e9, tz=UTC) and c
+            )
         )
         assert clock.is_open is True
         assert clock.next_close == datetime.fromtimestamp(CLOSE_NS / 1e9, tz=UTC)
@@ -225,7 +223,10 @@ async def test_alpaca_client_when_orders_bars_and_restart_then_exchange_answers_
         buy = await call(
             client.submit_order,
             MarketOrderRequest(
-                symbol="AAPL", qty=10, side=OrderSide.BUY, time_in_force=TimeInForce.DAY,
+                symbol="AAPL",
+                qty=10,
+                side=OrderSide.BUY,
+                time_in_force=TimeInForce.DAY,
                 client_order_id="it-buy-1",
             ),
         )
@@ -241,8 +242,12 @@ async def test_alpaca_client_when_orders_bars_and_restart_then_exchange_answers_
         limit = await call(
             client.submit_order,
             LimitOrderRequest(
-                symbol="MSFT", qty=5, side=OrderSide.SELL, time_in_force=TimeInForce.GTC,
-                limit_price=500.0, client_order_id="it-limit-1",
+                symbol="MSFT",
+                qty=5,
+                side=OrderSide.SELL,
+                time_in_force=TimeInForce.GTC,
+                limit_price=500.0,
+                client_order_id="it-limit-1",
             ),
         )
         assert limit.limit_price == "500"
@@ -266,9 +271,7 @@ async def test_alpaca_client_when_orders_bars_and_restart_then_exchange_answers_
 
         # the next AAPL bar fills the market order at open + half the spread
         await publisher.publish(make_bar("AAPL", 2, "100", close="101"))
-        filled = await eventually(
-            lambda: (o := client.get_order_by_id(buy.id)).status == OrderStatus.FILLED and o
-        )
+        filled = await eventually(lambda: (o := client.get_order_by_id(buy.id)).status == OrderStatus.FILLED and o)
         assert filled.filled_qty == "10"
         assert filled.filled_avg_price == "100.05"
         assert filled.filled_at == datetime.fromtimestamp((OPEN_NS + 2 * MINUTE) / 1e9, tz=UTC)
@@ -298,7 +301,10 @@ async def test_alpaca_client_when_orders_bars_and_restart_then_exchange_answers_
             expect_api_error,
             lambda: client.submit_order(
                 MarketOrderRequest(
-                    symbol="AAPL", qty=1, side=OrderSide.BUY, time_in_force=TimeInForce.DAY,
+                    symbol="AAPL",
+                    qty=1,
+                    side=OrderSide.BUY,
+                    time_in_force=TimeInForce.DAY,
                     client_order_id="it-buy-1",
                 )
             ),
@@ -328,7 +334,9 @@ async def test_alpaca_client_when_orders_bars_and_restart_then_exchange_answers_
         intruder = TradingClient(KEY, "wrong-secret", paper=True, url_override=exchange.url)
         denied = await asyncio.to_thread(expect_api_error, intruder.get_account)
         assert (denied.status_code, denied.code, denied.message) == (
-            401, 40110000, "request is not authorized",
+            401,
+            40110000,
+            "request is not authorized",
         )
 
         # cancel one, then refuse to cancel it again or a filled one
@@ -345,8 +353,12 @@ async def test_alpaca_client_when_orders_bars_and_restart_then_exchange_answers_
             await call(
                 client.submit_order,
                 LimitOrderRequest(
-                    symbol="AAPL", qty=1, side=OrderSide.BUY, time_in_force=TimeInForce.GTC,
-                    limit_price=1.0, client_order_id=cid,
+                    symbol="AAPL",
+                    qty=1,
+                    side=OrderSide.BUY,
+                    time_in_force=TimeInForce.GTC,
+                    limit_price=1.0,
+                    client_order_id=cid,
                 ),
             )
         responses = await call(client.cancel_orders)
@@ -361,7 +373,10 @@ async def test_alpaca_client_when_orders_bars_and_restart_then_exchange_answers_
         sell = await call(
             client.submit_order,
             MarketOrderRequest(
-                symbol="AAPL", qty=4, side=OrderSide.SELL, time_in_force=TimeInForce.DAY,
+                symbol="AAPL",
+                qty=4,
+                side=OrderSide.SELL,
+                time_in_force=TimeInForce.DAY,
                 client_order_id="it-sell-1",
             ),
         )
@@ -378,9 +393,7 @@ async def test_alpaca_client_when_orders_bars_and_restart_then_exchange_answers_
     exchange = await ExchangeProcess(env, log_path).start()
     try:
         client = TradingClient(KEY, SECRET, paper=True, url_override=exchange.url)
-        sold = await eventually(
-            lambda: (o := client.get_order_by_id(sell.id)).status == OrderStatus.FILLED and o
-        )
+        sold = await eventually(lambda: (o := client.get_order_by_id(sell.id)).status == OrderStatus.FILLED and o)
         assert sold.filled_avg_price == "109.94"  # 110 * (1 - 0.0005) = 109.945 -> half-even
         after = await call(client.get_orders, GetOrdersRequest(status=QueryOrderStatus.ALL))
         assert [(o.id, o.client_order_id) for o in after] == [(o.id, o.client_order_id) for o in before]
@@ -400,7 +413,10 @@ async def test_alpaca_client_when_orders_bars_and_restart_then_exchange_answers_
             expect_api_error,
             lambda: client.submit_order(
                 MarketOrderRequest(
-                    symbol="AAPL", qty=1, side=OrderSide.BUY, time_in_force=TimeInForce.DAY,
+                    symbol="AAPL",
+                    qty=1,
+                    side=OrderSide.BUY,
+                    time_in_force=TimeInForce.DAY,
                     client_order_id="it-sell-1",
                 )
             ),

@@ -21,8 +21,7 @@ from tests.support.servers import (
 
 async def _schemas(pg: asyncpg.Connection, prefix: str) -> list[str]:
     rows = await pg.fetch(
-        "SELECT nspname FROM pg_namespace WHERE nspname = $1 OR starts_with(nspname, $2)"
-        " ORDER BY nspname",
+        "SELECT nspname FROM pg_namespace WHERE nspname = $1 OR starts_with(nspname, $2) ORDER BY nspname",
         prefix,
         prefix + "_",
     )

@@ -17,16 +17,12 @@ OMS_TABLES = {"intent_events", "intents", "positions"}
 
 
 async def _tables(pg: asyncpg.Connection, schema: str) -> set[str]:
-    rows = await pg.fetch(
-        "SELECT table_name FROM information_schema.tables WHERE table_schema = $1", schema
-    )
+    rows = await pg.fetch("SELECT table_name FROM information_schema.tables WHERE table_schema = $1", schema)
     return {r["table_name"] for r in rows}
 
 
 async def _schemas(pg: asyncpg.Connection, prefix: str) -> set[str]:
-    rows = await pg.fetch(
-        "SELECT nspname FROM pg_namespace WHERE starts_with(nspname, $1)", prefix + "_"
-    )
+    rows = await pg.fetch("SELECT nspname FROM pg_namespace WHERE starts_with(nspname, $1)", prefix + "_")
     return {r["nspname"] for r in rows}
 
 
@@ -72,10 +68,13 @@ async def test_upgrade_when_head_then_every_schema_and_table_exists_and_downgrad
     assert await _schemas(pg, p) == {f"{p}_meta"}
     assert await _tables(pg, f"{p}_meta") == {"alembic_version"}
     assert await pg.fetchval(f"SELECT count(*) FROM {p}_meta.alembic_version") == 0
-    assert await pg.fetchval(
-        "SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = $1",
-        f"{p}_oms",
-    ) == 0
+    assert (
+        await pg.fetchval(
+            "SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = $1",
+            f"{p}_oms",
+        )
+        == 0
+    )
 
     # and the round trip is repeatable
     await asyncio.to_thread(migrate, database_url, p)
@@ -118,9 +117,7 @@ async def test_append_when_a_change_was_refused_then_the_log_still_appends_in_or
 async def _wait_until_blocked_on_lock(pg: asyncpg.Connection, pid: int, timeout: float = 5.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        waiting = await pg.fetchval(
-            "SELECT wait_event_type FROM pg_stat_activity WHERE pid = $1", pid
-        )
+        waiting = await pg.fetchval("SELECT wait_event_type FROM pg_stat_activity WHERE pid = $1", pid)
         if waiting == "Lock":
             return
         await asyncio.sleep(0.01)

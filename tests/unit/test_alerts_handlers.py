@@ -163,6 +163,18 @@ def test_heartbeat_check_when_all_alive_then_state_object_is_kept() -> None:
     assert after is state
 
 
+def test_heartbeat_check_when_a_service_goes_quiet_twice_at_the_same_seq_then_two_distinct_alerts() -> None:
+    first = {"oms": (NOW_NS - TIMEOUT_NS - 1, 7)}
+    second = {"oms": (NOW_NS + 100 * TIMEOUT_NS, 7)}  # restarted, died again after 7 heartbeats
+
+    s1, (a,) = heartbeat_check(AlertsState(), first, NOW_NS, TIMEOUT_NS, CTX)
+    s2, (back,) = heartbeat_check(s1, {"oms": (NOW_NS + 50 * TIMEOUT_NS, 3)}, NOW_NS + 50 * TIMEOUT_NS, TIMEOUT_NS, CTX)
+    _, (b,) = heartbeat_check(s2, second, NOW_NS + 102 * TIMEOUT_NS, TIMEOUT_NS, CTX)
+
+    assert (a.code, back.code, b.code) == ("HEARTBEAT_MISSING", "HEARTBEAT_RECOVERED", "HEARTBEAT_MISSING")
+    assert a.event_id != b.event_id
+
+
 def test_heartbeat_check_when_same_inputs_then_same_ids() -> None:
     last_seen = {"oms": (NOW_NS - TIMEOUT_NS - 1, 7), "tca": (NOW_NS - 2 * TIMEOUT_NS, 2)}
 
@@ -171,4 +183,8 @@ def test_heartbeat_check_when_same_inputs_then_same_ids() -> None:
 
     assert [encode(e) for e in a] == [encode(e) for e in b]
     assert [e.details["service"] for e in a] == ["oms", "tca"]  # type: ignore[attr-defined]
-    assert a[0].event_id == derive_id("ops.alert_raised.v1", "HEARTBEAT_MISSING", "hb-missing:oms:7")
+    # one id per outage: the key is the moment the service was last heard, not its heartbeat seq
+    # (seq restarts at 1 in every process, so a service dying at the same seq twice would collide)
+    assert a[0].event_id == derive_id(
+        "ops.alert_raised.v1", "HEARTBEAT_MISSING", f"hb-missing:oms:{NOW_NS - TIMEOUT_NS - 1}"
+    )

@@ -96,3 +96,13 @@ def test_redacted_when_secrets_and_url_credentials_then_hidden_and_hash_covers_v
     assert loaded.section.api_secret_key == "s3cret"  # the process itself still has it
     assert loaded.sha256 == load(ExecConfig, section_prefix=EXEC, env=env).sha256
     assert changed.sha256 != loaded.sha256
+
+
+def test_hash_when_only_deployment_keys_differ_then_same_hash():
+    # a restart on another free port or another server must stamp the same config hash
+    a = oms({"KEEL_API_PORT": "8080", "KEEL_NATS_URL": "nats://a:4222", "KEEL_OMS_MAX_ORDER_SHARES": "5"})
+    b = oms({"KEEL_API_PORT": "9090", "KEEL_NATS_URL": "nats://b:4222", "KEEL_OMS_MAX_ORDER_SHARES": "5"})
+    c = oms({"KEEL_API_PORT": "9090", "KEEL_NATS_URL": "nats://b:4222", "KEEL_OMS_MAX_ORDER_SHARES": "6"})
+
+    assert a.sha256 == b.sha256
+    assert c.sha256 != b.sha256

@@ -17,8 +17,32 @@ DECISION_PATHS = sorted(
     [*ROOT.glob("services/*/handlers.py"), *ROOT.glob("services/*/state.py")]
     + [*ROOT.glob("libs/decide/*.py"), *ROOT.glob("libs/contracts/*.py"), *ROOT.glob("libs/sessions/*.py")]
 )
-RANDOM_MODULE_FUNCS = {"random", "randint", "uniform", "gauss", "choice", "choices", "shuffle", "sample", "seed", "normalvariate", "lognormvariate", "expovariate", "getrandbits", "randrange", "betavariate"}
-CLOCK_CALLS = {("time", "time"), ("time", "time_ns"), ("time", "monotonic"), ("time", "perf_counter"), ("datetime", "now"), ("datetime", "utcnow"), ("date", "today")}
+RANDOM_MODULE_FUNCS = {
+    "random",
+    "randint",
+    "uniform",
+    "gauss",
+    "choice",
+    "choices",
+    "shuffle",
+    "sample",
+    "seed",
+    "normalvariate",
+    "lognormvariate",
+    "expovariate",
+    "getrandbits",
+    "randrange",
+    "betavariate",
+}
+CLOCK_CALLS = {
+    ("time", "time"),
+    ("time", "time_ns"),
+    ("time", "monotonic"),
+    ("time", "perf_counter"),
+    ("datetime", "now"),
+    ("datetime", "utcnow"),
+    ("date", "today"),
+}
 
 
 def violations(source: str) -> list[str]:
@@ -40,7 +64,11 @@ def violations(source: str) -> list[str]:
                 found.append(f"uuid.{name}() at line {node.lineno}")
             if (owner, name) in CLOCK_CALLS:
                 found.append(f"{owner}.{name}() at line {node.lineno}")
-        if isinstance(f, ast.Attribute) and isinstance(f.value, ast.Attribute) and (f.value.attr, f.attr) in CLOCK_CALLS:
+        if (
+            isinstance(f, ast.Attribute)
+            and isinstance(f.value, ast.Attribute)
+            and (f.value.attr, f.attr) in CLOCK_CALLS
+        ):
             found.append(f"{f.value.attr}.{f.attr}() at line {node.lineno}")
     return found
 

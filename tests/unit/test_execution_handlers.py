@@ -25,14 +25,13 @@ from services.execution import state as st
 from services.execution.config import ExecConfig
 from services.execution.handlers import (
     Accepted,
-    Failed,
     Rejected,
     Unknown,
     blocked,
+    hand_over,
     on_broker_order,
     on_outcome,
     step,
-    submitted,
 )
 from tests.factories import NOW_NS, Events, ctx, minute
 
@@ -71,23 +70,34 @@ def broker(
     )
 
 
+def outcome(d: PretradeDecision, result, traceparent: str = ""):  # type: ignore[no-untyped-def]
+    """Given the order was handed over, when the broker answers with `result`."""
+    state, _ = hand_over(st.ExecState(), d, "alpaca-paper", traceparent, CTX)
+    return on_outcome(state, d.client_order_id, result, CTX)
+
+
 def working(d: PretradeDecision) -> st.ExecState:
     """Given: the decision was submitted and the broker accepted it with nothing filled."""
-    state, _ = on_outcome(st.ExecState(), d, Accepted(order=broker(d)), "00-trace-01", CTX)
+    state, _ = outcome(d, Accepted(order=broker(d)), "00-trace-01")
     return state
 
 
 def unresolved(d: PretradeDecision) -> st.ExecState:
-    """Given: the submit's outcome was lost."""
-    state, _ = on_outcome(st.ExecState(), d, Unknown(message="timeout"), "", CTX)
+    """Given: the order was handed over and the submit's outcome was lost."""
+    state, _ = outcome(d, Unknown(message="timeout"))
     return state
 
 
 # --- envelopes -------------------------------------------------------------------------------
 
 
-def test_submitted_when_handed_to_broker_then_envelope_derives_from_decision(d: PretradeDecision) -> None:
-    ev = submitted(d, "alpaca-paper", CTX)
+def test_hand_over_when_approved_then_order_held_unresolved_and_envelope_derives_from_decision(
+    d: PretradeDecision,
+) -> None:
+    state, (ev,) = hand_over(st.ExecState(), d, "alpaca-paper", "00-tp", CTX)
+
+    held = state.orders[d.client_order_id]
+    assert (held.broker_status, held.decision_id, held.traceparent) == (st.UNRESOLVED, d.event_id, "00-tp")
 
     assert isinstance(ev, OrderSubmitted)
     assert ev.event_id == derive_id("exec.order_submitted.v1", d.client_order_id)
@@ -112,15 +122,16 @@ def test_blocked_when_halt_went_up_after_approval_then_submit_failed_broker_stat
     assert (ev.intent_id, ev.client_order_id) == (d.intent_id, d.client_order_id)
 
 
-def test_submitted_when_built_twice_then_byte_identical(d: PretradeDecision) -> None:
-    assert encode(submitted(d, "alpaca", CTX)) == encode(submitted(d, "alpaca", CTX))
+def test_hand_over_when_built_twice_then_byte_identical(d: PretradeDecision) -> None:
+    first = hand_over(st.ExecState(), d, "alpaca", "", CTX)[1][0]
+    assert encode(first) == encode(hand_over(st.ExecState(), d, "alpaca", "", CTX)[1][0])
 
 
 # --- on_outcome ------------------------------------------------------------------------------
 
 
 def test_outcome_when_accepted_then_order_accepted_and_order_tracked(d: PretradeDecision) -> None:
-    state, out = on_outcome(st.ExecState(), d, Accepted(order=broker(d, "new", id="bo-7")), "00-tp", CTX)
+    state, out = outcome(d, Accepted(order=broker(d, "new", id="bo-7")), "00-tp")
 
     (ev,) = out
     assert isinstance(ev, OrderAccepted)
@@ -133,7 +144,7 @@ def test_outcome_when_accepted_then_order_accepted_and_order_tracked(d: Pretrade
 
 
 def test_outcome_when_accepted_already_filled_then_accepted_and_filled(d: PretradeDecision) -> None:
-    state, out = on_outcome(st.ExecState(), d, Accepted(order=broker(d, "filled", filled=100, avg="10.02")), "", CTX)
+    state, out = outcome(d, Accepted(order=broker(d, "filled", filled=100, avg="10.02")))
 
     acc, fill = out
     assert isinstance(acc, OrderAccepted)
@@ -149,9 +160,7 @@ def test_outcome_when_accepted_already_filled_then_accepted_and_filled(d: Pretra
 
 
 def test_outcome_when_accepted_partly_filled_then_accepted_and_partial(d: PretradeDecision) -> None:
-    state, out = on_outcome(
-        st.ExecState(), d, Accepted(order=broker(d, "partially_filled", filled=25, avg="10")), "", CTX
-    )
+    state, out = outcome(d, Accepted(order=broker(d, "partially_filled", filled=25, avg="10")))
 
     assert [type(e) for e in out] == [OrderAccepted, OrderPartiallyFilled]
     assert out[1].leaves_qty == 75  # type: ignore[union-attr]
@@ -159,28 +168,26 @@ def test_outcome_when_accepted_partly_filled_then_accepted_and_partial(d: Pretra
 
 
 def test_outcome_when_rejected_then_order_rejected_with_code(d: PretradeDecision) -> None:
-    state, out = on_outcome(st.ExecState(), d, Rejected(code="40310000", message="insufficient buying power"), "", CTX)
+    state, out = outcome(d, Rejected(code="40310000", message="insufficient buying power"))
 
     (ev,) = out
     assert isinstance(ev, OrderRejected)
     assert (ev.code, ev.reason) == ("40310000", "insufficient buying power")
-    assert (ev.causation_id, ev.ts_event) == (d.event_id, d.ts_event)
+    assert (ev.causation_id, ev.ts_event) == (d.event_id, d.bar_ts)
     assert state.orders == {}
 
 
-def test_outcome_when_failed_then_submit_failed_with_category(d: PretradeDecision) -> None:
+def test_outcome_when_order_already_finished_then_nothing(d: PretradeDecision) -> None:
+    # a poll resolved and finished the order before the decision's redelivery got its answer
     state, out = on_outcome(
-        st.ExecState(), d, Failed(category="AUTH", reason_code="BROKER_AUTH", message="401 unauthorized"), "", CTX
+        st.ExecState(), d.client_order_id, Accepted(order=broker(d, "filled", filled=100, avg="10")), CTX
     )
 
-    (ev,) = out
-    assert isinstance(ev, SubmitFailed)
-    assert (ev.category, ev.reason_code, ev.message) == ("AUTH", "BROKER_AUTH", "401 unauthorized")
-    assert state.orders == {}
+    assert (state, out) == (st.ExecState(), [])
 
 
 def test_outcome_when_unknown_then_order_stays_unresolved_without_event(d: PretradeDecision) -> None:
-    state, out = on_outcome(st.ExecState(), d, Unknown(message="read timeout"), "00-tp", CTX)
+    state, out = outcome(d, Unknown(message="read timeout"), "00-tp")
 
     assert out == []
     order = state.orders[d.client_order_id]
@@ -195,14 +202,14 @@ def test_poll_when_unresolved_order_found_at_broker_then_accepted(d: PretradeDec
     assert state.orders[d.client_order_id].broker_status == "new"
 
 
-def test_poll_when_unresolved_order_missing_at_broker_then_submit_not_accepted(d: PretradeDecision) -> None:
-    state, out = on_broker_order(unresolved(d), d.client_order_id, None, CTX)
+def test_poll_when_unresolved_order_missing_at_broker_then_still_unresolved(d: PretradeDecision) -> None:
+    # the venue going quiet is never a verdict: the order stays held and is asked about again
+    state = unresolved(d)
 
-    (ev,) = out
-    assert isinstance(ev, SubmitFailed)
-    assert (ev.reason_code, ev.category) == ("SUBMIT_NOT_ACCEPTED", "TRANSIENT_NETWORK")
-    assert ev.ts_event == NOW_NS
-    assert d.client_order_id not in state.orders
+    after, out = on_broker_order(state, d.client_order_id, None, CTX)
+
+    assert out == []
+    assert after.orders[d.client_order_id].broker_status == st.UNRESOLVED
 
 
 def test_poll_when_known_order_missing_from_listing_then_nothing_yet(d: PretradeDecision) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from decimal import Decimal
 
+import msgspec
 import pytest
 
 from libs.contracts.base import Event, derive_id
@@ -300,14 +301,32 @@ def test_report_when_transition_not_in_table_then_invalid_transition_alert_and_s
     assert after is state
 
 
-def test_fill_when_order_not_yet_submitted_then_invalid_transition_and_position_unchanged(f: Events) -> None:
+def test_fill_when_order_not_yet_submitted_then_invalid_transition_alert_and_position_still_moves(f: Events) -> None:
+    # a fill is a fact at the broker: the lifecycle anomaly is alerted, the shares are counted
     intent = f.intent()
     state, _ = given([intent])
 
     after, out = step(state, f.fill(intent, last_qty=10, last_px="50", cum_qty=10), CTX)
 
-    assert [a.code for a in out] == ["OMS_INVALID_TRANSITION"]  # type: ignore[attr-defined]
-    assert after.positions == {}
+    alert, pos = out
+    assert alert.code == "OMS_INVALID_TRANSITION"  # type: ignore[union-attr]
+    assert isinstance(pos, PositionChanged) and pos.qty == 10
+    assert after.positions["AAPL"].qty == 10
+    assert after.intents[intent.intent_id].status == st.SUBMITTING  # the lifecycle did not move
+
+
+def test_fill_when_order_was_pruned_then_unknown_order_alert_and_position_moves_once(f: Events) -> None:
+    intent = f.intent()
+    state, _ = given([intent, f.submitted(intent), f.accepted(intent), f.canceled(intent)])
+    state, _ = step(state, f.watermark("risk", intent.bar_ts + 60_000_000_000), CTX)
+    late = f.fill(intent, last_qty=100, last_px="50", cum_qty=100)
+
+    after, out = step(state, late, CTX)
+    again, out_again = step(after, late, CTX)
+
+    assert [type(e) for e in out] == [AlertRaised, PositionChanged]
+    assert after.positions["AAPL"].qty == 100
+    assert (again.positions["AAPL"].qty, out_again) == (100, [])
 
 
 def test_report_when_client_order_id_unknown_then_unknown_order_alert(f: Events) -> None:
@@ -528,3 +547,13 @@ def test_intent_when_resent_after_its_intent_was_pruned_then_duplicate_order_blo
     assert after.intents_seen == state.intents_seen  # the re-send is not a new intent
     original = derive_id("oms.pretrade_decision.v1", intent.intent_id)
     assert decision.event_id != original  # it must not vanish as a duplicate of the approval
+
+
+def test_intent_when_risk_seq_skips_one_then_intents_seen_is_the_highest_seq(f: Events) -> None:
+    first = msgspec.structs.replace(f.intent("AAPL", n=1), risk_seq=1)
+    third = msgspec.structs.replace(f.intent("AAPL", n=3), risk_seq=3)  # intent 2 never arrived
+
+    _, out = given([first, third])
+
+    reports = [e for e in out if isinstance(e, PositionChanged)]
+    assert [p.intents_seen for p in reports] == [1, 3]

@@ -364,3 +364,21 @@ def test_watermark_when_signal_reports_bar_done_then_forwarded_as_risk(f: Events
     assert isinstance(fwd, Watermark)
     assert (fwd.source, fwd.bar_ts, fwd.causation_id) == ("risk", minute(3), wm.event_id)
     assert state.last_watermark == minute(3)
+
+
+def test_intents_when_numbered_then_risk_seq_counts_per_symbol(f: Events) -> None:
+    _, out = given([f.target("AAPL", 100, "50", n=1), f.target("AAPL", 300, "50", n=2)])
+
+    assert [i.risk_seq for i in out if isinstance(i, OrderIntent)] == [1, 2]
+
+
+def test_position_when_oms_skipped_a_lost_intent_then_in_flight_is_cleared(f: Events) -> None:
+    # intent 1 never reached the OMS (say it was dead-lettered); the OMS handled intent 2 and
+    # reports risk_seq 2 as seen: nothing may stay in flight for ever
+    state, _ = given([f.target("AAPL", 100, "50", n=1), f.target("AAPL", 300, "50", n=2)])
+    assert state.symbols["AAPL"].expected_position() == 300
+
+    after, _ = step(state, f.position("AAPL", qty=0, open_order_qty=200, intents_seen=2), CTX)
+
+    assert after.symbols["AAPL"].in_flight == ()
+    assert after.symbols["AAPL"].expected_position() == 200

@@ -176,3 +176,18 @@ def test_fills_when_replayed_then_records_are_byte_identical(f: Events) -> None:
 
     assert len(first) == 2
     assert [encode(e) for e in first] == [encode(e) for e in second]
+
+
+def test_fill_when_its_intent_never_arrives_then_dropped_after_retention_with_an_alert() -> None:
+    f = Events(seed=5)
+    cfg = TcaConfig(intent_retention_hours=1.0)
+    c = ctx("tca", cfg)
+    early = f.intent("AAPL", "buy", 10, "50", n=1)
+    late = f.intent("MSFT", "buy", 10, "50", n=200)
+    state, _ = step(TcaState(), f.fill(early, last_qty=10, last_px="50", cum_qty=10), c)
+
+    after, out = step(state, f.fill(late, last_qty=10, last_px="50", cum_qty=10), c)
+
+    (alert,) = out
+    assert alert.code == "TCA_ORPHAN_FILL" and alert.details["client_order_id"] == early.client_order_id
+    assert [w.client_order_id for w in after.waiting] == [late.client_order_id]
