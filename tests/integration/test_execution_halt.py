@@ -79,3 +79,60 @@ async def test_submit_when_halt_flag_is_up_then_kill_switch_block_and_nothing_at
     assert accepted["type"] == "exec.order_accepted.v1"
     at_broker = [o["client_order_id"] for o in await exchange_orders(cluster["exchange"].url)]
     assert at_broker == [allowed.client_order_id]
+
+
+async def test_submit_when_broker_unreachable_then_order_held_unresolved_never_failed_and_resolved_later(
+    cluster: Cluster, namespace: Namespace, nats_url: str, nc: nats.NATS
+):
+    """A submit whose answer is lost is held, not declared failed; a halt stops re-sending it,
+    a resume lets the next poll submit it again under the same client_order_id."""
+    f = Events(seed=12)
+    cluster.env.update(KEYS, KEEL_EXEC_API_KEY_ID=KEYS["KEEL_EXCHANGE_API_KEY_ID"],
+                       KEEL_EXEC_API_SECRET_KEY=KEYS["KEEL_EXCHANGE_API_SECRET_KEY"],
+                       KEEL_EXEC_HTTP_TIMEOUT_SEC="1", KEEL_EXEC_POLL_INTERVAL_SEC="0.2")  # fmt: skip
+    await cluster.start("exchange")
+    cluster.env["KEEL_EXEC_BASE_URL"] = cluster["exchange"].url
+    await cluster.start("execution")
+    reports: asyncio.Queue = asyncio.Queue()
+
+    async def on_report(msg) -> None:  # type: ignore[no-untyped-def]
+        await reports.put(json.loads(msg.data))
+
+    await nc.subscribe(f"{namespace.prefix}.exec.>", cb=on_report)
+    bus = await Bus.connect(nats_url, Subjects(namespace.prefix), service="test")
+    try:
+        await bus.publish(f.bar("AAPL", 2, "50"))
+        first = f.intent("AAPL", "buy", 10, "50", n=1)
+        lost = f.intent("MSFT", "buy", 10, "50", n=1)
+        await bus.publish(f.decision(first))
+        assert (await next_report(reports, first.client_order_id))["type"] == "exec.order_accepted.v1"
+
+        # Act 1: the broker goes away; the next order is handed over and its answer is lost
+        await asyncio.to_thread(cluster["exchange"].stop)
+        await bus.publish(f.decision(lost))
+        async with asyncio.timeout(10):
+            while True:
+                handed = await reports.get()
+                if handed.get("client_order_id") == lost.client_order_id:
+                    break
+        assert handed["type"] == "exec.order_submitted.v1"
+
+        # Act 2: halted, the broker comes back: the order is looked up (absent), never re-sent
+        await bus.put_halt_state(HaltState(halted=True, reason="test kill", since_ns=1))
+        cluster["exchange"].start()
+        await cluster["exchange"].wait_ready()
+        await asyncio.sleep(1.5)  # several polls
+        assert reports.empty(), "no verdict on an unresolved order while halted"
+        assert [o["client_order_id"] for o in await exchange_orders(cluster["exchange"].url)] == [first.client_order_id]
+        held = await cluster["execution"].get_json("/state")
+        assert held["orders"][lost.client_order_id]["broker_status"] == "unresolved"  # type: ignore[index]
+
+        # Act 3: resumed: the next poll submits it again under the same client_order_id
+        await bus.put_halt_state(HaltState(halted=False, reason="test resume", since_ns=2))
+        resolved = await next_report(reports, lost.client_order_id)
+    finally:
+        await bus.close()
+
+    assert resolved["type"] == "exec.order_accepted.v1"
+    at_broker = sorted(o["client_order_id"] for o in await exchange_orders(cluster["exchange"].url))
+    assert at_broker == sorted([first.client_order_id, lost.client_order_id])
