@@ -43,12 +43,14 @@ async def exchange_orders(url: str) -> list[dict]:
         return r.json()
 
 
-async def test_submit_when_halt_flag_is_up_then_kill_switch_block_and_nothing_at_the_broker(
-    cluster: Cluster, namespace: Namespace, nats_url: str, nc: nats.NATS
-):
-    f = Events(seed=11)
-    cluster.env.update(KEYS, KEEL_EXEC_API_KEY_ID=KEYS["KEEL_EXCHANGE_API_KEY_ID"],
-                       KEEL_EXEC_API_SECRET_KEY=KEYS["KEEL_EXCHANGE_API_SECRET_KEY"])  # fmt: skip
+async def exchange_and_execution(cluster: Cluster, namespace: Namespace, nc: nats.NATS, **env: str) -> asyncio.Queue:
+    """Start the exchange, then execution pointed at it; return a queue of execution reports."""
+    cluster.env.update(
+        KEYS,
+        KEEL_EXEC_API_KEY_ID=KEYS["KEEL_EXCHANGE_API_KEY_ID"],
+        KEEL_EXEC_API_SECRET_KEY=KEYS["KEEL_EXCHANGE_API_SECRET_KEY"],
+        **env,
+    )
     await cluster.start("exchange")
     cluster.env["KEEL_EXEC_BASE_URL"] = cluster["exchange"].url
     await cluster.start("execution")
@@ -58,6 +60,14 @@ async def test_submit_when_halt_flag_is_up_then_kill_switch_block_and_nothing_at
         await reports.put(json.loads(msg.data))
 
     await nc.subscribe(f"{namespace.prefix}.exec.>", cb=on_report)
+    return reports
+
+
+async def test_submit_when_halt_flag_is_up_then_kill_switch_block_and_nothing_at_the_broker(
+    cluster: Cluster, namespace: Namespace, nats_url: str, nc: nats.NATS
+):
+    f = Events(seed=11)
+    reports = await exchange_and_execution(cluster, namespace, nc)
     bus = await Bus.connect(nats_url, Subjects(namespace.prefix), service="test")
     try:
         await bus.publish(f.bar("AAPL", 2, "50"))  # the exchange's clock passes the decision bar
@@ -87,18 +97,9 @@ async def test_submit_when_broker_unreachable_then_order_held_unresolved_never_f
     """A submit whose answer is lost is held, not declared failed; a halt stops re-sending it,
     a resume lets the next poll submit it again under the same client_order_id."""
     f = Events(seed=12)
-    cluster.env.update(KEYS, KEEL_EXEC_API_KEY_ID=KEYS["KEEL_EXCHANGE_API_KEY_ID"],
-                       KEEL_EXEC_API_SECRET_KEY=KEYS["KEEL_EXCHANGE_API_SECRET_KEY"],
-                       KEEL_EXEC_HTTP_TIMEOUT_SEC="1", KEEL_EXEC_POLL_INTERVAL_SEC="0.2")  # fmt: skip
-    await cluster.start("exchange")
-    cluster.env["KEEL_EXEC_BASE_URL"] = cluster["exchange"].url
-    await cluster.start("execution")
-    reports: asyncio.Queue = asyncio.Queue()
-
-    async def on_report(msg) -> None:  # type: ignore[no-untyped-def]
-        await reports.put(json.loads(msg.data))
-
-    await nc.subscribe(f"{namespace.prefix}.exec.>", cb=on_report)
+    reports = await exchange_and_execution(
+        cluster, namespace, nc, KEEL_EXEC_HTTP_TIMEOUT_SEC="1", KEEL_EXEC_POLL_INTERVAL_SEC="0.2"
+    )
     bus = await Bus.connect(nats_url, Subjects(namespace.prefix), service="test")
     try:
         await bus.publish(f.bar("AAPL", 2, "50"))
