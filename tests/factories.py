@@ -22,6 +22,7 @@ from libs.contracts.execution import (
     OrderFilled,
     OrderPartiallyFilled,
     OrderRejected,
+    OrderStatusUnknown,
     OrderSubmitted,
     SubmitFailed,
 )
@@ -260,6 +261,10 @@ class Events:
     ) -> OrderRejected:
         """Return a broker rejection."""
         return OrderRejected(**self._order("rejected", intent), reason=reason, code=code)
+
+    def unknown(self, intent: OrderIntent, *, reason: str = "POST /v2/orders: read timed out") -> OrderStatusUnknown:
+        """Return execution's report that a submit's outcome is not known."""
+        return OrderStatusUnknown(**self._order("unknown", intent), reason=reason)
 
     def submit_failed(self, intent: OrderIntent, *, reason_code: str = "SUBMIT_NOT_ACCEPTED") -> SubmitFailed:
         """Return a failed submit."""

@@ -103,7 +103,8 @@ def _servers(opts: UpOptions) -> tuple[str, str, EmbeddedNats | None, EmbeddedPo
 
 
 def _child_env(cluster: Cluster, opts: UpOptions, keys: dict[str, str]) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()}
+    # keel up trades the local exchange: a shell's Alpaca keys must not reach its execution
+    env = {k: v for k, v in os.environ.items() if k not in ("ALPACA_API_KEY", "ALPACA_SECRET_KEY")}
     env.update(
         {
             "KEEL_NATS_URL": cluster.nats_url,
@@ -225,6 +226,7 @@ async def run(opts: UpOptions) -> int:
             child_env = dict(env)
             if name == "execution":
                 child_env["KEEL_EXEC_BASE_URL"] = cluster.children["exchange"].url
+                child_env["KEEL_EXEC_BROKER"] = "keel-local"  # the capability row of that exchange
             cluster.children[name] = ServiceProcess(name, child_env, opts.var / "logs" / f"{name}.log")
         # the exchange first (execution checks its broker at start), the feed last (so every
         # consumer is listening before the first bar; durable consumers would catch up anyway)

@@ -31,8 +31,14 @@ FORBIDDEN_KEYS = {
     "TRADING_MODE": "TRADING_MODE is ambiguous; set EXECUTION_MODE (paper|live|replay) "
     "and TRADING_PROFILE (conservative|balanced|aggressive) instead",
 }
-# bare aliases accepted for the two mode settings the seeds name without a prefix
-BARE_ALIASES = {"EXECUTION_MODE": "KEEL_EXECUTION_MODE", "TRADING_PROFILE": "KEEL_TRADING_PROFILE"}
+# bare aliases accepted for the two mode settings the seeds name without a prefix, and for the
+# broker keys under the names Alpaca's own tools use
+BARE_ALIASES = {
+    "EXECUTION_MODE": "KEEL_EXECUTION_MODE",
+    "TRADING_PROFILE": "KEEL_TRADING_PROFILE",
+    "ALPACA_API_KEY": "KEEL_EXEC_API_KEY_ID",
+    "ALPACA_SECRET_KEY": "KEEL_EXEC_API_SECRET_KEY",
+}
 # where and how a process runs, not what it decides: left out of the config hash so the hash
 # stamped on decisions is the same across restarts, free ports and machines
 DEPLOYMENT_KEYS = frozenset(

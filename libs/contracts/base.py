@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-from decimal import Decimal
-from typing import Annotated, Literal, NewType
+from decimal import ROUND_HALF_EVEN, Decimal
+from typing import Annotated, Literal, NewType, Protocol
 
 import msgspec
 
@@ -20,7 +20,10 @@ Price = Decimal  # positive and finite: checked in Event.__post_init__ by field 
 Money = Decimal
 NanoTime = Annotated[int, msgspec.Meta(ge=0)]
 Side = Literal["buy", "sell"]
-OrderType = Literal["market", "limit"]
+OrderType = Literal["market", "limit", "stop", "stop_limit", "trailing_stop"]
+# simple: one order; bracket: entry + take-profit + stop-loss; oco: two exits, one cancels the
+# other; oto: entry + one exit (Alpaca's order_class values for equities)
+OrderClass = Literal["simple", "bracket", "oco", "oto"]
 TimeInForce = Literal["day", "gtc", "ioc", "fok", "opg", "cls"]
 
 
@@ -36,8 +39,15 @@ PRICE_FIELDS = frozenset(
         "last_px",
         "avg_px",
         "fill_price",
+        "stop_price",
+        "trail_price",
+        "take_profit_limit_price",
+        "stop_loss_stop_price",
+        "stop_loss_limit_price",
     }
 )
+# not prices, but only meaningful when positive
+POSITIVE_FIELDS = frozenset({"trail_percent"})
 
 
 NON_NEGATIVE_FIELDS = frozenset({"spread_bps", "fee", "notional"})
@@ -60,10 +70,87 @@ class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", forbid_
             if isinstance(value, Decimal):
                 if not value.is_finite():
                     raise ValueError(f"expected a finite {name}, was {value}")
-                if name in PRICE_FIELDS and value <= 0:
+                if (name in PRICE_FIELDS or name in POSITIVE_FIELDS) and value <= 0:
                     raise ValueError(f"expected {name} > 0, was {value}")
                 if name in NON_NEGATIVE_FIELDS and value < 0:
                     raise ValueError(f"expected {name} >= 0, was {value}")
+
+
+class OrderFamily(Protocol):
+    """The fields that say how an order works at the broker: its type, class, prices and legs."""
+
+    side: str
+    order_type: str
+    order_class: str
+    limit_price: Decimal | None
+    stop_price: Decimal | None
+    trail_price: Decimal | None
+    trail_percent: Decimal | None
+    take_profit_limit_price: Decimal | None
+    stop_loss_stop_price: Decimal | None
+    stop_loss_limit_price: Decimal | None
+
+
+def check_order_family(order: OrderFamily) -> None:
+    """Raise ValueError unless an order's type, class, prices and exit legs fit together.
+
+    Shared by OrderIntent and PretradeDecision; the rules follow Alpaca's order API (the one
+    broker adapter), so an order that passes here can always be built for the broker.
+    """
+    otype, oclass, side = order.order_type, order.order_class, order.side
+    limit, stop = order.limit_price, order.stop_price
+    trail_price, trail_percent = order.trail_price, order.trail_percent
+    tp, sl_stop, sl_limit = order.take_profit_limit_price, order.stop_loss_stop_price, order.stop_loss_limit_price
+    needs_limit = otype == "stop_limit" or (otype == "limit" and oclass != "oco")
+    if needs_limit and limit is None:
+        raise ValueError(f"expected limit_price for a {otype} order, was None")
+    if otype not in ("limit", "stop_limit") and limit is not None:
+        raise ValueError(f"expected no limit_price on a {otype} order, was {limit}")
+    if otype in ("stop", "stop_limit") and stop is None:
+        raise ValueError(f"expected stop_price for a {otype} order, was None")
+    if otype not in ("stop", "stop_limit") and stop is not None:
+        raise ValueError(f"expected no stop_price on a {otype} order, was {stop}")
+    if otype == "trailing_stop" and (trail_price is None) == (trail_percent is None):
+        was = "both" if trail_price is not None else "neither"
+        raise ValueError(f"expected exactly one of trail_price, trail_percent for a trailing_stop order, was {was}")
+    if otype != "trailing_stop" and (trail_price is not None or trail_percent is not None):
+        raise ValueError(f"expected no trail_price/trail_percent on a {otype} order, was {trail_price}/{trail_percent}")
+    if trail_percent is not None and trail_percent >= 100:
+        raise ValueError(f"expected trail_percent < 100, was {trail_percent}")
+    if sl_limit is not None and sl_stop is None:
+        raise ValueError(f"expected stop_loss_stop_price with stop_loss_limit_price, was None (limit {sl_limit})")
+    legs = (tp is not None) + (sl_stop is not None)
+    if oclass == "simple" and legs:
+        raise ValueError(f"expected no exit legs on a simple order, was take-profit {tp}, stop-loss {sl_stop}")
+    if oclass in ("bracket", "oco") and legs != 2:
+        raise ValueError(
+            f"expected take_profit_limit_price and stop_loss_stop_price on a {oclass} order, was {tp} and {sl_stop}"
+        )
+    if oclass == "oco" and otype != "limit":
+        raise ValueError(f"expected order_type limit for an oco order, was {otype}")
+    if oclass == "oto" and legs != 1:
+        raise ValueError(f"expected exactly one exit leg (take-profit or stop-loss) on an oto order, was {legs}")
+    if legs == 2:
+        # a bracket/oto's legs exit the entry; an oco is itself the exit: either way a long
+        # position takes profit above its stop-loss and a short one below
+        long = (side == "buy") != (oclass == "oco")
+        if (tp > sl_stop) != long:
+            want = "above" if long else "below"
+            raise ValueError(
+                f"expected take_profit_limit_price {want} stop_loss_stop_price for a {side} {oclass} order, "
+                f"was {tp} vs {sl_stop}"
+            )
+
+
+def tick_size(price: Decimal) -> Decimal:
+    """Return the minimum price increment of a US equity quote (SEC Rule 612)."""
+    return Decimal("0.01") if price >= 1 else Decimal("0.0001")
+
+
+def to_tick(price: Decimal) -> Decimal:
+    """Round a price to its tick (half-even), never below one tick."""
+    tick = tick_size(price)
+    return max(price.quantize(tick, rounding=ROUND_HALF_EVEN), tick)
 
 
 def derive_id(*parts: object) -> str:

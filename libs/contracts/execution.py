@@ -77,6 +77,13 @@ class SubmitFailed(_OrderEvent, kw_only=True, tag="exec.submit_failed.v1"):
     message: str
 
 
+class OrderStatusUnknown(_OrderEvent, kw_only=True, tag="exec.order_status_unknown.v1"):
+    """The submit's outcome is not known (timeout, lost response, 5xx): the order may or may not
+    be at the broker. Execution blocks the symbol and resolves it only by client_order_id."""
+
+    reason: str
+
+
 ExecutionEvent = (
     OrderSubmitted
     | OrderAccepted
@@ -86,4 +93,5 @@ ExecutionEvent = (
     | OrderRejected
     | OrderExpired
     | SubmitFailed
+    | OrderStatusUnknown
 )

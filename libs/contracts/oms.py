@@ -9,6 +9,7 @@ from libs.contracts.base import (
     Event,
     IntentId,
     NanoTime,
+    OrderClass,
     OrderType,
     Price,
     Shares,
@@ -16,6 +17,7 @@ from libs.contracts.base import (
     SignedShares,
     Symbol,
     TimeInForce,
+    check_order_family,
 )
 
 APPROVED = "APPROVED"
@@ -38,6 +40,19 @@ class PretradeDecision(Event, kw_only=True, tag="oms.pretrade_decision.v1"):
     arrival_price: Price
     bar_ts: NanoTime
     config_sha256: str = ""
+    # the order family (seed 000 App. K): how the order works at the broker and the exit
+    # parameters it carries; check_order_family says which combinations are valid
+    order_class: OrderClass = "simple"
+    stop_price: Price | None = None
+    trail_price: Price | None = None
+    trail_percent: Decimal | None = None  # percent: 1.5 trails by 1.5 %
+    take_profit_limit_price: Price | None = None
+    stop_loss_stop_price: Price | None = None
+    stop_loss_limit_price: Price | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_order_family(self)
 
 
 class PositionChanged(Event, kw_only=True, tag="oms.position_changed.v1"):

@@ -11,6 +11,7 @@ from libs.contracts.base import (
     Event,
     IntentId,
     NanoTime,
+    OrderClass,
     OrderType,
     Price,
     Shares,
@@ -18,6 +19,7 @@ from libs.contracts.base import (
     SignedShares,
     Symbol,
     TimeInForce,
+    check_order_family,
 )
 
 
@@ -47,6 +49,19 @@ class OrderIntent(Event, kw_only=True, tag="risk.order_intent.v1"):
     # risk's 1-based count of intents for this symbol: lets the OMS report how far it has seen,
     # so risk's in-flight accounting survives an intent that never reached the OMS
     risk_seq: int = 0
+    # the order family (seed 000 App. K): how the order works at the broker and the exit
+    # parameters it carries; check_order_family says which combinations are valid
+    order_class: OrderClass = "simple"
+    stop_price: Price | None = None
+    trail_price: Price | None = None
+    trail_percent: Decimal | None = None  # percent: 1.5 trails by 1.5 %
+    take_profit_limit_price: Price | None = None
+    stop_loss_stop_price: Price | None = None
+    stop_loss_limit_price: Price | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_order_family(self)
 
 
 RiskEvent = OrderIntent

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import msgspec
 
 from libs.contracts.base import Event, derive_id
-from libs.contracts.execution import OrderRejected, SubmitFailed
+from libs.contracts.execution import OrderRejected, OrderStatusUnknown, SubmitFailed
 from libs.contracts.ops import AlertRaised
 from libs.decide import Ctx
 from services.alerts.state import AlertsState, DeadLetter
@@ -39,10 +39,13 @@ def _alert(
     )
 
 
-def on_reject(ev: OrderRejected | SubmitFailed, ctx: Ctx) -> AlertRaised:
-    """Alert on an order the broker refused or that could not be submitted."""
+def on_reject(ev: OrderRejected | SubmitFailed | OrderStatusUnknown, ctx: Ctx) -> AlertRaised:
+    """Alert on an order the broker refused, that could not be submitted, or whose fate is unknown."""
     if isinstance(ev, OrderRejected):
         code, why = "ORDER_REJECTED", f"{ev.reason} (code {ev.code or '-'})"
+    elif isinstance(ev, OrderStatusUnknown):
+        # the symbol is blocked until a lookup by client_order_id resolves it (seed 002 A-OMS-02)
+        code, why = "ORDER_STATUS_UNKNOWN", f"{ev.reason}; symbol blocked until resolved by client_order_id"
     else:
         code, why = "SUBMIT_FAILED", f"{ev.reason_code}: {ev.message}"
     return _alert(
@@ -114,7 +117,7 @@ def heartbeat_check(
 
 def step(state: AlertsState, event: object, ctx: Ctx) -> tuple[AlertsState, Sequence[Event]]:
     """Route one consumed message."""
-    if isinstance(event, OrderRejected | SubmitFailed):
+    if isinstance(event, OrderRejected | SubmitFailed | OrderStatusUnknown):
         return state, [on_reject(event, ctx)]
     if isinstance(event, DeadLetter):
         return state, [on_dead_letter(event, ctx)]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hmac
 import logging
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
@@ -21,18 +21,24 @@ from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from libs import sessions
+from libs import fillsim, sessions
 from services.exchange import handlers
 from services.exchange.state import (
     DUPLICATE_CLIENT_ORDER_ID,
     INSUFFICIENT_BUYING_POWER,
+    INSUFFICIENT_QTY,
     INVALID_ORDER,
+    MARKET_SESSION_RULE,
     ORDER_NOT_CANCELABLE,
     ORDER_NOT_FOUND,
+    ORDER_NOT_REPLACEABLE,
+    POSITION_NOT_FOUND,
+    SHORT_NOT_ALLOWED,
     ExchangeOrder,
     ExchangeState,
     Position,
     Rejection,
+    ReplaceOrder,
     SubmitOrder,
 )
 
@@ -61,9 +67,17 @@ REJECTION_HTTP: dict[str, tuple[int, int]] = {
     INVALID_ORDER: (422, CODE_INVALID),
     DUPLICATE_CLIENT_ORDER_ID: (422, CODE_INVALID),
     INSUFFICIENT_BUYING_POWER: (403, CODE_FORBIDDEN),
+    SHORT_NOT_ALLOWED: (403, CODE_FORBIDDEN),
+    INSUFFICIENT_QTY: (403, CODE_FORBIDDEN),
+    MARKET_SESSION_RULE: (422, CODE_UNPROCESSABLE),
     ORDER_NOT_FOUND: (404, CODE_NOT_FOUND),
+    POSITION_NOT_FOUND: (404, CODE_NOT_FOUND),
     ORDER_NOT_CANCELABLE: (422, CODE_UNPROCESSABLE),
+    ORDER_NOT_REPLACEABLE: (422, CODE_UNPROCESSABLE),
 }
+ORDER_TYPES = ("market", "limit", "stop", "stop_limit", "trailing_stop")
+TIME_IN_FORCE = ("day", "gtc", "ioc", "fok", "opg", "cls")
+ORDER_CLASSES = ("simple", "bracket", "oco", "oto")
 
 ORDER_LIST_DEFAULT = 50
 ORDER_LIST_MAX = 500  # Alpaca's cap on GET /v2/orders?limit
@@ -74,6 +88,15 @@ CENT = Decimal("0.01")
 RATIO_QUANTUM = Decimal("1E-6")
 
 _encoder = msgspec.json.Encoder(decimal_format="string")
+
+
+class _TakeProfit(msgspec.Struct, kw_only=True):
+    limit_price: Decimal | None = None
+
+
+class _StopLoss(msgspec.Struct, kw_only=True):
+    stop_price: Decimal | None = None
+    limit_price: Decimal | None = None
 
 
 class _OrderBody(msgspec.Struct, kw_only=True):
@@ -92,11 +115,21 @@ class _OrderBody(msgspec.Struct, kw_only=True):
     extended_hours: bool | None = None
     order_class: str | None = None
     legs: list[Any] | None = None
-    take_profit: dict[str, Any] | None = None
-    stop_loss: dict[str, Any] | None = None
+    take_profit: _TakeProfit | None = None
+    stop_loss: _StopLoss | None = None
+
+
+class _ReplaceBody(msgspec.Struct, kw_only=True):
+    qty: Decimal | None = None
+    time_in_force: str | None = None
+    limit_price: Decimal | None = None
+    stop_price: Decimal | None = None
+    trail: Decimal | None = None
+    client_order_id: str | None = None
 
 
 _body_decoder = msgspec.json.Decoder(_OrderBody)
+_replace_decoder = msgspec.json.Decoder(_ReplaceBody)
 
 
 class ApiError(Exception):
@@ -171,8 +204,12 @@ def _ratio(num: Decimal, den: Decimal) -> str:
 # --- views -----------------------------------------------------------------------------------
 
 
-def order_view(o: ExchangeOrder) -> dict[str, object]:
-    """Render an order as Alpaca's Order JSON."""
+def _price(d: Decimal | None) -> str | None:
+    return _plain(d) if d is not None else None
+
+
+def order_view(o: ExchangeOrder, legs: list[ExchangeOrder] | None = None) -> dict[str, object]:
+    """Render an order as Alpaca's Order JSON; `legs` rolls its exit legs up under it (nested)."""
     return {
         "id": o.id,
         "client_order_id": o.client_order_id,
@@ -183,44 +220,39 @@ def order_view(o: ExchangeOrder) -> dict[str, object]:
         "expired_at": iso_utc(o.expired_at),
         "canceled_at": iso_utc(o.canceled_at),
         "failed_at": None,
-        "replaced_at": None,
-        "replaced_by": None,
-        "replaces": None,
+        "replaced_at": iso_utc(o.replaced_at),
+        "replaced_by": o.replaced_by,
+        "replaces": o.replaces,
         "asset_id": handlers.asset_id_for(o.symbol),
         "symbol": o.symbol,
         "asset_class": "us_equity",
         "notional": None,
         "qty": str(o.qty),
         "filled_qty": str(o.filled_qty),
-        "filled_avg_price": _plain(o.filled_avg_price) if o.filled_avg_price is not None else None,
-        "order_class": "simple",
+        "filled_avg_price": _price(o.filled_avg_price),
+        "order_class": o.order_class,
         "order_type": o.type,
         "type": o.type,
         "side": o.side,
         "position_intent": o.position_intent,
         "time_in_force": o.time_in_force,
-        "limit_price": _plain(o.limit_price) if o.limit_price is not None else None,
-        "stop_price": None,
+        "limit_price": _price(o.limit_price),
+        "stop_price": _price(o.stop_price),
         "status": o.status,
         "extended_hours": False,
-        "legs": None,
-        "trail_percent": None,
-        "trail_price": None,
-        "hwm": None,
+        "legs": [order_view(leg) for leg in legs] if legs else None,
+        "trail_percent": _price(o.trail_percent),
+        "trail_price": _price(o.trail_price),
+        "hwm": _price(o.hwm),
         "subtag": None,
         "source": None,
         "expires_at": iso_utc(o.expires_at),
     }
 
 
-def _held_for_orders(state: ExchangeState, p: Position) -> int:
-    closing_side = "sell" if p.qty > 0 else "buy"
-    held = sum(
-        state.orders[oid].leaves_qty
-        for oid in state.working.get(p.symbol, ())
-        if state.orders[oid].side == closing_side
-    )
-    return min(held, abs(p.qty))
+def nested_view(state: ExchangeState, o: ExchangeOrder) -> dict[str, object]:
+    """Render an order with its legs rolled up (what POST /v2/orders and nested=true return)."""
+    return order_view(o, [state.orders[i] for i in o.legs])
 
 
 def position_view(state: ExchangeState, p: Position) -> dict[str, object]:
@@ -245,7 +277,7 @@ def position_view(state: ExchangeState, p: Position) -> dict[str, object]:
         "asset_marginable": True,
         "avg_entry_price": _plain(p.avg_entry_price),
         "qty": str(p.qty),
-        "qty_available": str(p.qty - sign * _held_for_orders(state, p)),
+        "qty_available": str(p.qty - sign * handlers.held_for_orders(state, p)),
         "side": "long" if p.qty > 0 else "short",
         "market_value": _money(market_value),
         "cost_basis": _money(cost_basis),
@@ -326,6 +358,35 @@ def _invalid(message: str) -> ApiError:
     return ApiError(422, CODE_INVALID, message)
 
 
+def _unprocessable(message: str) -> ApiError:
+    return ApiError(422, CODE_UNPROCESSABLE, message)
+
+
+def _check_price(name: str, value: Decimal | None, *, required: bool, kind: str) -> Decimal | None:
+    if value is None:
+        if required:
+            raise _invalid(f"{name} is required for {kind} orders")
+        return None
+    if not value.is_finite() or value <= 0:
+        raise _invalid(f"{name} must be > 0")
+    if not fillsim.on_tick(value):
+        # Alpaca: sub-penny prices are refused from $1.00 up (Reg NMS Rule 612)
+        raise _unprocessable(
+            f"invalid {name} {_plain(value)}. sub-penny increment does not fulfill minimum pricing criteria"
+        )
+    return Decimal(_plain(value))
+
+
+def _whole_shares(value: Decimal | None, name: str = "qty") -> int:
+    if value is None:
+        raise _invalid(f"{name} is required")
+    if not value.is_finite() or value <= 0:
+        raise _invalid(f"{name} must be > 0")
+    if value != value.to_integral_value():
+        raise _invalid("fractional orders are not supported by the local exchange; qty must be whole shares")
+    return int(value)
+
+
 def parse_order(body: bytes) -> SubmitOrder:
     """Check a POST /v2/orders body the way Alpaca does; raise ApiError when it is bad."""
     try:
@@ -337,55 +398,141 @@ def parse_order(body: bytes) -> SubmitOrder:
         raise _invalid("symbol is required")
     if len(symbol) > MAX_SYMBOL_LEN or not all(c.isalnum() or c in "./-" for c in symbol):
         raise _invalid(f'asset "{symbol}" not found')
-    if raw.order_class not in (None, "", "simple") or raw.legs or raw.take_profit or raw.stop_loss:
-        raise _invalid(f"order_class {raw.order_class} is not supported by the local exchange")
     if raw.notional is not None:
         raise _invalid("notional orders are not supported by the local exchange; use qty")
-    if raw.qty is None:
-        raise _invalid("qty is required")
-    if not raw.qty.is_finite() or raw.qty <= 0:
-        raise _invalid("qty must be > 0")
-    if raw.qty != raw.qty.to_integral_value():
-        raise _invalid("fractional orders are not supported by the local exchange; qty must be whole shares")
+    qty = _whole_shares(raw.qty)
     if raw.side not in ("buy", "sell"):
         raise _invalid(f"invalid side {raw.side!r}: expected buy or sell")
-    if raw.type in ("stop", "stop_limit", "trailing_stop"):
-        raise _invalid(f"order type {raw.type} is not supported by the local exchange")
-    if raw.type not in ("market", "limit"):
-        raise _invalid(f"invalid order type {raw.type!r}")
-    if raw.time_in_force in ("opg", "cls"):
-        raise _invalid(f"time_in_force {raw.time_in_force} is not supported by the local exchange")
-    if raw.time_in_force not in ("day", "gtc", "ioc", "fok"):
-        raise _invalid(f"invalid time_in_force {raw.time_in_force!r}")
+    kind = raw.type
+    if kind not in ORDER_TYPES:
+        raise _invalid(f"invalid order type {kind!r}: expected one of {', '.join(ORDER_TYPES)}")
+    tif = raw.time_in_force
+    if tif not in TIME_IN_FORCE:
+        raise _invalid(f"invalid time_in_force {tif!r}: expected one of {', '.join(TIME_IN_FORCE)}")
+    order_class = raw.order_class or "simple"
+    if order_class not in ORDER_CLASSES:
+        raise _invalid(f"invalid order_class {order_class!r}: expected one of {', '.join(ORDER_CLASSES)}")
     if raw.extended_hours:
         raise _invalid("extended hours orders are not supported by the local exchange")
-    if raw.stop_price is not None or raw.trail_price is not None or raw.trail_percent is not None:
-        raise _invalid(f"stop_price/trail fields are not valid for {raw.type} orders")
-    limit = raw.limit_price
-    if raw.type == "limit":
-        if limit is None:
-            raise _invalid("limit_price is required for limit orders")
-        if not limit.is_finite() or limit <= 0:
-            raise _invalid("limit_price must be > 0")
-        if limit >= 1 and limit != limit.quantize(CENT):
-            raise _invalid(
-                f"invalid limit_price {_plain(limit)}. sub-penny increment does not fulfill minimum pricing criteria"
-            )
-        limit = Decimal(_plain(limit))
-    elif limit is not None:
-        raise _invalid("limit_price is not valid for market orders")
+    if raw.legs:
+        raise _invalid("legs are not accepted on order submission; use take_profit and stop_loss")
+    if kind == "trailing_stop" and tif not in ("day", "gtc"):
+        raise _invalid("trailing_stop orders support time_in_force day or gtc only")
+    if tif in ("opg", "cls") and kind not in ("market", "limit"):
+        raise _invalid(f"time_in_force {tif} is valid for market and limit orders only")
+
+    # an OCO's limit is its take-profit: Alpaca takes it from take_profit.limit_price alone
+    oco_limit = order_class == "oco" and raw.take_profit is not None and raw.take_profit.limit_price is not None
+    limit_required = kind in ("limit", "stop_limit") and not oco_limit
+    limit = _check_price("limit_price", raw.limit_price, required=limit_required, kind=kind)
+    stop = _check_price("stop_price", raw.stop_price, required=kind in ("stop", "stop_limit"), kind=kind)
+    if limit is not None and kind not in ("limit", "stop_limit"):
+        raise _invalid(f"limit_price is not valid for {kind} orders")
+    if stop is not None and kind not in ("stop", "stop_limit"):
+        raise _invalid(f"stop_price is not valid for {kind} orders")
+    trail_price, trail_percent = raw.trail_price, raw.trail_percent
+    if kind == "trailing_stop":
+        if (trail_price is None) == (trail_percent is None):
+            raise _invalid("exactly one of trail_price or trail_percent is required for trailing_stop orders")
+        trail_price = _check_price("trail_price", trail_price, required=False, kind=kind)
+        if trail_percent is not None and (not trail_percent.is_finite() or not 0 < trail_percent < 100):
+            raise _invalid("trail_percent must be > 0 and < 100")
+    elif trail_price is not None or trail_percent is not None:
+        raise _invalid(f"trail_price/trail_percent are not valid for {kind} orders")
+
+    tp = _check_price(
+        "take_profit.limit_price", raw.take_profit.limit_price if raw.take_profit else None, required=False, kind=kind
+    )
+    sl_stop = _check_price(
+        "stop_loss.stop_price", raw.stop_loss.stop_price if raw.stop_loss else None, required=False, kind=kind
+    )
+    sl_limit = _check_price(
+        "stop_loss.limit_price", raw.stop_loss.limit_price if raw.stop_loss else None, required=False, kind=kind
+    )
+    if order_class == "simple" and (tp or sl_stop or sl_limit):
+        raise _invalid("take_profit and stop_loss need order_class bracket, oco or oto")
+    if sl_limit is not None and sl_stop is None:
+        raise _invalid("stop_loss.stop_price is required when stop_loss.limit_price is given")
+    if order_class == "bracket":
+        if tp is None or sl_stop is None:
+            raise _invalid("bracket orders require take_profit.limit_price and stop_loss.stop_price")
+        if kind not in ("market", "limit"):
+            raise _invalid("bracket orders must have type market or limit")
+    if order_class == "oto":
+        if (tp is None) == (sl_stop is None):
+            raise _invalid("oto orders require exactly one of take_profit or stop_loss")
+        if kind not in ("market", "limit"):
+            raise _invalid("oto orders must have type market or limit")
+    if order_class == "oco":
+        if tp is None or sl_stop is None:
+            raise _invalid("oco orders require take_profit.limit_price and stop_loss.stop_price")
+        if kind != "limit":
+            raise _invalid("oco orders must have type limit")
+        limit = tp  # the OCO order itself is the take-profit limit
     cid = raw.client_order_id or None
     if cid is not None and len(cid) > handlers.DEFAULT_CTX.max_client_order_id_len:
         raise _invalid("client_order_id must be no more than 128 characters")
     return SubmitOrder(
         symbol=symbol,
-        qty=int(raw.qty),
+        qty=qty,
         side=raw.side,  # type: ignore[arg-type]
-        type=raw.type,  # type: ignore[arg-type]
-        time_in_force=raw.time_in_force,  # type: ignore[arg-type]
+        type=kind,  # type: ignore[arg-type]
+        time_in_force=tif,  # type: ignore[arg-type]
         limit_price=limit,
+        stop_price=stop,
+        trail_price=trail_price,
+        trail_percent=Decimal(_plain(trail_percent)) if trail_percent is not None else None,
         client_order_id=cid,
+        order_class=order_class,  # type: ignore[arg-type]
+        take_profit_limit_price=tp,
+        stop_loss_stop_price=sl_stop,
+        stop_loss_limit_price=sl_limit,
     )
+
+
+def parse_replace(body: bytes) -> ReplaceOrder:
+    """Check a PATCH /v2/orders/{id} body; raise ApiError when it is bad."""
+    try:
+        raw = _replace_decoder.decode(body or b"{}")
+    except (msgspec.DecodeError, msgspec.ValidationError) as e:
+        raise ApiError(400, CODE_MALFORMED, f"request body format is invalid: {e}") from e
+    if raw.time_in_force is not None and raw.time_in_force not in TIME_IN_FORCE:
+        raise _invalid(f"invalid time_in_force {raw.time_in_force!r}")
+    if raw.trail is not None and (not raw.trail.is_finite() or raw.trail <= 0):
+        raise _invalid("trail must be > 0")
+    fields = (raw.qty, raw.time_in_force, raw.limit_price, raw.stop_price, raw.trail, raw.client_order_id)
+    if all(v is None for v in fields):
+        raise _invalid(
+            "at least one of qty, time_in_force, limit_price, stop_price, trail, client_order_id is required"
+        )
+    return ReplaceOrder(
+        qty=_whole_shares(raw.qty) if raw.qty is not None else None,
+        time_in_force=raw.time_in_force,  # type: ignore[arg-type]
+        limit_price=_check_price("limit_price", raw.limit_price, required=False, kind="the replaced"),
+        stop_price=_check_price("stop_price", raw.stop_price, required=False, kind="the replaced"),
+        trail=raw.trail,
+        client_order_id=raw.client_order_id or None,
+    )
+
+
+def calendar_view(start: date, end: date) -> list[dict[str, str]]:
+    """Render XNYS sessions between two dates as Alpaca's Calendar JSON (times in New York)."""
+    days = sessions.sessions_between(start, end)
+    out = []
+    for d in days:
+        open_ns, close_ns = sessions.session_open_close(d)
+        settle = sessions.next_session(d, inclusive=False)  # T+1 settlement (SEC rule 15c6-1, 2024)
+        out.append(
+            {
+                "date": d.isoformat(),
+                "open": datetime.fromtimestamp(open_ns / 1e9, tz=NEW_YORK).strftime("%H:%M"),
+                "close": datetime.fromtimestamp(close_ns / 1e9, tz=NEW_YORK).strftime("%H:%M"),
+                "session_open": "0400",
+                "session_close": "2000",
+                "settlement_date": settle.isoformat(),
+            }
+        )
+    return out
 
 
 def _parse_time(name: str, value: str) -> int:
@@ -399,8 +546,8 @@ def _parse_time(name: str, value: str) -> int:
     return (dt - EPOCH) // timedelta(microseconds=1) * 1000
 
 
-def list_orders(state: ExchangeState, params: dict[str, str]) -> list[ExchangeOrder]:
-    """Filter and sort orders for GET /v2/orders."""
+def list_orders(state: ExchangeState, params: dict[str, str], *, nested: bool = False) -> list[ExchangeOrder]:
+    """Filter and sort orders for GET /v2/orders (legs listed on their own unless nested)."""
     status = params.get("status") or "open"
     if status not in ("open", "closed", "all"):
         raise _invalid(f"invalid status {status!r}: expected open, closed or all")
@@ -429,6 +576,7 @@ def list_orders(state: ExchangeState, params: dict[str, str]) -> list[ExchangeOr
         o
         for o in candidates
         if (status != "closed" or not o.is_open)
+        and not (nested and o.parent_id is not None)  # nested: legs are rolled up under their order
         and (not symbols or o.symbol in symbols)
         and (side is None or o.side == side)
         and (after is None or o.submitted_at > after)
@@ -478,9 +626,16 @@ def configure(app: FastAPI, config: ExchangeConfig) -> None:
         return await call_next(request)
 
 
+def _flag(params: dict[str, str], name: str) -> bool:
+    return (params.get(name) or "").lower() == "true"
+
+
 def router(service: ExchangeService) -> APIRouter:
     """Return Alpaca's Trading API v2 routes over a running exchange."""
     r = APIRouter()
+
+    def view(state: ExchangeState, o: ExchangeOrder, nested: bool) -> dict[str, object]:
+        return nested_view(state, o) if nested else order_view(o)
 
     @r.post("/v2/orders")
     async def post_order(request: Request) -> Response:
@@ -488,12 +643,15 @@ def router(service: ExchangeService) -> APIRouter:
         result = await service.submit(order_request)
         if isinstance(result, Rejection):
             raise rejection_error(result)
-        return json_response(order_view(result))
+        return json_response(nested_view(service.state, result))
 
     @r.get("/v2/orders")
     async def get_orders(request: Request) -> Response:
-        orders = list_orders(service.state, dict(request.query_params))
-        return json_response([order_view(o) for o in orders])
+        params = dict(request.query_params)
+        state = service.state
+        nested = _flag(params, "nested")
+        orders = list_orders(state, params, nested=nested)
+        return json_response([view(state, o, nested) for o in orders])
 
     @r.get("/v2/orders:by_client_order_id")
     async def get_order_by_client_id(request: Request) -> Response:
@@ -504,14 +662,22 @@ def router(service: ExchangeService) -> APIRouter:
         oid = state.by_client_id.get(cid)
         if oid is None:
             raise ApiError(404, CODE_NOT_FOUND, "order not found")
-        return json_response(order_view(state.orders[oid]))
+        return json_response(nested_view(state, state.orders[oid]))
 
     @r.get("/v2/orders/{order_id}")
-    async def get_order(order_id: str) -> Response:
-        order = service.state.orders.get(order_id.lower())
+    async def get_order(order_id: str, request: Request) -> Response:
+        state = service.state
+        order = state.orders.get(order_id.lower())
         if order is None:
             raise ApiError(404, CODE_NOT_FOUND, "order not found")
-        return json_response(order_view(order))
+        return json_response(view(state, order, _flag(dict(request.query_params), "nested")))
+
+    @r.patch("/v2/orders/{order_id}")
+    async def patch_order(order_id: str, request: Request) -> Response:
+        result = await service.replace(order_id.lower(), parse_replace(await request.body()))
+        if isinstance(result, Rejection):
+            raise rejection_error(result)
+        return json_response(order_view(result))
 
     @r.delete("/v2/orders/{order_id}")
     async def delete_order(order_id: str) -> Response:
@@ -531,11 +697,8 @@ def router(service: ExchangeService) -> APIRouter:
         state = service.state
         return json_response([position_view(state, state.positions[s]) for s in sorted(state.positions)])
 
-    @r.get("/v2/positions/{symbol_or_asset_id}")
-    async def get_position(symbol_or_asset_id: str) -> Response:
-        state = service.state
-        key = symbol_or_asset_id.upper()
-        position = state.positions.get(key)
+    def find_position(state: ExchangeState, symbol_or_asset_id: str) -> Position:
+        position = state.positions.get(symbol_or_asset_id.upper())
         if position is None:
             lowered = symbol_or_asset_id.lower()
             position = next(
@@ -544,7 +707,41 @@ def router(service: ExchangeService) -> APIRouter:
             )
         if position is None:
             raise ApiError(404, CODE_NOT_FOUND, "position does not exist")
-        return json_response(position_view(state, position))
+        return position
+
+    @r.get("/v2/positions/{symbol_or_asset_id}")
+    async def get_position(symbol_or_asset_id: str) -> Response:
+        state = service.state
+        return json_response(position_view(state, find_position(state, symbol_or_asset_id)))
+
+    @r.delete("/v2/positions/{symbol_or_asset_id}")
+    async def close_position(symbol_or_asset_id: str, request: Request) -> Response:
+        params = dict(request.query_params)
+        position = find_position(service.state, symbol_or_asset_id)
+        qty = _whole_shares(Decimal(params["qty"])) if params.get("qty") else None
+        percentage = None
+        if params.get("percentage"):
+            percentage = Decimal(params["percentage"])
+            if not percentage.is_finite() or not 0 < percentage <= 100:
+                raise _invalid("percentage must be > 0 and <= 100")
+        if qty is not None and percentage is not None:
+            raise _invalid("only one of qty or percentage may be given")
+        result = await service.close_position(position.symbol, qty=qty, percentage=percentage)
+        if isinstance(result, Rejection):
+            raise rejection_error(result)
+        return json_response(order_view(result))
+
+    @r.delete("/v2/positions")
+    async def close_all_positions(request: Request) -> Response:
+        _, results = await service.close_all(cancel_orders=_flag(dict(request.query_params), "cancel_orders"))
+        body: list[dict[str, object]] = []
+        for symbol, result in results:
+            if isinstance(result, Rejection):
+                status, code = REJECTION_HTTP[result.reason]
+                body.append({"symbol": symbol, "status": status, "body": error_body(code, result.message)})
+            else:
+                body.append({"symbol": symbol, "status": 200, "order_id": result.id, "body": order_view(result)})
+        return json_response(body, 207)
 
     @r.get("/v2/account")
     async def get_account() -> Response:
@@ -555,5 +752,16 @@ def router(service: ExchangeService) -> APIRouter:
         # the event clock (the last bar seen), never the wall clock: execution polls it to be
         # sure the exchange has seen a decision bar before it submits (0 before any bar: 1970)
         return json_response(clock_view(service.state.clock))
+
+    @r.get("/v2/calendar")
+    async def get_calendar(request: Request) -> Response:
+        params = dict(request.query_params)
+        try:
+            start = date.fromisoformat(params["start"]) if params.get("start") else sessions.FIRST_DAY
+            end = date.fromisoformat(params["end"]) if params.get("end") else sessions.LAST_DAY
+        except ValueError as e:
+            raise _invalid(f"invalid date: {e}") from e
+        start, end = max(start, sessions.FIRST_DAY), min(end, sessions.LAST_DAY)
+        return json_response(calendar_view(start, end) if start <= end else [])
 
     return r

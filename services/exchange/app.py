@@ -4,24 +4,31 @@
 (libs/runtime/runner.py) serves it with /healthz, /readyz, /metrics and heartbeats. Mutations
 (REST submits and cancels, bar batches) run one at a time under one asyncio.Lock: the pure
 handler computes the next state, the store commits it (with tracking rows for bars), and only
-then does the in-memory state move and the HTTP answer or the ack go out.
+then does the in-memory state move and the HTTP answer or the ack go out. Right after each
+commit, still under the lock, `_announce` derives the commit's trade updates and hands them to
+the `/stream` hub (services/exchange/stream.py), so frames go out in commit order; the hub never
+blocks. Fault injection (services/exchange/faults.py) exists only with `admin_enabled`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from decimal import Decimal
 from typing import cast
+
+from fastapi import FastAPI
 
 from libs.bus import Bus, Inbound
 from libs.contracts.marketdata import BarClosed
+from libs.errors import classify_exception
 from libs.obs.metrics import Metrics
 from libs.runtime.runner import Deps, Service
-from services.exchange import api, handlers
+from services.exchange import api, faults, handlers, stream
 from services.exchange.config import ExchangeConfig
 from services.exchange.consumers import BARS_CONSUMER, bars_consumer
-from services.exchange.state import ExchangeOrder, ExchangeState, Rejection, SubmitOrder
+from services.exchange.state import ExchangeOrder, ExchangeState, Rejection, ReplaceOrder, SubmitOrder
 from services.exchange.store import ExchangeStore
 
 log = logging.getLogger(__name__)
@@ -52,6 +59,8 @@ class ExchangeService:
         self.ctx = ctx
         self._state: ExchangeState | None = None
         self._lock = asyncio.Lock()
+        self.faults = faults.Faults(enabled=config.admin_enabled, metrics=metrics)
+        self.hub = stream.Hub(self.faults, metrics=metrics)
 
     @property
     def state(self) -> ExchangeState:
@@ -73,29 +82,44 @@ class ExchangeService:
             },
         )
 
+    async def _commit(self, before: ExchangeState, after: ExchangeState, changed: Sequence[ExchangeOrder]) -> None:
+        # under the lock: store first, then the in-memory state, then the stream
+        async with self.store.unit() as uow:
+            await self.store.save(uow, before, after, changed)
+        self._state = after
+        self._announce(before, after, changed)
+
     async def submit(self, request: SubmitOrder) -> ExchangeOrder | Rejection:
         """Accept or refuse an order; an accepted order is committed before this returns."""
         async with self._lock:
             before = self.state
             after, result = handlers.submit(before, request, self.ctx)
             if isinstance(result, ExchangeOrder):
-                async with self.store.unit() as uow:
-                    await self.store.save(uow, before, after, [result])
-                self._state = after
+                await self._commit(before, after, [after.orders[i] for i in (result.id, *result.legs)])
                 self.metrics.decision("order", "accepted")
             else:
                 self.metrics.decision("order", result.reason)
             return result
 
+    async def replace(self, order_id: str, request: ReplaceOrder) -> ExchangeOrder | Rejection:
+        """Replace an open order; return the new order (committed before this returns)."""
+        async with self._lock:
+            before = self.state
+            after, result = handlers.replace_order(before, order_id, request, self.ctx)
+            if isinstance(result, Rejection):
+                self.metrics.decision("replace", result.reason)
+                return result
+            await self._commit(before, after, list(result))
+            self.metrics.decision("replace", "accepted")
+            return result[1]
+
     async def cancel(self, order_id: str) -> ExchangeOrder | Rejection:
-        """Cancel one order; committed before this returns."""
+        """Cancel one order and its held legs; committed before this returns."""
         async with self._lock:
             before = self.state
             after, result = handlers.cancel(before, order_id, self.ctx)
             if isinstance(result, ExchangeOrder):
-                async with self.store.unit() as uow:
-                    await self.store.save(uow, before, after, [result])
-                self._state = after
+                await self._commit(before, after, [after.orders[i] for i in (result.id, *result.legs)])
             return result
 
     async def cancel_all(self) -> list[ExchangeOrder]:
@@ -104,10 +128,35 @@ class ExchangeService:
             before = self.state
             after, canceled = handlers.cancel_all(before, self.ctx)
             if canceled:
-                async with self.store.unit() as uow:
-                    await self.store.save(uow, before, after, canceled)
-                self._state = after
+                await self._commit(before, after, canceled)
             return canceled
+
+    async def close_position(
+        self, symbol: str, *, qty: int | None = None, percentage: Decimal | None = None
+    ) -> ExchangeOrder | Rejection:
+        """Send the market order that closes (part of) a position; committed before this returns."""
+        async with self._lock:
+            before = self.state
+            after, result = handlers.close_position(before, symbol, self.ctx, qty=qty, percentage=percentage)
+            if isinstance(result, ExchangeOrder):
+                await self._commit(before, after, [result])
+            return result
+
+    async def close_all(
+        self, *, cancel_orders: bool
+    ) -> tuple[list[ExchangeOrder], list[tuple[str, ExchangeOrder | Rejection]]]:
+        """Cancel open orders if asked, then close every position; one commit."""
+        async with self._lock:
+            before = self.state
+            after, canceled = handlers.cancel_all(before, self.ctx) if cancel_orders else (before, [])
+            results: list[tuple[str, ExchangeOrder | Rejection]] = []
+            for symbol in sorted(after.positions):
+                after, result = handlers.close_position(after, symbol, self.ctx)
+                results.append((symbol, result))
+            placed = [r for _, r in results if isinstance(r, ExchangeOrder)]
+            if canceled or placed:
+                await self._commit(before, after, [*canceled, *placed])
+            return canceled, results
 
     async def on_bars(self, batch: list[Inbound]) -> None:
         """Apply a batch of bars atomically with its tracking rows (STYLE 19)."""
@@ -128,14 +177,28 @@ class ExchangeService:
                 if after is not before:
                     await self.store.save(uow, before, after, list(changed.values()))
             self._state = after
+            if changed:
+                self._announce(before, after, list(changed.values()))
+
+    def _announce(self, before: ExchangeState, after: ExchangeState, changed: Sequence[ExchangeOrder]) -> None:
+        """Publish the trade updates of a committed mutation (call after `self._state = after`, under the lock)."""
+        try:
+            self.hub.publish(stream.trade_updates(before, after, changed))
+        except Exception as e:  # the commit stands: its HTTP answer or ack must still go out
+            info = classify_exception(e, dependency="exchange")
+            self.metrics.errors.labels(SERVICE, info.category.value, "TRADE_UPDATES_FAILED").inc()
+            log.exception("trade updates not published", extra={"orders": [o.id for o in changed]})
 
 
-async def build(deps: Deps, *, ctx: handlers.Ctx = handlers.DEFAULT_CTX) -> Service:
+async def build(deps: Deps, *, ctx: handlers.Ctx | None = None) -> Service:
     """Load the exchange's state from its schema and wire its bar consumer and Alpaca API."""
     store = ExchangeStore(deps.store.pool, deps.store.schema)
     await store.check_migrated()  # the runtime checked the base tables; this adds the exchange's
+    config = cast(ExchangeConfig, deps.section)
+    if ctx is None:
+        ctx = handlers.Ctx(allow_shorting=config.allow_shorting, model=config.cost_model())
     service = ExchangeService(
-        cast(ExchangeConfig, deps.section),
+        config,
         bus=deps.bus,
         store=store,
         metrics=deps.metrics,
@@ -143,8 +206,16 @@ async def build(deps: Deps, *, ctx: handlers.Ctx = handlers.DEFAULT_CTX) -> Serv
         ctx=ctx,
     )
     await service.start()
+
+    def configure(app: FastAPI) -> None:
+        # fault middleware first: api.configure's key check, added after it, wraps it
+        faults.install(app, service.faults, service.config)
+        api.configure(app, service.config)
+        app.add_api_websocket_route("/stream", stream.endpoint(service.hub, service.config))
+
     return Service(
         consumers=[(bars_consumer(deps.bus.subjects), service.on_bars)],
         router=api.router(service),
-        configure=lambda app: api.configure(app, service.config),
+        on_stop=[service.hub.close],
+        configure=configure,
     )

@@ -2,21 +2,40 @@
 
 from __future__ import annotations
 
+import hmac
 from decimal import Decimal
 
+from libs import fillsim
 from libs.config import Section
 
 SECTION_PREFIX = "KEEL_EXCHANGE_"
 
 
 class ExchangeConfig(Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """Credentials the exchange accepts and the one paper account it runs."""
+    """Credentials the exchange accepts, the one paper account it runs, its admin switch."""
 
     api_key_id: str = "keel-local-key"
     api_secret_key: str = "keel-local-secret"
     account_id: str = "keel-paper-0001"
     account_number: str = "PA0KEEL0001"
     initial_cash: Decimal = Decimal(100000)
+    # the fault-injection API (/admin/faults, services/exchange/faults.py): tests and drills only;
+    # while False the routes do not exist and no fault can fire
+    admin_enabled: bool = False
+    allow_shorting: bool = True  # False: opening sells are refused ("account is not allowed to short")
+    # the fill simulator (libs/fillsim CostModel): same seed and bars -> the same fills
+    sim_seed: int = 0
+    proxy_spread_bps: Decimal = Decimal(5)
+    fixed_slippage_bps: Decimal = Decimal("0.5")
+    vol_slippage_coef: Decimal = Decimal("0.1")
+    impact_coef: Decimal = Decimal("0.7")
+    max_participation: Decimal = Decimal("0.1")
+    latency_ms: int = 50
+    latency_jitter_ms: int = 25
+    commission_per_share: Decimal = Decimal(0)
+    sec_fee_per_million: Decimal = Decimal("27.80")
+    taf_per_share: Decimal = Decimal("0.000166")
+    taf_max: Decimal = Decimal("8.30")
 
     def __post_init__(self) -> None:
         # msgspec has no bounds for Decimal: check here so a bad value fails at start
@@ -26,3 +45,27 @@ class ExchangeConfig(Section, frozen=True, kw_only=True, forbid_unknown_fields=T
             raise ValueError("expected non-empty api_key_id and api_secret_key, was empty")
         if not self.account_id:
             raise ValueError("expected a non-empty account_id, was empty")
+        self.cost_model()  # the simulator checks its own bounds
+
+    def cost_model(self) -> fillsim.CostModel:
+        """Return the fill simulator's parameters."""
+        return fillsim.CostModel(
+            seed=self.sim_seed,
+            proxy_spread_bps=self.proxy_spread_bps,
+            fixed_slippage_bps=self.fixed_slippage_bps,
+            vol_slippage_coef=self.vol_slippage_coef,
+            impact_coef=self.impact_coef,
+            max_participation=self.max_participation,
+            latency_ms=self.latency_ms,
+            latency_jitter_ms=self.latency_jitter_ms,
+            commission_per_share=self.commission_per_share,
+            sec_fee_per_million=self.sec_fee_per_million,
+            taf_per_share=self.taf_per_share,
+            taf_max=self.taf_max,
+        )
+
+    def accepts(self, key_id: str, secret_key: str) -> bool:
+        """Tell whether credentials are the account's keys (constant-time comparison)."""
+        ok_key = hmac.compare_digest(key_id.encode(), self.api_key_id.encode())
+        ok_secret = hmac.compare_digest(secret_key.encode(), self.api_secret_key.encode())
+        return ok_key and ok_secret

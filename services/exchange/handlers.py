@@ -1,28 +1,29 @@
-"""Pure decisions of the local paper exchange: accept, cancel, match against bars in event time.
+"""Pure decisions of the local paper exchange: accept, replace, cancel, close, match in event time.
 
 No await, no logging, no wall clock (STYLE 5-6). The exchange's clock is the last bar it has
 seen; an order accepted while that clock is T fills against the first bar of its symbol with
 ts_event > T, so fills never depend on process timing (DESIGN: determinism). Ids derive from
 sha256 of their causes.
 
-Fill model (this issue; volume participation and partial fills come with fill realism):
-- market: the whole order at the bar open moved half the bar's spread against the taker;
-- limit: when the bar trades through the limit (buy: low <= limit), at the better of the
-  limit and that market price;
-- ioc/fok that cannot fill on their first eligible bar are canceled; day orders still open
-  after their session's XNYS close expire at that close; gtc works until canceled.
+Prices, quantities and costs come from the fill simulator (libs/fillsim): per bar, all orders of
+a symbol share a participation cap of the bar's volume in time priority, so large orders fill
+partially over several bars; each fill pays spread, slippage, square-root impact and fees.
+Order classes: a bracket's take-profit and stop-loss legs and an OTO's leg are `held` until
+their entry fills completely, then work as one-cancels-other; an OCO's two legs work at once.
+Day orders (and their legs) still open after their session's XNYS close expire at that close;
+held legs of an entry that ends unfilled are canceled with it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import uuid
-from dataclasses import dataclass
-from decimal import ROUND_HALF_EVEN, Decimal
+from dataclasses import dataclass, field
+from decimal import Decimal
 
 from msgspec.structs import replace
 
-from libs import sessions
+from libs import fillsim, sessions
 from libs.contracts.marketdata import BarClosed
 from libs.errors import InvariantViolation
 from services.exchange.state import (
@@ -30,38 +31,49 @@ from services.exchange.state import (
     DUPLICATE_CLIENT_ORDER_ID,
     EXPIRED,
     FILLED,
+    HELD,
     INSUFFICIENT_BUYING_POWER,
+    INSUFFICIENT_QTY,
     INVALID_ORDER,
+    MARKET_SESSION_RULE,
     NEW,
     ORDER_NOT_CANCELABLE,
     ORDER_NOT_FOUND,
+    ORDER_NOT_REPLACEABLE,
+    PARTIALLY_FILLED,
+    POSITION_NOT_FOUND,
+    REPLACED,
+    SHORT_NOT_ALLOWED,
     TRANSITIONS,
+    WORKING_STATUSES,
     ExchangeOrder,
     ExchangeState,
     Fill,
+    LegRole,
     Mark,
     OrderStatus,
     Position,
     PositionIntent,
     Rejection,
+    ReplaceOrder,
     SubmitOrder,
 )
 
 ZERO = Decimal(0)
-CENT = Decimal("0.01")
-# Reg NMS Rule 612: sub-penny increments only below $1.00
-SUB_DOLLAR_TICK = Decimal("0.0001")
-HALF_SPREAD_DIVISOR = Decimal(20000)  # bps -> fraction, halved
 AVG_PRICE_QUANTUM = Decimal("1E-10")
+CLS_CUTOFF_NS = 10 * sessions.MINUTE_NS  # Alpaca takes cls orders until 15:50 ET (10 min before the close)
+round_to_tick = fillsim.round_to_tick
 
 
 @dataclass(frozen=True, slots=True)
 class Ctx:
-    """Rules of the paper account."""
+    """Rules of the paper account and the fill simulator's cost model."""
 
     # Reg T: buying power = (equity - initial margin at 50%) * 2 = 2 * equity - gross exposure
     margin_multiplier: Decimal = Decimal(2)
     max_client_order_id_len: int = 128  # Alpaca's limit
+    allow_shorting: bool = True
+    model: fillsim.CostModel = field(default_factory=fillsim.CostModel)
 
 
 DEFAULT_CTX = Ctx()
@@ -151,8 +163,10 @@ def pending_opening_notional(state: ExchangeState) -> Decimal:
         projected = state.positions[symbol].qty if symbol in state.positions else 0
         for oid in ids:
             o = state.orders[oid]
+            if o.parent_id is not None:
+                continue  # exit legs close what their entry opens; only one of them can fill
             leaves = o.leaves_qty
-            price = o.limit_price if o.limit_price is not None else mark_price(state, symbol)
+            price = _estimate_price(state, symbol, o.type, o.limit_price, o.stop_price)
             if price is not None:
                 total += _opening_qty(projected, o.side, leaves) * price
             projected += _signed(o.side, leaves)
@@ -169,41 +183,106 @@ def buying_power(state: ExchangeState, ctx: Ctx = DEFAULT_CTX) -> Decimal:
 # --- commands --------------------------------------------------------------------------------
 
 
+def _reject(reason: str, message: str, **details: str) -> Rejection:
+    return Rejection(reason=reason, message=message, details=details)
+
+
+def _estimate_price(
+    state: ExchangeState, symbol: str, kind: str, limit: Decimal | None, stop: Decimal | None
+) -> Decimal | None:
+    # what an order would cost per share, for buying power: its limit, else its stop, else the mark
+    if kind in ("limit", "stop_limit") and limit is not None:
+        return limit
+    if kind == "stop" and stop is not None:
+        return stop
+    return mark_price(state, symbol)
+
+
+def _check_session_rules(state: ExchangeState, request: SubmitOrder) -> Rejection | None:
+    clock = state.clock
+    if request.time_in_force == "opg" and clock > 0 and sessions.is_open(clock):
+        # Alpaca takes opg orders only before the opening auction (until 09:28 ET)
+        return _reject(MARKET_SESSION_RULE, "opg orders must be submitted before the market opens")
+    near_close = clock > 0 and sessions.is_open(clock) and sessions.next_close(clock) - clock < CLS_CUTOFF_NS
+    if request.time_in_force == "cls" and near_close:
+        return _reject(MARKET_SESSION_RULE, "cls orders must be submitted before 15:50 ET")
+    if request.order_class in ("bracket", "oto", "oco") and request.time_in_force not in ("day", "gtc"):
+        return _reject(INVALID_ORDER, "time_in_force must be day or gtc for complex orders")
+    return None
+
+
+def _check_exits(state: ExchangeState, request: SubmitOrder) -> Rejection | None:
+    # Alpaca's bracket rules: the take-profit above the base price and the stop-loss below it
+    # for a buy entry (mirrored for a sell), each by at least one cent
+    if request.order_class == "simple":
+        return None
+    base = request.limit_price if request.type == "limit" else mark_price(state, request.symbol)
+    tp, sl = request.take_profit_limit_price, request.stop_loss_stop_price
+    if request.order_class == "oco":
+        base = mark_price(state, request.symbol)
+    if base is None:
+        return None  # no price yet: nothing to check against (first bar prices the entry)
+    cent = fillsim.costs.CENT
+    long_exit = request.side == "buy" if request.order_class != "oco" else request.side == "sell"
+    if tp is not None:
+        if long_exit and tp < base + cent:
+            return _reject(INVALID_ORDER, f"take_profit.limit_price must be >= base_price + 0.01 (base {base})")
+        if not long_exit and tp > base - cent:
+            return _reject(INVALID_ORDER, f"take_profit.limit_price must be <= base_price - 0.01 (base {base})")
+    if sl is not None:
+        if long_exit and sl > base - cent:
+            return _reject(INVALID_ORDER, f"stop_loss.stop_price must be <= base_price - 0.01 (base {base})")
+        if not long_exit and sl < base + cent:
+            return _reject(INVALID_ORDER, f"stop_loss.stop_price must be >= base_price + 0.01 (base {base})")
+    return None
+
+
 def submit(
     state: ExchangeState, request: SubmitOrder, ctx: Ctx = DEFAULT_CTX
 ) -> tuple[ExchangeState, ExchangeOrder | Rejection]:
-    """Accept an order (status new) or refuse it with a reason."""
+    """Accept an order (status new, exit legs held) or refuse it with Alpaca's reason."""
     account_id = state.account.account_id
     cid = request.client_order_id or auto_client_order_id(account_id, state.next_seq)
     if len(cid) > ctx.max_client_order_id_len:
-        return state, Rejection(
-            reason=INVALID_ORDER,
-            message=f"client_order_id must be no more than {ctx.max_client_order_id_len} characters",
+        return state, _reject(
+            INVALID_ORDER, f"client_order_id must be no more than {ctx.max_client_order_id_len} characters"
         )
     if cid in state.by_client_id:
-        return state, Rejection(
-            reason=DUPLICATE_CLIENT_ORDER_ID,
-            message="client_order_id must be unique",
-            details={"client_order_id": cid, "order_id": state.by_client_id[cid]},
+        return state, _reject(
+            DUPLICATE_CLIENT_ORDER_ID,
+            "client_order_id must be unique",
+            client_order_id=cid,
+            order_id=state.by_client_id[cid],
         )
+    refused = _check_session_rules(state, request) or _check_exits(state, request)
+    if refused is not None:
+        return state, refused
     held = state.positions[request.symbol].qty if request.symbol in state.positions else 0
     opening = _opening_qty(held, request.side, request.qty)
-    price = request.limit_price if request.type == "limit" else mark_price(state, request.symbol)
+    if opening > 0 and request.side == "sell" and not ctx.allow_shorting:
+        return state, _reject(SHORT_NOT_ALLOWED, "account is not allowed to short")
+    price = _estimate_price(state, request.symbol, request.type, request.limit_price, request.stop_price)
     # A market order for a symbol without any bar yet has no price to check against; it is
     # accepted and priced at its first bar (documented in the README).
     if opening > 0 and price is not None:
         cost = opening * price
         available = buying_power(state, ctx)
         if cost > available:
-            return state, Rejection(
-                reason=INSUFFICIENT_BUYING_POWER,
-                message="insufficient buying power",
-                details={"buying_power": str(available), "cost_basis": str(cost)},
+            return state, _reject(
+                INSUFFICIENT_BUYING_POWER,
+                "insufficient buying power",
+                buying_power=str(available),
+                cost_basis=str(cost),
             )
+
     ts = state.clock
-    order_id = order_id_for(account_id, cid)
-    order = ExchangeOrder(
-        id=order_id,
+    expires = _day_close_after(ts) if request.time_in_force == "day" and ts > 0 else None
+    hwm = mark_price(state, request.symbol) if request.type == "trailing_stop" else None
+    stop = request.stop_price
+    if request.type == "trailing_stop" and hwm is not None:
+        stop = fillsim.trailing_stop_price(request.side, hwm, request.trail_price, request.trail_percent)
+    main = ExchangeOrder(
+        id=order_id_for(account_id, cid),
         client_order_id=cid,
         seq=state.next_seq,
         symbol=request.symbol,
@@ -212,39 +291,159 @@ def submit(
         time_in_force=request.time_in_force,
         qty=request.qty,
         limit_price=request.limit_price,
+        stop_price=stop,
+        trail_price=request.trail_price,
+        trail_percent=request.trail_percent,
+        hwm=hwm,
+        order_class=request.order_class,
         status=NEW,
         position_intent=_intent(held, request.side),
         created_at=ts,
         submitted_at=ts,
         updated_at=ts,
-        expires_at=_day_close_after(ts) if request.time_in_force == "day" and ts > 0 else None,
+        expires_at=expires,
         eligible_after=ts,
     )
+    legs = _exit_legs(state, request, main, held)
+    if legs:
+        main = replace(main, legs=tuple(leg.id for leg in legs))
+    accepted = [main, *legs]
+    orders = {**state.orders, **{o.id: o for o in accepted}}
+    by_client_id = {**state.by_client_id, **{o.client_order_id: o.id for o in accepted}}
+    working = {**state.working, main.symbol: (*state.working.get(main.symbol, ()), *(o.id for o in accepted))}
     new_state = replace(
-        state,
-        orders={**state.orders, order_id: order},
-        by_client_id={**state.by_client_id, cid: order_id},
-        working={**state.working, order.symbol: (*state.working.get(order.symbol, ()), order_id)},
+        state, orders=orders, by_client_id=by_client_id, working=working, next_seq=state.next_seq + len(accepted)
+    )
+    return new_state, main
+
+
+def _exit_legs(state: ExchangeState, request: SubmitOrder, main: ExchangeOrder, held: int) -> list[ExchangeOrder]:
+    if request.order_class == "simple":
+        return []
+    exit_side = "sell" if main.side == "buy" else "buy"
+    status: OrderStatus = HELD
+    if request.order_class == "oco":
+        # OCO: the order itself is the take-profit limit; its stop-loss leg works beside it now
+        exit_side, status = main.side, NEW
+    specs: list[tuple[LegRole, str, Decimal | None, Decimal | None]] = []
+    if request.take_profit_limit_price is not None and request.order_class != "oco":
+        specs.append(("take_profit", "limit", request.take_profit_limit_price, None))
+    if request.stop_loss_stop_price is not None:
+        kind = "stop_limit" if request.stop_loss_limit_price is not None else "stop"
+        specs.append(("stop_loss", kind, request.stop_loss_limit_price, request.stop_loss_stop_price))
+    position_after = held + (0 if request.order_class == "oco" else _signed(main.side, main.qty))
+    legs = []
+    for n, (role, kind, limit, stop) in enumerate(specs, start=1):
+        cid = stable_uuid("leg", main.client_order_id, role)
+        legs.append(
+            replace(
+                main,
+                id=order_id_for(state.account.account_id, cid),
+                client_order_id=cid,
+                seq=main.seq + n,
+                side=exit_side,  # type: ignore[arg-type]
+                type=kind,  # type: ignore[arg-type]
+                limit_price=limit,
+                stop_price=stop,
+                trail_price=None,
+                trail_percent=None,
+                hwm=None,
+                status=status,
+                parent_id=main.id,
+                leg_role=role,
+                position_intent=_intent(position_after, exit_side),
+            )
+        )
+    return legs
+
+
+def replace_order(
+    state: ExchangeState, order_id: str, request: ReplaceOrder, ctx: Ctx = DEFAULT_CTX
+) -> tuple[ExchangeState, tuple[ExchangeOrder, ExchangeOrder] | Rejection]:
+    """Replace an open simple order: the old one ends `replaced`, a new one `replaces` it."""
+    old = state.orders.get(order_id)
+    if old is None:
+        return state, _reject(ORDER_NOT_FOUND, "order not found")
+    if old.status not in WORKING_STATUSES:
+        return state, _reject(ORDER_NOT_REPLACEABLE, f'order is already in "{old.status}" state', order_id=order_id)
+    if old.order_class != "simple":
+        return state, _reject(
+            ORDER_NOT_REPLACEABLE, "the local exchange replaces simple orders only", order_id=order_id
+        )
+    if request.limit_price is not None and old.type not in ("limit", "stop_limit"):
+        return state, _reject(INVALID_ORDER, f"limit_price is not valid for {old.type} orders")
+    if request.stop_price is not None and old.type not in ("stop", "stop_limit"):
+        return state, _reject(INVALID_ORDER, f"stop_price is not valid for {old.type} orders")
+    if request.trail is not None and old.type != "trailing_stop":
+        return state, _reject(INVALID_ORDER, f"trail is not valid for {old.type} orders")
+    account_id = state.account.account_id
+    cid = request.client_order_id or auto_client_order_id(account_id, state.next_seq)
+    if cid in state.by_client_id:
+        return state, _reject(DUPLICATE_CLIENT_ORDER_ID, "client_order_id must be unique", client_order_id=cid)
+    ts = max(state.clock, old.updated_at)
+    qty = request.qty if request.qty is not None else old.leaves_qty
+    trail_price, trail_percent = old.trail_price, old.trail_percent
+    if request.trail is not None:
+        trail_price, trail_percent = (request.trail, None) if old.trail_price is not None else (None, request.trail)
+    stop = request.stop_price if request.stop_price is not None else old.stop_price
+    if old.type == "trailing_stop" and old.hwm is not None:
+        stop = fillsim.trailing_stop_price(old.side, old.hwm, trail_price, trail_percent)
+    tif = request.time_in_force or old.time_in_force
+    new = replace(
+        old,
+        id=order_id_for(account_id, cid),
+        client_order_id=cid,
+        seq=state.next_seq,
+        qty=qty,
+        time_in_force=tif,
+        limit_price=request.limit_price if request.limit_price is not None else old.limit_price,
+        stop_price=stop,
+        trail_price=trail_price,
+        trail_percent=trail_percent,
+        status=NEW,
+        filled_qty=0,
+        filled_avg_price=None,
+        fills=(),
+        replaces=old.id,
+        created_at=ts,
+        submitted_at=ts,
+        updated_at=ts,
+        expires_at=old.expires_at if tif == "day" else None,
+        eligible_after=max(old.eligible_after, state.clock),
+    )
+    closed = replace(_transition(old, REPLACED, ts), replaced_by=new.id, replaced_at=ts)
+    after = _store_orders(state, [closed])
+    after = replace(
+        after,
+        orders={**after.orders, new.id: new},
+        by_client_id={**after.by_client_id, cid: new.id},
+        working={**after.working, new.symbol: (*after.working.get(new.symbol, ()), new.id)},
         next_seq=state.next_seq + 1,
     )
-    return new_state, order
+    held = after.positions[new.symbol].qty if new.symbol in after.positions else 0
+    opening = _opening_qty(held, new.side, new.qty)
+    price = _estimate_price(after, new.symbol, new.type, new.limit_price, new.stop_price)
+    if opening > 0 and price is not None:
+        # the replacement must fit what is left once the old order no longer counts
+        bp = buying_power(after, ctx) + opening * price
+        if opening * price > bp:
+            return state, _reject(INSUFFICIENT_BUYING_POWER, "insufficient buying power", buying_power=str(bp))
+    return after, (closed, new)
 
 
 def cancel(
     state: ExchangeState, order_id: str, ctx: Ctx = DEFAULT_CTX
 ) -> tuple[ExchangeState, ExchangeOrder | Rejection]:
-    """Cancel one open order, or say why not."""
+    """Cancel one open order (and its held legs), or say why not."""
     order = state.orders.get(order_id)
     if order is None:
-        return state, Rejection(reason=ORDER_NOT_FOUND, message="order not found")
+        return state, _reject(ORDER_NOT_FOUND, "order not found")
     if not order.is_open:
-        return state, Rejection(
-            reason=ORDER_NOT_CANCELABLE,
-            message=f'order is already in "{order.status}" state',
-            details={"order_id": order_id},
-        )
-    done = _transition(order, CANCELED, max(state.clock, order.updated_at))
-    return _store_orders(state, [done]), done
+        return state, _reject(ORDER_NOT_CANCELABLE, f'order is already in "{order.status}" state', order_id=order_id)
+    ts = max(state.clock, order.updated_at)
+    done = [_transition(order, CANCELED, ts)]
+    done += [_transition(state.orders[i], CANCELED, ts) for i in order.legs if state.orders[i].is_open]
+    return _store_orders(state, done), done[0]
 
 
 def cancel_all(state: ExchangeState, ctx: Ctx = DEFAULT_CTX) -> tuple[ExchangeState, list[ExchangeOrder]]:
@@ -252,6 +451,44 @@ def cancel_all(state: ExchangeState, ctx: Ctx = DEFAULT_CTX) -> tuple[ExchangeSt
     ids = sorted((oid for ids in state.working.values() for oid in ids), key=lambda i: state.orders[i].seq)
     done = [_transition(state.orders[oid], CANCELED, max(state.clock, state.orders[oid].updated_at)) for oid in ids]
     return (_store_orders(state, done) if done else state), done
+
+
+def close_position(
+    state: ExchangeState,
+    symbol: str,
+    ctx: Ctx = DEFAULT_CTX,
+    *,
+    qty: int | None = None,
+    percentage: Decimal | None = None,
+) -> tuple[ExchangeState, ExchangeOrder | Rejection]:
+    """Send a market order that closes all, `qty` or `percentage` of a position."""
+    position = state.positions.get(symbol)
+    if position is None:
+        return state, _reject(POSITION_NOT_FOUND, "position does not exist")
+    available = abs(position.qty) - held_for_orders(state, position)
+    wanted = abs(position.qty)
+    if qty is not None:
+        wanted = qty
+    elif percentage is not None:
+        wanted = int(abs(position.qty) * percentage / 100)
+    if wanted <= 0 or wanted > available:
+        return state, _reject(
+            INSUFFICIENT_QTY, f"insufficient qty available for order (requested: {wanted}, available: {available})"
+        )
+    side = "sell" if position.qty > 0 else "buy"
+    request = SubmitOrder(symbol=symbol, qty=wanted, side=side, type="market", time_in_force="day")  # type: ignore[arg-type]
+    return submit(state, request, ctx)
+
+
+def held_for_orders(state: ExchangeState, position: Position) -> int:
+    """Return the shares of a position that open closing orders already hold (working, not legs)."""
+    closing_side = "sell" if position.qty > 0 else "buy"
+    held = sum(
+        state.orders[oid].leaves_qty
+        for oid in state.working.get(position.symbol, ())
+        if state.orders[oid].side == closing_side and state.orders[oid].status in WORKING_STATUSES
+    )
+    return min(held, abs(position.qty))
 
 
 def on_bar(state: ExchangeState, bar: BarClosed, ctx: Ctx = DEFAULT_CTX) -> tuple[ExchangeState, list[ExchangeOrder]]:
@@ -266,31 +503,59 @@ def on_bar(state: ExchangeState, bar: BarClosed, ctx: Ctx = DEFAULT_CTX) -> tupl
     cash = account.cash
     changed: dict[str, ExchangeOrder] = {}
 
+    def current(oid: str) -> ExchangeOrder:
+        return changed.get(oid) or state.orders[oid]
+
+    room = fillsim.capacity(bar, ctx.model)
     for oid in state.working.get(bar.symbol, ()):
-        order = state.orders[oid]
-        if order.eligible_after >= ts:
-            continue  # accepted at or after this bar: it fills on a later one
+        order = current(oid)
+        if order.status not in WORKING_STATUSES or order.eligible_after >= ts:
+            continue  # held, finished earlier in this bar, or accepted at/after it: a later bar
         if order.time_in_force == "day" and order.expires_at is None:
             # accepted before any bar: its session is the one of its first eligible bar
             order = replace(order, expires_at=_day_close_after(ts - 1))
             changed[oid] = order
         if order.expires_at is not None and ts > order.expires_at:
             continue  # its session closed before this bar; expired below
-        price = fill_price(order, bar)
-        if price is None:
-            if order.time_in_force in ("ioc", "fok"):
-                changed[oid] = _transition(order, CANCELED, ts)
-            continue
-        qty = order.leaves_qty  # whole order on one bar until the fill-realism issue
-        order = _fill(order, qty, price, ts)
-        changed[oid] = order
-        positions, cash = _apply_fill(positions, cash, bar.symbol, _signed(order.side, qty), price, bar.session)
+        working = fillsim.Working(
+            order_id=order.id,
+            side=order.side,
+            type=order.type,
+            time_in_force=order.time_in_force,
+            leaves_qty=order.leaves_qty,
+            limit_price=order.limit_price,
+            stop_price=order.stop_price,
+            trail_price=order.trail_price,
+            trail_percent=order.trail_percent,
+            hwm=order.hwm,
+            triggered=order.triggered,
+        )
+        m = fillsim.match(working, bar, room, ctx.model)
+        if (m.hwm, m.stop_price, m.triggered) != (order.hwm, order.stop_price, order.triggered):
+            order = replace(order, hwm=m.hwm, stop_price=m.stop_price, triggered=m.triggered)
+            changed[oid] = order
+        if m.execution is not None:
+            ex = m.execution
+            room -= ex.qty
+            order = _fill(order, ex, ts)
+            changed[oid] = order
+            positions, cash = _apply_fill(
+                positions, cash, bar.symbol, _signed(order.side, ex.qty), ex.price, bar.session
+            )
+            cash -= ex.fee
+            for other in _on_leg_fill(state, order, current, ts):
+                changed[other.id] = other
+        if m.cancel_rest and order.is_open:
+            changed[oid] = _transition(order, CANCELED, ts)
+            for leg in _held_legs(order, current):
+                changed[leg.id] = _transition(leg, CANCELED, ts)
 
     for ids in state.working.values():
         for oid in ids:
-            order = changed.get(oid, state.orders[oid])
+            order = current(oid)
             if order.is_open and order.expires_at is not None and order.expires_at < clock:
-                changed[oid] = _transition(order, EXPIRED, order.expires_at)
+                end = order.expires_at
+                changed[oid] = _transition(order, EXPIRED if order.status != HELD else CANCELED, end)
 
     marks = state.marks
     old = marks.get(bar.symbol)
@@ -309,42 +574,56 @@ def on_bar(state: ExchangeState, bar: BarClosed, ctx: Ctx = DEFAULT_CTX) -> tupl
     return (_store_orders(new_state, done) if done else new_state), done
 
 
+def _held_legs(order: ExchangeOrder, current) -> list[ExchangeOrder]:  # type: ignore[no-untyped-def]
+    return [current(i) for i in order.legs if current(i).status == HELD]
+
+
+def _on_leg_fill(state: ExchangeState, order: ExchangeOrder, current, ts: int) -> list[ExchangeOrder]:  # type: ignore[no-untyped-def]
+    """Activate an entry's legs once it is filled; cancel the other side of a filled exit."""
+    out: list[ExchangeOrder] = []
+    if order.legs and order.order_class in ("bracket", "oto") and order.status == FILLED:
+        for leg in _held_legs(order, current):
+            # the legs work from the next bar on (the entry filled on this one)
+            out.append(replace(_transition(leg, NEW, ts), eligible_after=ts, created_at=leg.created_at))
+        return out
+    # one-cancels-other: the first fill of an exit cancels the exits beside it
+    if order.order_class == "oco" and order.parent_id is None:
+        siblings = list(order.legs)  # the OCO's own take-profit filled: cancel its stop-loss
+    elif order.parent_id is not None and current(order.parent_id).order_class in ("bracket", "oco"):
+        parent = current(order.parent_id)
+        siblings = [i for i in parent.legs if i != order.id]
+        if parent.order_class == "oco":
+            siblings.append(parent.id)
+    else:
+        return out
+    for sid in siblings:
+        sibling = current(sid)
+        if sibling.status in WORKING_STATUSES:
+            out.append(_transition(sibling, CANCELED, ts))
+    return out
+
+
 # --- matching --------------------------------------------------------------------------------
 
 
-def round_to_tick(price: Decimal) -> Decimal:
-    """Round a price to its tick: $0.01 from $1.00 up, $0.0001 below."""
-    tick = CENT if price >= 1 else SUB_DOLLAR_TICK
-    return price.quantize(tick, rounding=ROUND_HALF_EVEN)
-
-
-def taker_price(side: str, bar: BarClosed) -> Decimal:
-    """Return the bar open moved half the bar's spread against a taker on `side`."""
-    half = bar.spread_bps / HALF_SPREAD_DIVISOR
-    factor = (1 + half) if side == "buy" else (1 - half)
-    return round_to_tick(bar.open * factor)
-
-
-def fill_price(order: ExchangeOrder, bar: BarClosed) -> Decimal | None:
-    """Return the price an order fills at on a bar, None when the bar does not reach it."""
-    market = taker_price(order.side, bar)
-    if order.type == "market":
-        return market
-    limit = order.limit_price
-    if limit is None:
-        raise InvariantViolation(f"expected a limit price on limit order {order.id}, was None")
-    if order.side == "buy":
-        return min(limit, market) if bar.low <= limit else None
-    return max(limit, market) if bar.high >= limit else None
-
-
-def _fill(order: ExchangeOrder, qty: int, price: Decimal, ts: int) -> ExchangeOrder:
-    filled = order.filled_qty + qty
+def _fill(order: ExchangeOrder, ex: fillsim.Execution, ts: int) -> ExchangeOrder:
+    filled = order.filled_qty + ex.qty
     prior = (order.filled_avg_price or ZERO) * order.filled_qty
-    avg = ((prior + price * qty) / filled).quantize(AVG_PRICE_QUANTUM)
+    avg = ((prior + ex.price * ex.qty) / filled).quantize(AVG_PRICE_QUANTUM)
     number = len(order.fills) + 1
-    fill = Fill(execution_id=execution_id_for(order.id, number), qty=qty, price=price, ts=ts)
-    status: OrderStatus = FILLED if filled == order.qty else "partially_filled"
+    fill = Fill(
+        execution_id=execution_id_for(order.id, number),
+        qty=ex.qty,
+        price=ex.price,
+        ts=ts,
+        arrival_price=ex.arrival_price,
+        fee=ex.fee,
+        liquidity=ex.liquidity,
+        spread_bps=ex.spread_bps,
+        spread_is_proxy=ex.spread_is_proxy,
+        slippage_bps=ex.slippage_bps,
+    )
+    status: OrderStatus = FILLED if filled == order.qty else PARTIALLY_FILLED
     moved = _transition(order, status, ts)
     return replace(
         moved,
@@ -435,16 +714,17 @@ __all__ = [
     "buying_power",
     "cancel",
     "cancel_all",
+    "close_position",
     "equity",
     "execution_id_for",
-    "fill_price",
+    "held_for_orders",
     "long_market_value",
     "mark_price",
     "on_bar",
     "order_id_for",
+    "replace_order",
     "round_to_tick",
     "short_market_value",
     "stable_uuid",
     "submit",
-    "taker_price",
 ]

@@ -12,8 +12,8 @@ from typing import Literal
 import msgspec
 
 # Alpaca's order status vocabulary (alpaca/trading/enums.py OrderStatus); the local exchange
-# uses new, partially_filled, filled, canceled and expired. Rejections never become orders:
-# Alpaca answers them with an HTTP error, so neither does this exchange.
+# uses new, partially_filled, filled, canceled, expired, replaced and held. Rejections never
+# become orders: Alpaca answers them with an HTTP error, so neither does this exchange.
 OrderStatus = Literal[
     "new",
     "partially_filled",
@@ -35,8 +35,10 @@ OrderStatus = Literal[
     "held",
 ]
 OrderSide = Literal["buy", "sell"]
-OrderKind = Literal["market", "limit"]
-TimeInForce = Literal["day", "gtc", "ioc", "fok"]
+OrderKind = Literal["market", "limit", "stop", "stop_limit", "trailing_stop"]
+TimeInForce = Literal["day", "gtc", "ioc", "fok", "opg", "cls"]
+OrderClass = Literal["simple", "bracket", "oco", "oto"]
+LegRole = Literal["", "take_profit", "stop_loss"]
 PositionIntent = Literal["buy_to_open", "buy_to_close", "sell_to_open", "sell_to_close"]
 
 NEW: OrderStatus = "new"
@@ -44,30 +46,44 @@ PARTIALLY_FILLED: OrderStatus = "partially_filled"
 FILLED: OrderStatus = "filled"
 CANCELED: OrderStatus = "canceled"
 EXPIRED: OrderStatus = "expired"
+REPLACED: OrderStatus = "replaced"
+HELD: OrderStatus = "held"
 
 # The order lifecycle as data (STYLE 7). Every edge not listed is a bug (InvariantViolation).
 TRANSITIONS: dict[str, frozenset[str]] = {
     # new -> expired: a day order still working after its session's close (Alpaca cancels
     # unfilled day orders after the closing auction; its status reads "expired").
-    NEW: frozenset({PARTIALLY_FILLED, FILLED, CANCELED, EXPIRED}),
-    # partially_filled -> partially_filled: each further partial fill (fill realism issue).
-    PARTIALLY_FILLED: frozenset({PARTIALLY_FILLED, FILLED, CANCELED, EXPIRED}),
+    # new -> replaced: PATCH /v2/orders/{id} closes the order and opens its replacement.
+    NEW: frozenset({PARTIALLY_FILLED, FILLED, CANCELED, EXPIRED, REPLACED}),
+    # partially_filled -> partially_filled: each further partial fill (participation cap).
+    PARTIALLY_FILLED: frozenset({PARTIALLY_FILLED, FILLED, CANCELED, EXPIRED, REPLACED}),
+    # held: a dormant bracket/OTO exit leg. It becomes new when its entry fills completely and
+    # is canceled with its entry (canceled or expired unfilled) or when its OCO sibling fills.
+    HELD: frozenset({NEW, CANCELED}),
     # No canceled -> filled edge here, although real markets have one: cancels and matching
     # run under one lock on one event clock, so a fill can never race a cancel.
     FILLED: frozenset(),
     CANCELED: frozenset(),
     EXPIRED: frozenset(),
+    REPLACED: frozenset(),
 }
-OPEN_STATUSES = frozenset({NEW, PARTIALLY_FILLED})
+OPEN_STATUSES = frozenset({NEW, PARTIALLY_FILLED, HELD})
+WORKING_STATUSES = frozenset({NEW, PARTIALLY_FILLED})  # may fill now (held legs may not)
 
 
 class Fill(msgspec.Struct, frozen=True, kw_only=True):
-    """One execution of an order."""
+    """One execution of an order, with what the fill simulator made it cost."""
 
     execution_id: str
     qty: int
     price: Decimal
     ts: int
+    arrival_price: Decimal | None = None  # mid when the order reached the venue
+    fee: Decimal = Decimal(0)
+    liquidity: str = "taker"  # taker | maker | auction
+    spread_bps: Decimal = Decimal(0)
+    spread_is_proxy: bool = True
+    slippage_bps: Decimal = Decimal(0)
 
 
 class ExchangeOrder(msgspec.Struct, frozen=True, kw_only=True):
@@ -82,6 +98,18 @@ class ExchangeOrder(msgspec.Struct, frozen=True, kw_only=True):
     time_in_force: TimeInForce
     qty: int
     limit_price: Decimal | None = None
+    stop_price: Decimal | None = None  # trailing stops: the current stop
+    trail_price: Decimal | None = None
+    trail_percent: Decimal | None = None
+    hwm: Decimal | None = None  # trailing stops: high-water (sell) or low-water (buy) mark
+    triggered: bool = False  # stop orders once their stop was reached
+    order_class: OrderClass = "simple"
+    parent_id: str | None = None  # exit legs: their entry (bracket, oto) or take-profit (oco)
+    leg_role: LegRole = ""
+    legs: tuple[str, ...] = ()  # ids of this order's legs
+    replaces: str | None = None
+    replaced_by: str | None = None
+    replaced_at: int | None = None
     status: OrderStatus = NEW
     position_intent: PositionIntent
     filled_qty: int = 0
@@ -102,8 +130,13 @@ class ExchangeOrder(msgspec.Struct, frozen=True, kw_only=True):
 
     @property
     def is_open(self) -> bool:
-        """Tell whether the order still works."""
+        """Tell whether the order still works (held legs included)."""
         return self.status in OPEN_STATUSES
+
+    @property
+    def fees(self) -> Decimal:
+        """Return the fees of all its fills."""
+        return sum((f.fee for f in self.fills), Decimal(0))
 
     @property
     def leaves_qty(self) -> int:
@@ -156,7 +189,7 @@ class ExchangeState(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class SubmitOrder(msgspec.Struct, frozen=True, kw_only=True):
-    """A validated order request (the REST edge checked types and vocabulary)."""
+    """A validated order request (the REST edge checked types, vocabulary and ticks)."""
 
     symbol: str
     qty: int
@@ -164,9 +197,25 @@ class SubmitOrder(msgspec.Struct, frozen=True, kw_only=True):
     type: OrderKind
     time_in_force: TimeInForce
     limit_price: Decimal | None = None
+    stop_price: Decimal | None = None
+    trail_price: Decimal | None = None
+    trail_percent: Decimal | None = None
     client_order_id: str | None = None
-    # keel extension: the decision bar's ts; the order fills after it even when the exchange
-    # has not consumed that bar yet (0 = exchange clock only, Alpaca's behaviour)
+    order_class: OrderClass = "simple"
+    take_profit_limit_price: Decimal | None = None
+    stop_loss_stop_price: Decimal | None = None
+    stop_loss_limit_price: Decimal | None = None
+
+
+class ReplaceOrder(msgspec.Struct, frozen=True, kw_only=True):
+    """A validated PATCH /v2/orders/{id}: the fields to change, None = keep."""
+
+    qty: int | None = None
+    time_in_force: TimeInForce | None = None
+    limit_price: Decimal | None = None
+    stop_price: Decimal | None = None
+    trail: Decimal | None = None  # trail_price or trail_percent, whichever the order uses
+    client_order_id: str | None = None
 
 
 class Rejection(msgspec.Struct, frozen=True, kw_only=True):
@@ -183,6 +232,11 @@ DUPLICATE_CLIENT_ORDER_ID = "DUPLICATE_CLIENT_ORDER_ID"
 INSUFFICIENT_BUYING_POWER = "INSUFFICIENT_BUYING_POWER"
 ORDER_NOT_FOUND = "ORDER_NOT_FOUND"
 ORDER_NOT_CANCELABLE = "ORDER_NOT_CANCELABLE"
+ORDER_NOT_REPLACEABLE = "ORDER_NOT_REPLACEABLE"
+SHORT_NOT_ALLOWED = "SHORT_NOT_ALLOWED"
+INSUFFICIENT_QTY = "INSUFFICIENT_QTY"
+POSITION_NOT_FOUND = "POSITION_NOT_FOUND"
+MARKET_SESSION_RULE = "MARKET_SESSION_RULE"  # opg after the open, cls too near the close
 
 
 def initial_state(account_id: str, cash: Decimal) -> ExchangeState:

@@ -1,25 +1,54 @@
-"""Composition root of execution (STYLE 2): the broker adapter, consumers and the order poller."""
+"""Composition root of execution (STYLE 2): the broker adapter and its trade_updates stream,
+consumers, the order poller (the stream's backstop) and the stream watchdog."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections.abc import Callable, Mapping
+from typing import cast
 
 import requests
 from alpaca.common.exceptions import APIError
 
 from libs.bus import Bus
+from libs.config import ConfigError, load
 from libs.contracts import subjects as sj
 from libs.errors import DependencyUnavailable, classify_exception
 from libs.obs import tracing
 from libs.runtime.processor import Processor
-from libs.runtime.runner import Deps, Service, processor_for
+from libs.runtime.runner import Deps, Service, Task, processor_for
 from services.execution import api, consumers, handlers
-from services.execution.broker import AlpacaBroker
+from services.execution.broker import AlpacaBroker, AlpacaStream, StreamWatch, stream_url
+from services.execution.capabilities import BROKERS, BrokerCapabilities, OrderPolicy, check_capabilities
 from services.execution.config import ExecConfig
-from services.execution.state import UNRESOLVED, BrokerOrder, ExecState
+from services.execution.state import PRE_ACK, BrokerOrder, ExecState
+from services.risk.config import SECTION_PREFIX as RISK_PREFIX
+from services.risk.config import RiskConfig
 
 log = logging.getLogger(__name__)
+
+
+def check_order_policy(cfg: ExecConfig, env: Mapping[str, str] | None = None) -> BrokerCapabilities:
+    """Refuse to start when the order policy asks what the configured broker cannot do."""
+    # the policy is the risk service's KEEL_RISK_* order keys: read the same keys risk reads, so
+    # a policy the broker cannot take stops paper/live here, not at the first rejected order
+    try:
+        risk = cast(RiskConfig, load(RiskConfig, section_prefix=RISK_PREFIX, env=env).section)
+    except ConfigError as e:
+        raise DependencyUnavailable(f"order policy: {e}") from e
+    policy = OrderPolicy(
+        order_type=risk.order_type,
+        order_class=risk.order_class,
+        time_in_force=risk.time_in_force,
+        allow_market=risk.allow_market,
+    )
+    caps = BROKERS[cfg.broker]
+    problems = check_capabilities(policy, caps)
+    if problems:
+        raise DependencyUnavailable("; ".join(problems))
+    return caps
 
 
 async def connect_broker(cfg: ExecConfig, mode: str) -> AlpacaBroker:
@@ -40,25 +69,28 @@ async def connect_broker(cfg: ExecConfig, mode: str) -> AlpacaBroker:
     return broker
 
 
-async def poll_once(processor: Processor, broker: AlpacaBroker, bus: Bus, inflight: set[str]) -> None:
+async def poll_once(processor: Processor, broker: AlpacaBroker, bus: Bus, live: consumers.Live) -> None:
     """Compare every order we hold with the broker and report what changed.
 
-    An unresolved order (handed over, answer unknown) is submitted again: the client_order_id
-    makes that idempotent, so it either creates the order or adopts the one already there. While
-    trading is halted it is only looked up, never re-sent.
+    An order of unknown status is resolved only by GET by client_order_id (broker.recover):
+    found, it is adopted; 404, it is sent again under the same id, except while trading is
+    halted; no answer, it stays unknown. Orders with a broker call under way are left alone.
     """
-    orders = {cid: o for cid, o in processor.state.orders.items() if cid not in inflight}
+    orders = {cid: o for cid, o in processor.state.orders.items() if cid not in live.inflight}
     if not orders:
         return
-    open_orders = await broker.open_orders()
-    halt = await bus.halt_state()
+    pre_ack = any(o.broker_status in PRE_ACK for o in orders.values())
+    halt = await bus.halt_state() if pre_ack else None
     halted = halt is not None and halt.halted
+    acked = any(o.broker_status not in PRE_ACK for o in orders.values())
+    open_orders = await broker.open_orders() if acked else {}
     for cid, order in orders.items():
+        if cid in live.inflight:
+            continue  # a submit took it while this poll was under way
         ctx = processor.ctx()
         with tracing.span("execution poll", parent_headers={sj.H_TRACEPARENT: order.traceparent}):
-            if order.broker_status == UNRESOLVED:
-                outcome = await (broker.resolve(cid, "halted: looked up only") if halted else broker.submit(order))
-                await processor.commit(lambda s, cid=cid, o=outcome, ctx=ctx: handlers.on_outcome(s, cid, o, ctx))
+            if order.broker_status in PRE_ACK:
+                await recover_one(processor, broker, live, cid, resend=not halted)
                 continue
             bo: BrokerOrder | None = open_orders.get(cid)
             if bo is None:
@@ -71,32 +103,181 @@ async def poll_once(processor: Processor, broker: AlpacaBroker, bus: Bus, inflig
             await processor.commit(lambda s, cid=cid, bo=bo, ctx=ctx: handlers.on_broker_order(s, cid, bo, ctx))
 
 
-async def poller(
-    processor: Processor, broker: AlpacaBroker, bus: Bus, inflight: set[str], interval: float, stop: asyncio.Event
+async def recover_one(
+    processor: Processor, broker: AlpacaBroker, live: consumers.Live, cid: str, *, resend: bool
 ) -> None:
-    """Poll the broker for fills and status changes until stopped."""
+    """Resolve one order of unknown status by its client_order_id and record the answer."""
+    async with live.calling(cid):
+        order = processor.state.orders.get(cid)
+        if order is None or order.broker_status not in PRE_ACK:
+            return  # resolved meanwhile
+        outcome = await broker.recover(order, resend=resend)
+        ctx = processor.ctx()
+        await processor.commit(lambda s: handlers.on_outcome(s, cid, outcome, ctx))
+    await consumers.after_call(processor, live, cid)
+
+
+def poll_interval(cfg: ExecConfig, watch: StreamWatch, state: ExecState, live: consumers.Live) -> float:
+    """Poll slowly while the stream carries the fills, fast while it cannot or an order is unknown."""
+    unresolved = any(o.broker_status in PRE_ACK and cid not in live.inflight for cid, o in state.orders.items())
+    if unresolved or not watch.trusted:
+        return cfg.poll_interval_sec
+    return cfg.stream_poll_interval_sec
+
+
+async def _wait_any(timeout: float, *events: asyncio.Event) -> None:
+    waiters = [asyncio.ensure_future(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waiters:
+            w.cancel()
+
+
+async def poller(
+    processor: Processor,
+    broker: AlpacaBroker,
+    bus: Bus,
+    live: consumers.Live,
+    interval: Callable[[], float],
+    stop: asyncio.Event,
+) -> None:
+    """Poll the broker for fills and status changes until stopped; woken early by live.wake."""
     while not stop.is_set():
         try:
-            await poll_once(processor, broker, bus, inflight)
+            await poll_once(processor, broker, bus, live)
         except (APIError, requests.RequestException, OSError) as e:
             info = classify_exception(e, dependency="broker_open_orders")
             if processor.metrics:
                 processor.metrics.errors.labels(processor.service, info.category.value, info.reason_code).inc()
             log.warning("broker poll failed", extra={"reason": info.reason_code, "error": str(e)[:300]})
+        await _wait_any(interval(), stop, live.wake)
+        live.wake.clear()
+
+
+async def watchdog(
+    processor: Processor,
+    watch: StreamWatch,
+    live: consumers.Live,
+    observe: Callable[[], None],
+    stop: asyncio.Event,
+    *,
+    stream: str,
+    tick: float = 0.25,
+) -> None:
+    """Re-assess the stream's health every tick; raise one STREAM_STALE alert per stale episode.
+
+    Turning stale wakes the poller, which then runs at the fast interval until the stream is
+    trusted again (STREAM_RECOVERED).
+    """
+    episode = ""  # key of the current stale episode, '' while the stream is trusted
+    alerted = False  # this episode's STREAM_STALE is stored
+    while not stop.is_set():
+        # only orders the broker acknowledged make frames: one of unknown status may never have
+        # reached it (and is polled fast anyway)
+        reason = watch.check(any(o.broker_status not in PRE_ACK for o in processor.state.orders.values()))
+        if reason and not episode:
+            episode, alerted = f"stream-stale:{time.time_ns()}", False  # wall clock: operational
+            live.wake.set()
+            log.warning(
+                "STREAM_STALE: trade_updates stream %s; polling fast",
+                reason,
+                extra={"reason": "STREAM_STALE", "why": reason, "stream": stream},
+            )
+        if reason and not alerted:
+            msg = f"trade_updates stream {reason} for {watch.stale_sec:g}s or more; polling the broker fast"
+            alerted = await _alert(processor, "STREAM_STALE", "warning", msg, episode, why=reason, stream=stream)
+        elif not reason and episode:
+            msg = "trade_updates stream trusted again"
+            if not alerted or await _alert(processor, "STREAM_RECOVERED", "info", msg, f"{episode}:recovered"):
+                log.info(msg, extra={"reason": "STREAM_RECOVERED", "stream": stream})
+                episode, alerted = "", False
+        observe()
+        await _wait_any(tick, stop)
+
+
+async def _alert(processor: Processor, code: str, severity: str, message: str, key: str, **details: str) -> bool:
+    ctx = processor.ctx()
+    alert = handlers.stream_alert(code, severity, message, key, ctx, **details)
+    try:
+        await processor.commit(lambda s: (s, [alert]))
+    except Exception as e:  # classified: an alert that cannot be stored now is tried again next tick
+        info = classify_exception(e, dependency="db")
+        if not info.retryable:
+            raise
+        log.warning("alert not stored; retrying", extra={"alert": code, "error": repr(e)[:300]})
+        return False
+    return True
+
+
+def make_stream(
+    cfg: ExecConfig, mode: str, processor: Processor, live: consumers.Live, watch: StreamWatch, metrics: api.ExecMetrics
+) -> AlpacaStream:
+    """Build the trade_updates stream: every frame feeds the watch, every update the handlers."""
+
+    async def on_update(bo: BrokerOrder) -> None:
         try:
-            await asyncio.wait_for(stop.wait(), timeout=interval)
-        except TimeoutError:
-            continue
+            await consumers.on_trade_update(processor, live, bo)
+        except Exception as e:  # classified: the frame is lost (alpaca-py would only log it), so poll now
+            info = classify_exception(e, dependency="db")
+            if processor.metrics:
+                processor.metrics.errors.labels(processor.service, info.category.value, info.reason_code).inc()
+            level = logging.WARNING if info.retryable else logging.ERROR
+            log.log(level, "trade update not applied; polling now", exc_info=not info.retryable,
+                    extra={"reason": info.reason_code, "client_order_id": bo.client_order_id})  # fmt: skip
+            live.wake.set()
+
+    def on_frame(stream: str) -> None:
+        watch.frame()
+        metrics.frames.labels(metrics.service, stream or "?").inc()
+
+    def on_connection(up: bool) -> None:
+        was = watch.connected
+        watch.connection(up)
+        if up != was:
+            # after a (re)connect or a drop, frames may have been missed: reconcile by REST now
+            live.wake.set()
+            log.log(logging.INFO if up else logging.WARNING, "trade_updates stream %s", "connected" if up else "closed")
+
+    return AlpacaStream(
+        api_key=cfg.api_key_id,
+        secret_key=cfg.api_secret_key,
+        paper=mode != "live",
+        url=stream_url(cfg.stream_url, cfg.base_url),
+        on_update=on_update,
+        on_frame=on_frame,
+        on_connection=on_connection,
+    )
 
 
 async def build(deps: Deps) -> Service:
-    """Wire execution to its broker, consumers, poller and views."""
+    """Wire execution to its broker, stream, consumers, poller, watchdog and views."""
     cfg: ExecConfig = deps.section
+    check_order_policy(cfg)
     broker = await connect_broker(cfg, deps.common.execution_mode)
     processor = await processor_for(deps, ExecState())
-    inflight: set[str] = set()  # submits under way right now: the poller leaves them alone
+    live = consumers.Live()
+    metrics = api.ExecMetrics(deps.metrics)
+    watch = StreamWatch(cfg.stream_stale_sec, enabled=cfg.stream_enabled)
+    stream = (
+        make_stream(cfg, deps.common.execution_mode, processor, live, watch, metrics) if cfg.stream_enabled else None
+    )
+    name = stream.name if stream is not None else "disabled"
+
+    def interval() -> float:
+        return poll_interval(cfg, watch, processor.state, live)
+
+    def observe() -> None:
+        metrics.observe(watch, processor.state, interval())
+
+    tasks: list[Task] = [
+        lambda stop: poller(processor, broker, deps.bus, live, interval, stop),
+        lambda stop: watchdog(processor, watch, live, observe, stop, stream=name),
+    ]
+    if stream is not None:
+        tasks.append(stream.serve)
     return Service(
-        consumers=consumers.consumers(deps.bus, processor, broker, inflight),
-        tasks=[lambda stop: poller(processor, broker, deps.bus, inflight, cfg.poll_interval_sec, stop)],
-        router=api.router(processor),
+        consumers=consumers.consumers(deps.bus, processor, broker, live),
+        tasks=tasks,
+        router=api.router(processor, watch, name),
     )

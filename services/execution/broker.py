@@ -1,5 +1,6 @@
 """The only code that talks to a broker: alpaca-py's TradingClient, for Alpaca paper, live and
-keel's local exchange alike (url_override). Errors are translated here, once (STYLE 23).
+keel's local exchange alike (url_override), and alpaca-py's TradingStream for the
+trade_updates websocket. Errors are translated here, once (STYLE 23).
 
 alpaca-py 0.44 retries POST /v2/orders on 429/504 by itself and sends requests without a
 timeout (alpaca/common/rest.py): a retried submit can duplicate an order and a silent venue
@@ -10,21 +11,31 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import logging
+import time
+from collections.abc import Awaitable, Callable
 from decimal import Decimal
+from urllib.parse import urlsplit
 
+import msgspec
 import requests
 import requests.adapters
 from alpaca.common.exceptions import APIError
 from alpaca.trading.client import TradingClient
-from alpaca.trading.enums import OrderSide, OrderStatus, QueryOrderStatus, TimeInForce
-from alpaca.trading.models import Order
-from alpaca.trading.requests import GetOrdersRequest, LimitOrderRequest, MarketOrderRequest
+from alpaca.trading.enums import OrderStatus, QueryOrderStatus, TradeEvent
+from alpaca.trading.models import Order, TradeUpdate
+from alpaca.trading.requests import GetOrdersRequest
+from alpaca.trading.stream import TradingStream
 
 from libs.errors import classify_exception
 from services.execution import handlers
+from services.execution.orders import build_request
 from services.execution.state import BrokerOrder, ExecOrder
 
+log = logging.getLogger(__name__)
+
 DUPLICATE_CLIENT_ORDER_ID = "40010001"
+ABSENT = "absent"
 
 
 class _TimeoutAdapter(requests.adapters.HTTPAdapter):
@@ -103,22 +114,12 @@ class AlpacaBroker:
         await asyncio.to_thread(self.client.get_account)
 
     async def submit(self, order: ExecOrder) -> handlers.Outcome:
-        """Submit (or re-submit: the client_order_id makes it idempotent) an order; never raises."""
-        side = OrderSide.BUY if order.side == "buy" else OrderSide.SELL
-        tif = TimeInForce(order.time_in_force)
-        if order.order_type == "limit":
-            req = LimitOrderRequest(
-                symbol=order.symbol,
-                qty=order.qty,
-                side=side,
-                time_in_force=tif,
-                limit_price=float(order.limit_price or 0),
-                client_order_id=order.client_order_id,
-            )
-        else:
-            req = MarketOrderRequest(
-                symbol=order.symbol, qty=order.qty, side=side, time_in_force=tif, client_order_id=order.client_order_id
-            )
+        """Submit an order; never raises. A timeout, lost response or 5xx is Unknown, never retried here."""
+        try:
+            req = build_request(order)
+        except ValueError as e:
+            # the contracts make this a bug, not a market event: the order never left keel
+            return handlers.Rejected(code="INVALID_ORDER", message=f"cannot build the request: {e}"[:300])
         try:
             placed = await asyncio.to_thread(self.client.submit_order, req)
         except APIError as e:
@@ -127,10 +128,11 @@ class AlpacaBroker:
                 return await self.resolve(order.client_order_id, str(e))
             info = classify_exception(e, dependency="broker_submit", symbol=order.symbol)
             if info.retryable:
-                return await self.resolve(order.client_order_id, str(e))
+                # 5xx / 429: the venue may or may not have taken it; only a lookup can tell
+                return handlers.Unknown(message=f"POST /v2/orders: {e}"[:300])
             return handlers.Rejected(code=api_error_code(e) or str(e.status_code), message=str(e)[:300])
         except (requests.RequestException, OSError) as e:
-            return await self.resolve(order.client_order_id, str(e))
+            return handlers.Unknown(message=f"POST /v2/orders: {type(e).__name__}: {e}"[:300])
         return handlers.Accepted(order=to_broker_order(placed))
 
     async def resolve(self, cid: str, why: str) -> handlers.Outcome:
@@ -140,12 +142,26 @@ class AlpacaBroker:
             return handlers.Accepted(order=found)
         return handlers.Unknown(message=why[:300])
 
+    async def recover(self, order: ExecOrder, *, resend: bool) -> handlers.Outcome:
+        """Resolve an order of unknown status by GET by client_order_id, never by a blind re-send.
+
+        Found: adopt it. 404: the broker proves it never took it, so (unless `resend` is off, as
+        while halted) it is submitted again under the same client_order_id. No answer: still unknown.
+        """
+        found = await self.lookup(order.client_order_id)
+        if isinstance(found, BrokerOrder):
+            return handlers.Accepted(order=found)
+        if found == ABSENT and resend:
+            return await self.submit(order)
+        why = "absent at the broker; not sent again while halted" if found == ABSENT else "lookup got no answer"
+        return handlers.Unknown(message=f"GET /v2/orders:by_client_order_id: {why}")
+
     async def lookup(self, cid: str) -> BrokerOrder | str | None:
-        """Return the order, "absent" when the broker says 404, None when it cannot tell."""
+        """Return the order, ABSENT when the broker says 404, None when it cannot tell."""
         try:
             order = await asyncio.to_thread(self.client.get_order_by_client_id, cid)
         except APIError as e:
-            return "absent" if e.status_code == 404 else None
+            return ABSENT if e.status_code == 404 else None
         except (requests.RequestException, OSError):
             return None
         return to_broker_order(order)
@@ -161,3 +177,157 @@ class AlpacaBroker:
         """Cancel every open order; return how many cancel requests the broker took."""
         responses = await asyncio.to_thread(self.client.cancel_orders)
         return len(responses)  # type: ignore[arg-type]
+
+
+def from_trade_update(update: TradeUpdate) -> BrokerOrder:
+    """Take the order of a trade_updates frame, with the frame's execution id and event name."""
+    bo = to_broker_order(update.order)
+    event = update.event.value if isinstance(update.event, TradeEvent) else str(update.event)
+    execution_id = str(update.execution_id) if update.execution_id is not None else ""
+    return msgspec.structs.replace(bo, execution_id=execution_id, event=event)
+
+
+def stream_url(stream_url: str, base_url: str) -> str:
+    """Return the trade_updates URL: stream_url, else ws(s)://<host of base_url>/stream, else ''.
+
+    '' leaves the choice to alpaca-py (Alpaca's own paper or live stream, by the paper flag).
+    """
+    if stream_url:
+        return stream_url
+    if not base_url:
+        return ""
+    parts = urlsplit(base_url)
+    return f"{'wss' if parts.scheme == 'https' else 'ws'}://{parts.netloc}/stream"
+
+
+class AlpacaStream(TradingStream):
+    """alpaca-py's TradingStream run inside keel's event loop instead of its own asyncio.run.
+
+    `on_update` gets every trade update as a BrokerOrder; `on_frame` hears of every frame
+    (the auth reply and the listening ack too) and `on_connection` of every connect and close,
+    which is what the staleness watchdog needs. These hook alpaca-py 0.44's private
+    _start_ws/_dispatch/_run_forever (its run() would start a second event loop);
+    tests/integration/test_execution_stream.py runs this class against the local exchange.
+    """
+
+    def __init__(
+        self,
+        *,
+        api_key: str,
+        secret_key: str,
+        paper: bool,
+        url: str,
+        on_update: Callable[[BrokerOrder], Awaitable[None]],
+        on_frame: Callable[[str], None],
+        on_connection: Callable[[bool], None],
+    ) -> None:
+        # alpaca-py pings every 10 s but waits 180 s for the pong; a dead link shows far sooner
+        # here, and a close never waits longer than 2 s for the venue's handshake
+        params = {"ping_interval": 10, "ping_timeout": 20, "close_timeout": 2, "max_queue": 1024}
+        super().__init__(api_key, secret_key, paper=paper, url_override=url or None, websocket_params=params)
+        self.name = self._endpoint
+        self._on_update = on_update
+        self._on_frame = on_frame
+        self._on_connection = on_connection
+        self.subscribe_trade_updates(self._trade_update)
+
+    async def _trade_update(self, update: TradeUpdate) -> None:
+        await self._on_update(from_trade_update(update))
+
+    async def _start_ws(self) -> None:
+        await super()._start_ws()
+        self._on_connection(True)
+
+    async def _dispatch(self, msg: dict) -> None:  # type: ignore[type-arg]
+        self._on_frame(str(msg.get("stream", "")))
+        try:
+            await super()._dispatch(msg)
+        except (ValueError, TypeError, KeyError) as e:  # pydantic's ValidationError is a ValueError
+            log.warning("trade update not understood", extra={"reason": "STREAM_BAD_FRAME", "error": str(e)[:300]})
+
+    async def close(self) -> None:
+        """Close the websocket (alpaca-py reconnects unless stopped) and say so."""
+        try:
+            await super().close()
+        finally:
+            self._on_connection(False)
+
+    async def serve(self, stop: asyncio.Event) -> None:
+        """Run the stream until stop is set, then close it; alpaca-py reconnects by itself."""
+        runner = asyncio.create_task(self._run_forever())
+        stopper = asyncio.create_task(stop.wait())
+        try:
+            while True:
+                done, _ = await asyncio.wait({runner, stopper}, return_when=asyncio.FIRST_COMPLETED)
+                if stopper in done:
+                    return
+                # _run_forever returns only when stopped; anything else is restarted after a pause
+                error = runner.exception()
+                log.warning("trade_updates stream ended; restarting", extra={"error": repr(error)[:300]})
+                await asyncio.sleep(1.0)
+                runner = asyncio.create_task(self._run_forever())
+        finally:
+            stopper.cancel()
+            await self.stop_ws()
+            await self.close()  # a pending recv ends at once, so _run_forever returns
+            if not runner.done():
+                await asyncio.wait({runner}, timeout=3.0)
+            if not runner.done():
+                runner.cancel()
+
+
+class StreamWatch:
+    """How far the trade_updates stream can be trusted for fills, on the wall clock.
+
+    Operational, never a decision: it only sets the REST poller's cadence and raises alerts.
+    The stream is stale while it has been disconnected for stale_sec, or while orders are open
+    and no frame has arrived for stale_sec (counted from when an order was last open, so the
+    first order after a quiet hour is not stale at once).
+    """
+
+    def __init__(self, stale_sec: float, *, enabled: bool = True, now: Callable[[], float] = time.monotonic) -> None:
+        self.stale_sec = stale_sec
+        self.enabled = enabled
+        self.now = now
+        started = now()
+        self.connected = False
+        self.changed_at = started  # when `connected` last changed
+        self.last_frame = started
+        self.quiet_since = started  # the last time no order was open
+        self.reason = ""  # why it is stale now ("disconnected", "silent"), '' while it is not
+
+    def frame(self) -> None:
+        """Note a frame (any: auth reply, listening ack, trade update)."""
+        self.last_frame = self.now()
+
+    def connection(self, up: bool) -> None:
+        """Note a connect (up) or a close."""
+        now = self.now()
+        if up != self.connected:
+            self.connected, self.changed_at = up, now
+        if up:
+            self.last_frame = now
+
+    def check(self, orders_open: bool) -> str:
+        """Re-assess staleness; return the reason it is stale, or ''."""
+        now = self.now()
+        if not orders_open:
+            self.quiet_since = now
+        if not self.enabled:
+            self.reason = ""
+        elif not self.connected:
+            self.reason = "disconnected" if now - self.changed_at >= self.stale_sec else ""
+        elif orders_open and now - max(self.last_frame, self.quiet_since) >= self.stale_sec:
+            self.reason = "silent"
+        else:
+            self.reason = ""
+        return self.reason
+
+    @property
+    def trusted(self) -> bool:
+        """True while fills can be left to the stream (the poller may run slowly)."""
+        return self.enabled and self.connected and not self.reason
+
+    def last_frame_age(self) -> float:
+        """Seconds since the last frame."""
+        return self.now() - self.last_frame

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from libs.config import Section
 
 SECTION_PREFIX = "KEEL_EXEC_"
@@ -16,4 +18,16 @@ class ExecConfig(Section, frozen=True, kw_only=True, forbid_unknown_fields=True)
     api_key_id: str = ""
     api_secret_key: str = ""
     http_timeout_sec: float = 5.0
+    # the trade_updates websocket (alpaca-py TradingStream); empty = ws(s)://<host of base_url>/stream,
+    # or Alpaca's own paper/live stream when base_url is empty too
+    stream_url: str = ""
+    stream_enabled: bool = True
+    # REST polling is the backstop: every stream_poll_interval_sec while the stream is healthy,
+    # every poll_interval_sec while it is disconnected or stale (no frame for stream_stale_sec
+    # while orders are open) and while an order's status is unknown
     poll_interval_sec: float = 0.5
+    stream_poll_interval_sec: float = 5.0
+    stream_stale_sec: float = 10.0
+    # which row of the capability matrix (services/execution/capabilities.py) the broker at
+    # base_url is: configured, never guessed from the URL; `keel up` sets keel-local
+    broker: Literal["alpaca", "keel-local"] = "alpaca"

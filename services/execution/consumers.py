@@ -1,10 +1,13 @@
-"""NATS edge of execution: approved decisions become broker orders; operator cancel-all."""
+"""Edges of execution: approved decisions become broker orders; operator cancel-all; the
+broker's trade_updates frames become reports."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import defaultdict
+from collections.abc import AsyncIterator
 
 import msgspec
 
@@ -17,6 +20,7 @@ from libs.contracts.ops import Watermark
 from libs.obs import tracing
 from libs.runtime.processor import Processor
 from services.execution import handlers
+from services.execution import state as st
 from services.execution.broker import AlpacaBroker
 from services.oms.consumers import decode_control
 
@@ -24,10 +28,57 @@ log = logging.getLogger(__name__)
 _decision_decoder = msgspec.json.Decoder(OmsEvent | Watermark)
 
 
-def consumers(
-    bus: Bus, processor: Processor, broker: AlpacaBroker, inflight: set[str]
-) -> list[tuple[ConsumerSpec, OnBatch]]:
-    """Return execution's durable consumers; `inflight` holds orders whose submit is under way."""
+class Live:
+    """What execution keeps in memory only: the orders with a broker call under way, the stream
+    frames that arrived for them meanwhile, and the poller's wake-up."""
+
+    def __init__(self) -> None:
+        self.inflight: set[str] = set()
+        self.deferred: dict[str, list[st.BrokerOrder]] = defaultdict(list)
+        self.wake = asyncio.Event()
+
+    @contextlib.asynccontextmanager
+    async def calling(self, cid: str) -> AsyncIterator[None]:
+        """Hold an order for one broker call (submit or lookup); one call per order at a time."""
+        while cid in self.inflight:
+            await asyncio.sleep(0.01)
+        self.inflight.add(cid)
+        try:
+            yield
+        finally:
+            self.inflight.discard(cid)
+
+
+async def on_trade_update(processor: Processor, live: Live, bo: st.BrokerOrder) -> None:
+    """Apply one trade_updates frame through the same handler as a poll.
+
+    A frame for an order whose call is under way waits for the call's outcome (so the order is
+    never adopted twice or before its submit is answered); a frame for an order of unknown status
+    only wakes the poller, whose GET by client_order_id is the one way such an order is resolved.
+    """
+    cid = bo.client_order_id
+    order = processor.state.orders.get(cid)
+    if order is None:
+        return  # not ours, or finished already
+    if cid in live.inflight:
+        live.deferred[cid].append(bo)
+        return
+    if order.broker_status in st.PRE_ACK:
+        live.wake.set()
+        return
+    ctx = processor.ctx()
+    with tracing.span("execution trade update", parent_headers={sj.H_TRACEPARENT: order.traceparent}):
+        await processor.commit(lambda s: handlers.on_broker_order(s, cid, bo, ctx))
+
+
+async def after_call(processor: Processor, live: Live, cid: str) -> None:
+    """Apply the frames that waited for an order's broker call."""
+    for bo in live.deferred.pop(cid, []):
+        await on_trade_update(processor, live, bo)
+
+
+def consumers(bus: Bus, processor: Processor, broker: AlpacaBroker, live: Live) -> list[tuple[ConsumerSpec, OnBatch]]:
+    """Return execution's durable consumers; `live` holds the orders whose broker call is under way."""
     subjects = bus.subjects
     decisions = ConsumerSpec(
         durable="execution-decisions",
@@ -48,33 +99,52 @@ def consumers(
         cid = d.client_order_id
         if await processor.store.is_tracked(decisions.durable, inbound.stream_seq):
             return  # applied before a crash; the ack was lost
-        with tracing.span("execution submit", parent_headers=inbound.headers):
-            ctx = processor.ctx()
-            # an order handed over before a crash is resolved, never refused: the halt flag
-            # only stops orders that have not yet left for the broker
-            if not await processor.store.has_outbox_event(handlers.submitted_event_id(cid)):
-                if not await broker.wait_for_clock(d.bar_ts):
-                    log.warning(
-                        "broker clock behind the decision bar; submitting anyway",
-                        extra={"client_order_id": cid, "bar_ts": d.bar_ts},
-                    )
-                halt = await bus.halt_state()
-                if halt is not None and halt.halted:
-                    refused = [handlers.blocked(d, "KILL_SWITCH_BLOCK", f"halted: {halt.reason}", ctx)]
-                    await processor.apply(decisions.durable, [inbound], lambda s, _e, _c: (s, refused))
-                    return
-                traceparent = tracing.inject({}).get(sj.H_TRACEPARENT, "")
-                await processor.commit(lambda s: handlers.hand_over(s, d, broker.name, traceparent, ctx))
-            order = processor.state.orders.get(cid)
-            if order is None:
-                outcome: handlers.Outcome = handlers.Unknown(message="finished before this redelivery")
+        # held from before the hand-over, so the poller never takes a fresh order for one
+        # interrupted by a crash
+        async with live.calling(cid):
+            with tracing.span("execution submit", parent_headers=inbound.headers):
+                await submit_or_refuse(inbound, d)
+        await after_call(processor, live, cid)
+
+    async def submit_or_refuse(inbound: Inbound, d: PretradeDecision) -> None:
+        cid = d.client_order_id
+        ctx = processor.ctx()
+        # an order handed over before a crash is resolved, never refused: the halt flag and the
+        # unknown-order block only stop orders that have not yet left for the broker
+        fresh = not await processor.store.has_outbox_event(handlers.submitted_event_id(cid))
+        if fresh:
+            if not await broker.wait_for_clock(d.bar_ts):
+                log.warning(
+                    "broker clock behind the decision bar; submitting anyway",
+                    extra={"client_order_id": cid, "bar_ts": d.bar_ts},
+                )
+            halt = await bus.halt_state()
+            if halt is not None and halt.halted:
+                refused = handlers.blocked(d, handlers.KILL_SWITCH_BLOCK, f"halted: {halt.reason}", ctx)
             else:
-                inflight.add(cid)
-                try:
-                    outcome = await broker.submit(order)
-                finally:
-                    inflight.discard(cid)
-        await processor.apply(decisions.durable, [inbound], lambda s, _e, c: handlers.on_outcome(s, cid, outcome, c))
+                refused = handlers.unknown_block(processor.state, d, ctx)
+            if refused is not None:
+                # answered at once, so the watermark behind it is not held up
+                if processor.metrics:
+                    processor.metrics.decision("submit_blocked", refused.reason_code)
+                await processor.apply(decisions.durable, [inbound], lambda s, _e, _c: (s, [refused]))
+                return
+            traceparent = tracing.inject({}).get(sj.H_TRACEPARENT, "")
+            await processor.commit(lambda s: handlers.hand_over(s, d, broker.name, traceparent, ctx))
+        order = processor.state.orders.get(cid)
+        outcome: handlers.Outcome | None = None
+        if order is not None and fresh:
+            outcome = await broker.submit(order)
+        elif order is not None and order.broker_status in st.PRE_ACK:
+            # handed over before a crash, answer unknown: look it up before sending again
+            halt = await bus.halt_state()
+            outcome = await broker.recover(order, resend=halt is None or not halt.halted)
+        # else: resolved (or finished) by a poll before this redelivery
+        await processor.apply(
+            decisions.durable,
+            [inbound],
+            lambda s, _e, c: handlers.on_outcome(s, cid, outcome, c) if outcome is not None else (s, []),
+        )
 
     async def submit_all(approved: list[tuple[Inbound, PretradeDecision]]) -> None:
         # orders for different symbols go out concurrently (their HTTP round trips overlap);

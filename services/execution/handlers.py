@@ -1,8 +1,9 @@
-"""Execution decisions (pure): what each broker answer and each polled order state means.
+"""Execution decisions (pure): what each broker answer, polled order and streamed update means.
 
-The I/O (alpaca-py calls) happens in app.py; these functions only turn its results into
-events. Fills come from changes in cumulative filled quantity, identified by
-(broker order id, cumulative quantity), so a fill seen twice is reported once.
+The I/O (alpaca-py calls, the trade_updates stream) happens in app.py and consumers.py; these
+functions only turn its results into events. Fills come from changes in cumulative filled
+quantity, identified by (broker order id, cumulative quantity), so a fill seen twice - by the
+poller and the stream, or in a duplicated frame - is reported once.
 """
 
 from __future__ import annotations
@@ -20,16 +21,19 @@ from libs.contracts.execution import (
     OrderFilled,
     OrderPartiallyFilled,
     OrderRejected,
+    OrderStatusUnknown,
     OrderSubmitted,
     SubmitFailed,
 )
 from libs.contracts.oms import PretradeDecision
-from libs.contracts.ops import Watermark
+from libs.contracts.ops import AlertRaised, Watermark
 from libs.decide import Ctx, forward_watermark
 from services.execution import state as st
 
 _PX = Decimal("0.0001")
 UPSTREAM = "oms"
+KILL_SWITCH_BLOCK = "KILL_SWITCH_BLOCK"
+UNKNOWN_ORDER_BLOCK = "UNKNOWN_ORDER_BLOCK"
 
 
 class Accepted(msgspec.Struct, frozen=True, kw_only=True):
@@ -46,7 +50,7 @@ class Rejected(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Unknown(msgspec.Struct, frozen=True, kw_only=True):
-    """The outcome is not known (timeout, lost response): resolve by client_order_id later."""
+    """The outcome is not known (timeout, lost response, 5xx): resolve by client_order_id later."""
 
     message: str
 
@@ -74,10 +78,10 @@ def _envelope(
 def hand_over(
     state: st.ExecState, d: PretradeDecision, broker: str, traceparent: str, ctx: Ctx
 ) -> tuple[st.ExecState, list[Event]]:
-    """Hold an approved order as handed to the broker (unresolved) and say so, before the call.
+    """Hold an approved order as handed to the broker (SUBMITTING) and say so, before the call.
 
     From here on the order is never refused or forgotten: whatever happens to the call, the
-    order is resolved by its client_order_id (a re-submit with the same id is idempotent).
+    order is resolved by its client_order_id (state.UNKNOWN).
     """
     order = st.ExecOrder(
         intent_id=d.intent_id,
@@ -92,6 +96,13 @@ def hand_over(
         correlation_id=d.correlation_id,
         decision_id=d.event_id,
         traceparent=traceparent,
+        order_class=d.order_class,
+        stop_price=d.stop_price,
+        trail_price=d.trail_price,
+        trail_percent=d.trail_percent,
+        take_profit_limit_price=d.take_profit_limit_price,
+        stop_loss_stop_price=d.stop_loss_stop_price,
+        stop_loss_limit_price=d.stop_loss_limit_price,
     )
     event = OrderSubmitted(**_envelope("order_submitted", d, d.ts_event, ctx), qty=d.qty, broker=broker)  # type: ignore[arg-type]
     return msgspec.structs.replace(state, orders={**state.orders, d.client_order_id: order}), [event]
@@ -112,6 +123,26 @@ def blocked(d: PretradeDecision, reason_code: str, message: str, ctx: Ctx) -> Su
     )
 
 
+def unknown_order_for(state: st.ExecState, symbol: str) -> str:
+    """Return the client_order_id of an order of unknown status for a symbol, or ''."""
+    return next(
+        (cid for cid, o in sorted(state.orders.items()) if o.symbol == symbol and o.broker_status == st.UNKNOWN), ""
+    )
+
+
+def unknown_block(state: st.ExecState, d: PretradeDecision, ctx: Ctx) -> SubmitFailed | None:
+    """Refuse a new order while another of its symbol has an unknown status, else None.
+
+    The order of unknown status may be working at the broker: a second one could double the
+    position, so the symbol waits until the lookup by client_order_id has resolved the first.
+    """
+    cid = unknown_order_for(state, d.symbol)
+    if not cid:
+        return None
+    why = f"expected no order of unknown status for {d.symbol}, was {cid} (resolving it by client_order_id)"
+    return blocked(d, UNKNOWN_ORDER_BLOCK, why, ctx)
+
+
 def on_outcome(state: st.ExecState, cid: str, outcome: Outcome, ctx: Ctx) -> tuple[st.ExecState, list[Event]]:
     """Record the broker's answer to a submit of an order already handed over."""
     order = state.orders.get(cid)
@@ -125,22 +156,40 @@ def on_outcome(state: st.ExecState, cid: str, outcome: Outcome, ctx: Ctx) -> tup
         )
         return _without(state, cid), [ev]
     if isinstance(outcome, Unknown):
-        return state, []  # stays unresolved; the poller asks again by client_order_id
+        return _unknown(state, order, outcome.message, ctx)
     return on_broker_order(state, cid, outcome.order, ctx)
+
+
+def _unknown(state: st.ExecState, order: st.ExecOrder, reason: str, ctx: Ctx) -> tuple[st.ExecState, list[Event]]:
+    # said once, when the order becomes UNKNOWN; asking again without an answer changes nothing
+    if order.broker_status != st.SUBMITTING:
+        return state, []
+    ev = OrderStatusUnknown(
+        **_envelope("order_status_unknown", order, order.bar_ts or ctx.now_ns, ctx),  # type: ignore[arg-type]
+        reason=reason[:300],
+    )
+    updated = msgspec.structs.replace(order, broker_status=st.UNKNOWN)
+    return msgspec.structs.replace(state, orders={**state.orders, order.client_order_id: updated}), [ev]
 
 
 def on_broker_order(
     state: st.ExecState, cid: str, bo: st.BrokerOrder | None, ctx: Ctx
 ) -> tuple[st.ExecState, list[Event]]:
-    """Compare a polled broker order with what was reported; report the difference."""
+    """Compare a polled or streamed broker order with what was reported; report the difference.
+
+    A streamed update carries its execution_id: one the order has already applied (a duplicated
+    frame) changes nothing. Without that, the cumulative quantity still reports each fill once.
+    """
     order = state.orders.get(cid)
     if order is None:
         return state, []
     if bo is None:
         return state, []  # the broker does not show it (yet): never a verdict on its own
+    if bo.execution_id and bo.execution_id in order.execution_ids:
+        return state, []
     events: list[Event] = []
     ts = order_ts(order, bo, ctx)
-    if order.broker_status == st.UNRESOLVED:
+    if order.broker_status in st.PRE_ACK:
         events.append(
             OrderAccepted(**_envelope("order_accepted", order, ts, ctx), broker_order_id=bo.id, broker_status=bo.status)
         )  # type: ignore[arg-type]
@@ -182,12 +231,17 @@ def on_broker_order(
     # a fill counts only once its price is known: without one, cum_qty stays put and the next
     # poll reports it
     priced = bo.filled_avg_price is not None
+    applied = priced or bo.filled_qty <= order.cum_qty  # an unpriced fill waits for a later frame
+    seen = order.execution_ids
+    if bo.execution_id and applied:
+        seen = (*seen, bo.execution_id)[-st.SEEN_EXECUTIONS :]
     updated = msgspec.structs.replace(
         order,
         broker_order_id=bo.id,
         broker_status=bo.status,
         cum_qty=max(order.cum_qty, bo.filled_qty) if priced else order.cum_qty,
         avg_px=bo.filled_avg_price if priced else order.avg_px,
+        execution_ids=seen,
     )
     return msgspec.structs.replace(state, orders={**state.orders, cid: updated}), events
 
@@ -199,6 +253,22 @@ def order_ts(order: st.ExecOrder, bo: st.BrokerOrder | None, ctx: Ctx) -> int:
 
 def _without(state: st.ExecState, cid: str) -> st.ExecState:
     return msgspec.structs.replace(state, orders={k: v for k, v in state.orders.items() if k != cid})
+
+
+def stream_alert(code: str, severity: str, message: str, key: str, ctx: Ctx, **details: str) -> AlertRaised:
+    """Build an alert about the broker's trade_updates stream; key names the episode."""
+    return AlertRaised(
+        event_id=derive_id("ops.alert_raised.v1", ctx.service, code, key),
+        correlation_id=key,
+        causation_id=key,
+        ts_event=ctx.now_ns,
+        ts_init=ctx.now_ns,
+        code=code,
+        severity=severity,  # type: ignore[arg-type]
+        source=ctx.service,
+        message=message,
+        details=details,
+    )
 
 
 def step(state: st.ExecState, event: object, ctx: Ctx) -> tuple[st.ExecState, Sequence[Event]]:

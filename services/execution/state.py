@@ -1,7 +1,8 @@
 """Execution state: orders handed to the broker, and the Alpaca status table.
 
 ALPACA_STATUS maps all 18 alpaca-py OrderStatus values to what keel makes of them (seed 002
-A-OMS-02): `working` orders are polled for fills; the rest end the order with a report.
+A-OMS-02): `working` orders are followed for fills (trade_updates stream, REST poll as backstop);
+the rest end the order with a report.
 """
 
 from __future__ import annotations
@@ -43,8 +44,17 @@ ALPACA_STATUS: dict[str, str] = {
     "rejected": REJECTED,
 }
 
-# submitted, broker answer not known yet (timeout, lost response): resolve by client_order_id
-UNRESOLVED = "unresolved"
+# Before the broker has acknowledged an order, keel holds it in one of two markers of its own:
+# handed over, the submit call under way (or cut short by a crash: then it is treated as UNKNOWN)
+SUBMITTING = "submitting"
+# the submit's outcome is not known (timeout, connection error, 5xx, lost response): the order may
+# or may not be at the broker. Its symbol is blocked (UNKNOWN_ORDER_BLOCK) and it is resolved only
+# by GET by client_order_id: found -> adopted; 404 -> sent again with the same id; no answer -> stays
+UNKNOWN = "unknown"
+PRE_ACK = frozenset({SUBMITTING, UNKNOWN})
+
+# stream frames whose execution_id an order remembers, so a duplicated frame is applied once
+SEEN_EXECUTIONS = 32
 
 
 class BrokerOrder(msgspec.Struct, frozen=True, kw_only=True):
@@ -57,6 +67,9 @@ class BrokerOrder(msgspec.Struct, frozen=True, kw_only=True):
     filled_qty: int
     filled_avg_price: Decimal | None = None
     updated_at_ns: int = 0
+    # set when the order came in a trade_updates frame: that frame's execution id and event name
+    execution_id: str = ""
+    event: str = ""
 
 
 class ExecOrder(msgspec.Struct, frozen=True, kw_only=True):
@@ -74,10 +87,19 @@ class ExecOrder(msgspec.Struct, frozen=True, kw_only=True):
     correlation_id: str
     decision_id: str = ""  # the PretradeDecision that approved it: the cause of every report
     broker_order_id: str = ""
-    broker_status: str = UNRESOLVED
+    broker_status: str = SUBMITTING
     cum_qty: int = 0
     avg_px: Decimal = Decimal(0)
     traceparent: str = ""
+    execution_ids: tuple[str, ...] = ()  # the last SEEN_EXECUTIONS stream executions applied
+    # the order family as approved (PretradeDecision): what services/execution/orders.py builds
+    order_class: str = "simple"
+    stop_price: Decimal | None = None
+    trail_price: Decimal | None = None
+    trail_percent: Decimal | None = None
+    take_profit_limit_price: Decimal | None = None
+    stop_loss_stop_price: Decimal | None = None
+    stop_loss_limit_price: Decimal | None = None
 
 
 class ExecState(msgspec.Struct, frozen=True, kw_only=True):

@@ -170,6 +170,13 @@ def _decision(ev: OrderIntent, approved: bool, reason: str, details: dict[str, s
         arrival_price=ev.arrival_price,
         bar_ts=ev.bar_ts,
         config_sha256=ctx.config_sha256,
+        order_class=ev.order_class,
+        stop_price=ev.stop_price,
+        trail_price=ev.trail_price,
+        trail_percent=ev.trail_percent,
+        take_profit_limit_price=ev.take_profit_limit_price,
+        stop_loss_stop_price=ev.stop_loss_stop_price,
+        stop_loss_limit_price=ev.stop_loss_limit_price,
     )
 
 

@@ -13,6 +13,9 @@ import msgspec
 CREATED = "CREATED"
 SUBMITTING = "SUBMITTING"
 SUBMITTED = "SUBMITTED"
+# the submit's outcome was lost: the order may or may not be at the broker (execution resolves it
+# by client_order_id and blocks its symbol meanwhile); never terminal, its quantity still works
+UNKNOWN = "UNKNOWN"
 ACKED = "ACKED"
 PARTIALLY_FILLED = "PARTIALLY_FILLED"
 FILLED = "FILLED"
@@ -35,6 +38,7 @@ CANCELED_EV = "exec.order_canceled"
 REJECTED_EV = "exec.order_rejected"
 EXPIRED_EV = "exec.order_expired"
 FAILED_EV = "exec.submit_failed"
+UNKNOWN_EV = "exec.order_status_unknown"
 
 TRANSITIONS: dict[tuple[str, str], str] = {
     (CREATED, APPROVED): SUBMITTING,
@@ -52,6 +56,18 @@ TRANSITIONS: dict[tuple[str, str], str] = {
     (SUBMITTED, FILLED_EV): FILLED,
     (SUBMITTED, CANCELED_EV): CANCELED,
     (SUBMITTED, EXPIRED_EV): EXPIRED,
+    # timeout, lost response or 5xx on submit: held until a lookup by client_order_id answers
+    (SUBMITTED, UNKNOWN_EV): UNKNOWN,
+    # found at the broker by client_order_id: adopted as it stands there
+    (UNKNOWN, ACCEPTED_EV): ACKED,
+    # the lookup found it already (partly) filled, or its fill report overtook the acknowledgement
+    (UNKNOWN, PARTIAL_EV): PARTIALLY_FILLED,
+    (UNKNOWN, FILLED_EV): FILLED,
+    # found at the broker already canceled or expired
+    (UNKNOWN, CANCELED_EV): CANCELED,
+    (UNKNOWN, EXPIRED_EV): EXPIRED,
+    # the broker proved it never had it (404), so it was sent again and refused this time
+    (UNKNOWN, REJECTED_EV): REJECTED,
     (ACKED, PARTIAL_EV): PARTIALLY_FILLED,
     (ACKED, FILLED_EV): FILLED,
     (ACKED, CANCELED_EV): CANCELED,

@@ -17,6 +17,7 @@ from libs.contracts.execution import (
     OrderFilled,
     OrderPartiallyFilled,
     OrderRejected,
+    OrderStatusUnknown,
     OrderSubmitted,
     SubmitFailed,
 )
@@ -33,6 +34,7 @@ _REPORTS = (
     OrderCanceled,
     OrderRejected,
     OrderExpired,
+    OrderStatusUnknown,
     SubmitFailed,
 )
 

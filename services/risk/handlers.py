@@ -10,17 +10,17 @@ catches up never orders the same shares twice.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from decimal import ROUND_DOWN, Decimal
+from decimal import ROUND_CEILING, ROUND_DOWN, ROUND_FLOOR, Decimal
 
 import msgspec
 
-from libs.contracts.base import Event, derive_id
+from libs.contracts.base import Event, derive_id, tick_size
 from libs.contracts.oms import PositionChanged
 from libs.contracts.ops import Watermark
 from libs.contracts.risk import OrderIntent, SleeveShare
 from libs.contracts.signal import TargetProposed
 from libs.decide import Ctx, forward_watermark
-from services.risk.config import RiskConfig
+from services.risk.config import BPS, RiskConfig
 from services.risk.state import InFlight, RiskState, SymbolRisk
 
 MAX_CID_LEN = 128  # Alpaca's limit on client_order_id
@@ -45,6 +45,45 @@ def _cap(target: int, price: Decimal, cap: Decimal) -> int:
         return 0
     limit = int((cap / price).to_integral_value(rounding=ROUND_DOWN))
     return max(-limit, min(limit, target))
+
+
+def _away(price: Decimal, bps: Decimal, direction: int) -> Decimal:
+    # move bps from price (up for +1, down for -1) and round to the tick in the same direction,
+    # so a price never rounds back onto its reference and exit legs never meet
+    moved = price * (1 + direction * bps / BPS)
+    tick = tick_size(moved)
+    return max(moved.quantize(tick, rounding=ROUND_CEILING if direction > 0 else ROUND_FLOOR), tick)
+
+
+def order_terms(cfg: RiskConfig, side: str, close: Decimal) -> dict[str, object]:
+    """Return the order family fields of an intent from the policy and the decision bar's close.
+
+    Entry prices sit beyond the close in the direction that pays more (marketable by the
+    offset: a buy limit above, a sell limit below; a buy stop triggers above, a sell stop
+    below). Exit legs sit on either side of the close: a long position (a bracket/oto buy, an
+    oco sell) takes profit above and stops out below, a short one the other way round.
+    """
+    pay = 1 if side == "buy" else -1
+    terms: dict[str, object] = {
+        "order_type": cfg.order_type,
+        "time_in_force": cfg.time_in_force,
+        "order_class": cfg.order_class,
+    }
+    if cfg.order_type in ("stop", "stop_limit"):
+        terms["stop_price"] = _away(close, cfg.stop_offset_bps, pay)
+    if cfg.order_type == "stop_limit":
+        terms["limit_price"] = _away(terms["stop_price"], cfg.limit_offset_bps, pay)  # type: ignore[arg-type]
+    elif cfg.order_type == "limit" and cfg.order_class != "oco":
+        terms["limit_price"] = _away(close, cfg.limit_offset_bps, pay)  # an oco's limit is its take-profit
+    if cfg.order_type == "trailing_stop":
+        terms["trail_percent"] = cfg.trail_percent
+    if cfg.order_class != "simple":
+        up = 1 if (side == "buy") != (cfg.order_class == "oco") else -1
+        if cfg.take_profit_bps is not None:
+            terms["take_profit_limit_price"] = _away(close, cfg.take_profit_bps, up)
+        if cfg.stop_loss_bps is not None:
+            terms["stop_loss_stop_price"] = _away(close, cfg.stop_loss_bps, -up)
+    return terms
 
 
 def _gross_others(state: RiskState, symbol: str) -> Decimal:
@@ -97,6 +136,7 @@ def on_target(state: RiskState, ev: TargetProposed, ctx: Ctx) -> tuple[RiskState
                 sleeves=tuple(SleeveShare(sleeve=k, shares=v) for k, v in sorted(sleeves.items())),
                 notional=qty * ev.reference_price,
                 risk_seq=sym.emitted + 1,
+                **order_terms(cfg, side, ev.reference_price),  # type: ignore[arg-type]
             )
         )
         sym = msgspec.structs.replace(

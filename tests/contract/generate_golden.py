@@ -25,6 +25,7 @@ from libs.contracts.execution import (
     OrderFilled,
     OrderPartiallyFilled,
     OrderRejected,
+    OrderStatusUnknown,
     OrderSubmitted,
     SubmitFailed,
 )
@@ -36,6 +37,7 @@ from libs.contracts.signal import TargetProposed
 from libs.contracts.tca import TcaRecorded
 
 GOLDEN = Path(__file__).parent / "golden"
+VARIANTS = GOLDEN / "variants"  # more shapes of a tag (order families), pinned the same way
 
 BAR_TS = 1_767_623_460_000_000_000  # 2026-01-05T14:31:00Z, the first bar close of a session
 TS_INIT = BAR_TS + 1_250_000
@@ -166,6 +168,9 @@ def examples() -> list[msgspec.Struct]:
             broker_order_id="b-7f3c2a",
         ),
         OrderExpired(**order("exec.order_expired.v1"), broker_order_id="b-7f3c2a", cum_qty=40),
+        OrderStatusUnknown(
+            **order("exec.order_status_unknown.v1"), reason="POST /v2/orders: read timed out after 5.0 s"
+        ),
         SubmitFailed(
             **order("exec.submit_failed.v1"),
             category="transient",
@@ -211,6 +216,67 @@ def examples() -> list[msgspec.Struct]:
     ]
 
 
+def variants() -> list[tuple[str, msgspec.Struct]]:
+    """Return (variant name, example) for shapes of a tag its one golden does not show."""
+    family = {
+        "intent_id": INTENT,
+        "client_order_id": CID,
+        "symbol": AAPL,
+        "side": "buy",
+        "qty": 150,
+        "arrival_price": Decimal("187.25"),
+        "bar_ts": BAR_TS,
+    }
+    bracket = {
+        "order_type": "limit",
+        "limit_price": Decimal("187.44"),
+        "time_in_force": "gtc",
+        "order_class": "bracket",
+        "take_profit_limit_price": Decimal("189.13"),
+        "stop_loss_stop_price": Decimal("186.31"),
+        "stop_loss_limit_price": Decimal("186.12"),
+    }
+    decision = {
+        "approved": True,
+        "reason": "APPROVED",
+        "details": {"checked": "size,collar"},
+        "config_sha256": "9c1e" * 16,
+    }
+    examples = [
+        (
+            "bracket",
+            OrderIntent(
+                **envelope("risk.order_intent.v1"),
+                **family,
+                **bracket,
+                strategy="momo",
+                sleeves=(SleeveShare(sleeve="momo", shares=150),),
+                notional=Decimal("28087.50"),
+                risk_seq=4,
+            ),
+        ),
+        ("bracket", PretradeDecision(**envelope("oms.pretrade_decision.v1"), **family, **bracket, **decision)),
+        (
+            "trailing_stop",
+            PretradeDecision(
+                **envelope("oms.pretrade_decision.v1"),
+                **{**family, "side": "sell"},
+                **decision,
+                order_type="trailing_stop",
+                time_in_force="day",
+                order_class="oto",
+                trail_percent=Decimal("1.5"),
+                take_profit_limit_price=Decimal("185.37"),
+            ),
+        ),
+    ]
+    # a variant's event_id names its variant, so it never shares an id with its tag's golden
+    return [
+        (name, msgspec.structs.replace(ex, event_id=derive_id(tag_of(type(ex)), "golden", name)))
+        for name, ex in examples
+    ]
+
+
 def main() -> int:
     """Write the goldens that are missing; fail when a wire type has no example here."""
     made = {type(ex) for ex in examples()}
@@ -226,6 +292,14 @@ def main() -> int:
             continue
         path.write_bytes(encode(example))
         print(f"wrote   {path.name}")
+    VARIANTS.mkdir(exist_ok=True)
+    for name, example in variants():
+        path = VARIANTS / f"{example.__struct_config__.tag}.{name}.json"
+        if path.exists():
+            print(f"kept    variants/{path.name}")
+            continue
+        path.write_bytes(encode(example))
+        print(f"wrote   variants/{path.name}")
     return 0
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from libs.contracts.base import PRICE_FIELDS
+from libs.contracts.base import POSITIVE_FIELDS, PRICE_FIELDS
 from libs.contracts.codec import all_event_types, decode_command, decode_event, encode
 from libs.contracts.control import CancelAllOrders, HaltTrading, ResumeTrading
 from libs.contracts.subjects import CTL_CANCEL_ALL, CTL_KILL, CTL_RESUME
@@ -125,7 +125,7 @@ def test_decode_when_decimal_is_nan_then_validation_error(typ, name):
         decode(typ, mutated(typ, {name: "NaN"}))
 
 
-@pytest.mark.parametrize(("typ", "name"), field_cases(lambda f: f.name in PRICE_FIELDS))
+@pytest.mark.parametrize(("typ", "name"), field_cases(lambda f: f.name in PRICE_FIELDS | POSITIVE_FIELDS))
 def test_decode_when_price_is_negative_then_validation_error(typ, name):
     with pytest.raises(msgspec.ValidationError, match=f"{name} > 0"):
         decode(typ, mutated(typ, {name: "-1.00"}))
@@ -144,3 +144,36 @@ def test_cases_when_built_then_cover_prices_and_required_fields_of_every_family(
 
     assert {"md.bar_closed.v1", "risk.order_intent.v1", "tca.tca_recorded.v1"} <= priced
     assert required >= {tag(t) for t in all_event_types()} | {"ctl.halt_trading.v1"}
+
+
+# --- variants: more shapes of one tag (order families), pinned like the goldens ---------------
+
+VARIANTS = sorted((GOLDEN / "variants").glob("*.json"))
+
+
+def variant_tag(path: Path) -> str:
+    return path.stem.rsplit(".", 1)[0]  # "<tag>.<variant>.json"
+
+
+def test_list_variants_when_read_then_bracket_and_trailing_stop_shapes_are_pinned():
+    names = {p.name for p in VARIANTS}
+
+    assert {
+        "risk.order_intent.v1.bracket.json",
+        "oms.pretrade_decision.v1.bracket.json",
+        "oms.pretrade_decision.v1.trailing_stop.json",
+    } <= names
+
+
+@pytest.mark.parametrize("path", VARIANTS, ids=lambda p: p.stem)
+def test_decode_when_variant_then_its_tag_and_reencodes_every_field_unchanged(path: Path):
+    data = path.read_bytes()
+    by_tag = {tag(t): t for t in WIRE_TYPES}
+
+    decoded = decode(by_tag[variant_tag(path)], data)
+
+    assert tag(type(decoded)) == variant_tag(path)
+    old = json.loads(data)
+    again = json.loads(encode(decoded))
+    assert {k: again.get(k) for k in old} == old
+    assert decode(type(decoded), encode(decoded)) == decoded

@@ -9,177 +9,55 @@ call runs in a thread.
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import subprocess
-import sys
-import time
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import TypeVar
 
 import httpx
 import nats
 import pytest
-from alpaca.common.exceptions import APIError
 from alpaca.trading.client import TradingClient
 from alpaca.trading.enums import OrderSide, OrderStatus, PositionSide, QueryOrderStatus, TimeInForce
 from alpaca.trading.requests import GetOrdersRequest, LimitOrderRequest, MarketOrderRequest
 
-from libs import sessions
 from libs.bus import Bus
 from libs.contracts import subjects as sj
-from libs.contracts.base import derive_id
 from libs.contracts.codec import decode_event
-from libs.contracts.marketdata import BarClosed
 from libs.contracts.ops import Heartbeat
 from libs.contracts.subjects import Subjects
-from libs.runtime.runner import free_port
 from services.exchange import handlers
-from tests.support.servers import REPO_ROOT, Namespace, migrate
+from tests.support.exchange import (
+    ACCOUNT,
+    CLOSE_NS,
+    EPOCH,
+    FRICTIONLESS,
+    KEY,
+    MINUTE,
+    OPEN_NS,
+    SECRET,
+    STOP_TIMEOUT_S,
+    ExchangeProcess,
+    bar_publisher,
+    call,
+    eventually,
+    exchange_env,
+    expect_api_error,
+    make_bar,
+)
+from tests.support.servers import Namespace
 
 pytestmark = pytest.mark.timeout(180)
-
-T = TypeVar("T")
-KEY = "it-key"
-SECRET = "it-secret"
-ACCOUNT = "it-account-1"
-SESSION_DAY = datetime(2024, 3, 5).date()
-OPEN_NS, CLOSE_NS = sessions.session_open_close(SESSION_DAY)
-MINUTE = sessions.MINUTE_NS
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-START_TIMEOUT_S = 60.0
-# Bus.close() flushes and closes (no drain), so SIGTERM ends the process in well under this
-STOP_TIMEOUT_S = 5.0
-
-
-def make_bar(symbol: str, minute: int, open: str, *, close: str | None = None) -> BarClosed:
-    ts = OPEN_NS + minute * MINUTE
-    o = Decimal(open)
-    return BarClosed(
-        event_id=derive_id("it-bar", symbol, ts),
-        correlation_id=derive_id("it-bar", ts),
-        causation_id=derive_id("it-bar", ts),
-        ts_event=ts,
-        ts_init=ts,
-        symbol=symbol,
-        bar_start=ts - MINUTE,
-        session=SESSION_DAY.isoformat(),
-        open=o,
-        high=o + 1,
-        low=o - 1,
-        close=Decimal(close) if close else o,
-        volume=1000,
-        spread_bps=Decimal(10),
-    )
-
-
-class ExchangeProcess:
-    """`python -m services.exchange` in a child process, ready once its /readyz answers 200."""
-
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
-        self.env = env
-        self.log_path = log_path
-        self.url = ""
-        self.process: subprocess.Popen[bytes] | None = None
-
-    async def start(self) -> ExchangeProcess:
-        port = free_port()
-        self.url = f"http://127.0.0.1:{port}"
-        # only this test's KEEL_ keys: the child refuses keys it does not know
-        child_env = {k: v for k, v in os.environ.items() if not k.startswith("KEEL_")}
-        child_env.update(self.env, KEEL_API_PORT=str(port), PYTHONUNBUFFERED="1")
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "services.exchange"],
-                cwd=REPO_ROOT,
-                env=child_env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        await self._wait_ready()
-        return self
-
-    async def _wait_ready(self) -> None:
-        assert self.process is not None
-        deadline = time.monotonic() + START_TIMEOUT_S
-        async with httpx.AsyncClient(base_url=self.url, timeout=1.0) as http:
-            while time.monotonic() < deadline:
-                if self.process.poll() is not None:
-                    raise AssertionError(f"exchange exited with {self.process.returncode} at start:\n{self.log_tail()}")
-                try:
-                    if (await http.get("/readyz")).status_code == 200:
-                        return
-                except httpx.HTTPError:
-                    pass
-                await asyncio.sleep(0.1)
-        raise AssertionError(f"exchange not ready after {START_TIMEOUT_S}s:\n{self.log_tail()}")
-
-    async def stop(self) -> tuple[int, float]:
-        """Send SIGTERM; return the exit code and how long the process took to exit."""
-        assert self.process is not None
-        if self.process.poll() is not None:
-            return self.process.returncode, 0.0
-        started = time.monotonic()
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            code = await asyncio.to_thread(self.process.wait, STOP_TIMEOUT_S * 4)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            await asyncio.to_thread(self.process.wait)
-            raise AssertionError(f"exchange ignored SIGTERM:\n{self.log_tail()}") from None
-        return code, time.monotonic() - started
-
-    def log_tail(self, lines: int = 20) -> str:
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-
-
-async def call(fn: Callable[..., T], *args: object) -> T:
-    return await asyncio.to_thread(fn, *args)
-
-
-async def eventually(check: Callable[[], T], *, timeout: float = 15.0) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = await asyncio.to_thread(check)
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s: last result {result!r}")
-        await asyncio.sleep(0.05)
-
-
-def expect_api_error(fn: Callable[[], object]) -> APIError:
-    try:
-        fn()
-    except APIError as e:
-        return e
-    raise AssertionError("expected APIError, was none")
 
 
 @pytest.fixture
 async def env(namespace: Namespace, nats_url: str, database_url: str) -> dict[str, str]:
-    await asyncio.to_thread(migrate, database_url, namespace.schema_prefix)
-    return {
-        "KEEL_NATS_URL": nats_url,
-        "KEEL_DATABASE_URL": database_url,
-        "KEEL_PREFIX": namespace.prefix,
-        "KEEL_SCHEMA_PREFIX": namespace.schema_prefix,
-        "KEEL_EXCHANGE_API_KEY_ID": KEY,
-        "KEEL_EXCHANGE_API_SECRET_KEY": SECRET,
-        "KEEL_EXCHANGE_ACCOUNT_ID": ACCOUNT,
-        "KEEL_EXCHANGE_INITIAL_CASH": "100000",
-    }
+    return await exchange_env(namespace, nats_url, database_url, **FRICTIONLESS)
 
 
 @pytest.fixture
 async def publisher(namespace: Namespace, nats_url: str):  # type: ignore[no-untyped-def]
-    bus = await Bus.connect(nats_url, Subjects(namespace.prefix), service="marketdata")
-    await bus.provision()
-    yield bus
-    await bus.close()
+    async with bar_publisher(namespace, nats_url) as bus:
+        yield bus
 
 
 @pytest.fixture

@@ -117,6 +117,8 @@ async def test_submit_when_broker_unreachable_then_order_held_unresolved_never_f
                 if handed.get("client_order_id") == lost.client_order_id:
                     break
         assert handed["type"] == "exec.order_submitted.v1"
+        unknown = await next_report(reports, lost.client_order_id)
+        assert unknown["type"] == "exec.order_status_unknown.v1"  # said once, when it became unknown
 
         # Act 2: halted, the broker comes back: the order is looked up (absent), never re-sent
         await bus.put_halt_state(HaltState(halted=True, reason="test kill", since_ns=1))
@@ -126,7 +128,7 @@ async def test_submit_when_broker_unreachable_then_order_held_unresolved_never_f
         assert reports.empty(), "no verdict on an unresolved order while halted"
         assert [o["client_order_id"] for o in await exchange_orders(cluster["exchange"].url)] == [first.client_order_id]
         held = await cluster["execution"].get_json("/state")
-        assert held["orders"][lost.client_order_id]["broker_status"] == "unresolved"  # type: ignore[index]
+        assert held["orders"][lost.client_order_id]["broker_status"] == "unknown"  # type: ignore[index]
 
         # Act 3: resumed: the next poll submits it again under the same client_order_id
         await bus.put_halt_state(HaltState(halted=False, reason="test resume", since_ns=2))

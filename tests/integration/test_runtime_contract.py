@@ -163,6 +163,43 @@ async def test_start_execution_when_broker_keys_empty_then_exits_naming_the_key(
     assert "KEEL_EXEC_API_KEY_ID" in result.stderr_lines[0]
 
 
+@pytest.mark.parametrize(
+    ("policy", "expected"),
+    [
+        (
+            {"KEEL_RISK_ORDER_CLASS": "bracket", "KEEL_RISK_TAKE_PROFIT_BPS": "100", "KEEL_RISK_STOP_LOSS_BPS": "50",
+             "KEEL_RISK_TIME_IN_FORCE": "ioc"},
+            "KEEL_RISK_ORDER_CLASS=bracket: broker keel-local does not support order class bracket with time in force ioc",
+        ),
+        ({"KEEL_RISK_ALLOW_MARKET": "false"}, "KEEL_RISK_ORDER_TYPE=market"),
+    ],
+    ids=["unsupported-order-class", "market-forbidden-by-policy"],
+)  # fmt: skip
+async def test_start_execution_when_order_policy_unsupported_by_broker_then_exits_naming_the_key(
+    namespace: Namespace, nats_url: str, database_url: str, policy: dict[str, str], expected: str
+):
+    # checked before the broker is reached: the keys below would otherwise get it to the broker
+    await asyncio.to_thread(migrate, database_url, namespace.schema_prefix)
+    env = service_env(
+        namespace,
+        nats_url,
+        database_url,
+        KEEL_EXEC_BROKER="keel-local",
+        KEEL_EXEC_BASE_URL=f"http://127.0.0.1:{closed_port()}",
+        KEEL_EXEC_API_KEY_ID="k",
+        KEEL_EXEC_API_SECRET_KEY="s",
+        **policy,
+    )
+
+    result = await asyncio.to_thread(run_service, "services.execution", env, 15.0)
+
+    assert result.code == 2, result
+    assert len(result.stderr_lines) == 1, result.stderr
+    line = result.stderr_lines[0]
+    assert line.startswith("keel execution: cannot start: "), line
+    assert expected in line
+
+
 def _imports_of(tree: ast.AST) -> list[tuple[int, str]]:
     found = []
     for node in ast.walk(tree):

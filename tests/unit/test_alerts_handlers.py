@@ -56,6 +56,19 @@ def test_order_rejected_when_consumed_then_order_rejected_alert_names_client_ord
     assert state == AlertsState()
 
 
+def test_order_status_unknown_when_consumed_then_alert_says_the_symbol_is_blocked(f: Events) -> None:
+    intent = f.intent("NVDA", "buy", 3, "900")
+    ev = f.unknown(intent, reason="POST /v2/orders: read timed out after 5.0 s")
+
+    _, out = step(AlertsState(), ev, CTX)
+
+    (alert,) = out
+    assert isinstance(alert, AlertRaised)
+    assert (alert.code, alert.severity) == ("ORDER_STATUS_UNKNOWN", "warning")
+    assert intent.client_order_id in alert.message and "blocked" in alert.message
+    assert alert.details == {"client_order_id": intent.client_order_id, "symbol": "NVDA"}
+
+
 def test_submit_failed_when_consumed_then_submit_failed_alert(f: Events) -> None:
     intent = f.intent("MSFT", "sell", 5, "300")
     ev = f.submit_failed(intent, reason_code="SUBMIT_NOT_ACCEPTED")

@@ -106,3 +106,19 @@ def test_hash_when_only_deployment_keys_differ_then_same_hash():
 
     assert a.sha256 == b.sha256
     assert c.sha256 != b.sha256
+
+
+def test_load_when_alpaca_key_names_set_then_execution_reads_them_and_conflicts_are_refused():
+    from services.execution.config import SECTION_PREFIX as EXEC_PREFIX
+    from services.execution.config import ExecConfig
+
+    env = {"ALPACA_API_KEY": "PKTEST", "ALPACA_SECRET_KEY": "s3cret", "EXECUTION_MODE": "paper"}
+    loaded = load(ExecConfig, section_prefix=EXEC_PREFIX, env=env)
+    assert (loaded.section.api_key_id, loaded.section.api_secret_key, loaded.section.base_url) == (
+        "PKTEST",
+        "s3cret",
+        "",  # empty: alpaca-py's own paper endpoint
+    )
+    assert oms(env).section == OmsConfig()  # other services ignore the broker keys
+    with pytest.raises(ConfigError, match="ALPACA_API_KEY"):
+        load(ExecConfig, section_prefix=EXEC_PREFIX, env={**env, "KEEL_EXEC_API_KEY_ID": "other"})

@@ -15,7 +15,12 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 DECISION_PATHS = sorted(
     [*ROOT.glob("services/*/handlers.py"), *ROOT.glob("services/*/state.py")]
-    + [*ROOT.glob("libs/decide/*.py"), *ROOT.glob("libs/contracts/*.py"), *ROOT.glob("libs/sessions/*.py")]
+    + [
+        *ROOT.glob("libs/decide/*.py"),
+        *ROOT.glob("libs/contracts/*.py"),
+        *ROOT.glob("libs/sessions/*.py"),
+        *ROOT.glob("libs/fillsim/*.py"),
+    ]
 )
 RANDOM_MODULE_FUNCS = {
     "random",

@@ -7,7 +7,7 @@ from decimal import Decimal
 
 import pytest
 
-from libs import sessions
+from libs import fillsim, sessions
 from libs.contracts.base import derive_id
 from libs.contracts.marketdata import BarClosed
 from services.exchange import handlers
@@ -25,6 +25,21 @@ from services.exchange.state import (
 )
 
 D = Decimal
+# frictionless apart from the spread: no slippage, impact, latency or fees, no volume cap, and a
+# quoted spread on every bar, so prices here are the bar's open moved half a spread (by hand)
+CTX = handlers.Ctx(
+    model=fillsim.CostModel(
+        proxy_spread_bps=D(10),
+        fixed_slippage_bps=D(0),
+        vol_slippage_coef=D(0),
+        impact_coef=D(0),
+        latency_ms=0,
+        latency_jitter_ms=0,
+        sec_fee_per_million=D(0),
+        taf_per_share=D(0),
+        max_participation=D(1),
+    )
+)
 MINUTE = sessions.MINUTE_NS
 DAY1 = date(2024, 3, 5)
 DAY2 = date(2024, 3, 6)
@@ -61,6 +76,7 @@ def bar(
         close=D(close) if close else o,
         volume=10_000,
         spread_bps=D(spread_bps),
+        spread_is_proxy=False,  # a quoted spread: the simulator pays exactly this one
     )
 
 
@@ -90,7 +106,7 @@ def fresh(cash: str = "100000") -> ExchangeState:
 
 
 def accept(state: ExchangeState, request: SubmitOrder) -> tuple[ExchangeState, ExchangeOrder]:
-    state, result = handlers.submit(state, request)
+    state, result = handlers.submit(state, request, CTX)
     assert isinstance(result, ExchangeOrder), result
     return state, result
 
@@ -98,7 +114,7 @@ def accept(state: ExchangeState, request: SubmitOrder) -> tuple[ExchangeState, E
 def feed(state: ExchangeState, *bars: BarClosed) -> tuple[ExchangeState, list[ExchangeOrder]]:
     changed: list[ExchangeOrder] = []
     for b in bars:
-        state, orders = handlers.on_bar(state, b)
+        state, orders = handlers.on_bar(state, b, CTX)
         changed.extend(orders)
     return state, changed
 
@@ -117,10 +133,10 @@ def test_submit_when_bar_seen_then_fills_on_next_bar_not_the_current_one() -> No
     (filled,) = changed_next
     assert filled.status == "filled"
     assert filled.filled_qty == 10
-    assert filled.filled_avg_price == D("101.05")  # 101 * (1 + 10/20000) = 101.0505 -> 101.05
+    assert filled.filled_avg_price == D("101.06")  # 101 * (1 + 10/20000) = 101.0505 -> up to 101.06
     assert filled.filled_at == OPEN1 + 2 * MINUTE
     assert state.positions["AAPL"].qty == 10
-    assert state.account.cash == D("100000") - D("1010.50")
+    assert state.account.cash == D("100000") - D("1010.60")
 
 
 def test_submit_when_clock_advanced_by_other_symbol_then_late_bar_of_same_minute_does_not_fill() -> None:
@@ -213,12 +229,12 @@ def test_day_order_when_accepted_after_the_close_then_works_in_the_next_session(
     state, (filled,) = feed(state, bar("AAPL", 1, day_open=OPEN2, session=DAY2, open="102"))
     assert accepted.expires_at == CLOSE2
     assert filled.status == "filled"
-    assert filled.filled_avg_price == D("102.05")
+    assert filled.filled_avg_price == D("102.06")  # 102 * 1.0005 = 102.051 -> up to 102.06
 
 
 def test_submit_when_client_order_id_reused_then_rejected_as_duplicate() -> None:
     state, first = accept(fresh(), order("same"))
-    after, result = handlers.submit(state, order("same", qty=1))
+    after, result = handlers.submit(state, order("same", qty=1), CTX)
     assert isinstance(result, Rejection)
     assert result.reason == DUPLICATE_CLIENT_ORDER_ID
     assert result.message == "client_order_id must be unique"
@@ -228,22 +244,22 @@ def test_submit_when_client_order_id_reused_then_rejected_as_duplicate() -> None
 def test_submit_when_cost_exceeds_buying_power_then_rejected() -> None:
     state, _ = feed(fresh(cash="1000"), bar("AAPL", 1, open="100", close="100"))
     # buying power = 2 * 1000 = 2000; 10 x 100 fits, 30 x 100 does not
-    state, result = handlers.submit(state, order("big", qty=30))
+    state, result = handlers.submit(state, order("big", qty=30), CTX)
     assert isinstance(result, Rejection)
     assert result.reason == INSUFFICIENT_BUYING_POWER
     assert result.details == {"buying_power": "2000", "cost_basis": "3000"}
     state, _ = accept(state, order("ok", qty=10))
     # the open order holds 1000 of buying power, so another 15 shares no longer fit
-    _, second = handlers.submit(state, order("more", qty=15))
+    _, second = handlers.submit(state, order("more", qty=15), CTX)
     assert isinstance(second, Rejection)
-    assert handlers.buying_power(state) == D("1000")
+    assert handlers.buying_power(state, CTX) == D("1000")
 
 
 def test_submit_when_order_closes_a_position_then_no_buying_power_needed() -> None:
     state, _ = feed(fresh(cash="1000"), bar("AAPL", 1, open="100"))
     state, _ = accept(state, order("buy", qty=15))
     state, _ = feed(state, bar("AAPL", 2, open="100", close="100"))
-    state = handlers.on_bar(state, bar("MSFT", 2))[0]
+    state = handlers.on_bar(state, bar("MSFT", 2), CTX)[0]
     # selling what is held needs no buying power even when it is exhausted
     state, closing = accept(state, order("sell", side="sell", qty=15))
     assert closing.position_intent == "sell_to_close"
@@ -264,8 +280,8 @@ def test_cover_when_short_position_then_cash_and_positions_account_for_both_legs
     state, _ = feed(state, bar("XYZ", 3, open="90"))
     assert cover.position_intent == "buy_to_close"
     assert "XYZ" not in state.positions
-    assert state.account.cash == D("100999.50") - D("900.40")  # 90 * 1.0005 = 90.045 -> 90.04
-    assert handlers.equity(state) == D("100099.10")
+    assert state.account.cash == D("100999.50") - D("900.50")  # 90 * 1.0005 = 90.045 -> up to 90.05
+    assert handlers.equity(state) == D("100099.00")
 
 
 def test_fills_when_buys_at_two_prices_then_average_entry_is_volume_weighted_and_sells_keep_it() -> None:
@@ -298,9 +314,9 @@ def test_cancel_when_open_then_canceled_and_when_filled_then_refused() -> None:
     state, working = accept(state, order("w", type="limit", limit="1.00", tif="gtc"))
     state, market = accept(state, order("m"))
     state, _ = feed(state, bar("AAPL", 2))
-    state, canceled = handlers.cancel(state, working.id)
-    _, refused = handlers.cancel(state, market.id)
-    _, unknown = handlers.cancel(state, "00000000-0000-0000-0000-000000000000")
+    state, canceled = handlers.cancel(state, working.id, CTX)
+    _, refused = handlers.cancel(state, market.id, CTX)
+    _, unknown = handlers.cancel(state, "00000000-0000-0000-0000-000000000000", CTX)
     assert isinstance(canceled, ExchangeOrder)
     assert canceled.status == "canceled"
     assert canceled.canceled_at == OPEN1 + 2 * MINUTE
@@ -314,10 +330,10 @@ def test_cancel_all_when_orders_open_then_every_one_canceled_oldest_first() -> N
     state, a = accept(state, order("a", type="limit", limit="1.00", tif="gtc"))
     state, m = accept(state, order("m", symbol="MSFT", type="limit", limit="1.00", tif="gtc"))
     state, b = accept(state, order("b", type="limit", limit="1.00", tif="gtc"))
-    state, done = handlers.cancel_all(state)
+    state, done = handlers.cancel_all(state, CTX)
     assert [o.id for o in done] == [a.id, m.id, b.id]
     assert state.working == {}
-    assert handlers.cancel_all(state)[1] == []
+    assert handlers.cancel_all(state, CTX)[1] == []
 
 
 def test_ids_when_same_inputs_then_same_uuids() -> None:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from decimal import Decimal
 
+import msgspec
 import pytest
 from alpaca.trading.enums import OrderStatus
+from alpaca.trading.models import Order, TradeUpdate
 
 from libs.contracts.base import derive_id
 from libs.contracts.codec import encode
@@ -16,14 +18,17 @@ from libs.contracts.execution import (
     OrderFilled,
     OrderPartiallyFilled,
     OrderRejected,
+    OrderStatusUnknown,
     OrderSubmitted,
     SubmitFailed,
 )
 from libs.contracts.oms import PretradeDecision
 from libs.contracts.ops import Watermark
 from services.execution import state as st
+from services.execution.broker import StreamWatch, from_trade_update, stream_url, to_broker_order
 from services.execution.config import ExecConfig
 from services.execution.handlers import (
+    UNKNOWN_ORDER_BLOCK,
     Accepted,
     Rejected,
     Unknown,
@@ -32,6 +37,8 @@ from services.execution.handlers import (
     on_broker_order,
     on_outcome,
     step,
+    stream_alert,
+    unknown_block,
 )
 from tests.factories import NOW_NS, Events, ctx, minute
 
@@ -82,7 +89,7 @@ def working(d: PretradeDecision) -> st.ExecState:
     return state
 
 
-def unresolved(d: PretradeDecision) -> st.ExecState:
+def unknown(d: PretradeDecision) -> st.ExecState:
     """Given: the order was handed over and the submit's outcome was lost."""
     state, _ = outcome(d, Unknown(message="timeout"))
     return state
@@ -91,13 +98,13 @@ def unresolved(d: PretradeDecision) -> st.ExecState:
 # --- envelopes -------------------------------------------------------------------------------
 
 
-def test_hand_over_when_approved_then_order_held_unresolved_and_envelope_derives_from_decision(
+def test_hand_over_when_approved_then_order_held_submitting_and_envelope_derives_from_decision(
     d: PretradeDecision,
 ) -> None:
     state, (ev,) = hand_over(st.ExecState(), d, "alpaca-paper", "00-tp", CTX)
 
     held = state.orders[d.client_order_id]
-    assert (held.broker_status, held.decision_id, held.traceparent) == (st.UNRESOLVED, d.event_id, "00-tp")
+    assert (held.broker_status, held.decision_id, held.traceparent) == (st.SUBMITTING, d.event_id, "00-tp")
 
     assert isinstance(ev, OrderSubmitted)
     assert ev.event_id == derive_id("exec.order_submitted.v1", d.client_order_id)
@@ -186,30 +193,111 @@ def test_outcome_when_order_already_finished_then_nothing(d: PretradeDecision) -
     assert (state, out) == (st.ExecState(), [])
 
 
-def test_outcome_when_unknown_then_order_stays_unresolved_without_event(d: PretradeDecision) -> None:
-    state, out = outcome(d, Unknown(message="read timeout"), "00-tp")
+def test_outcome_when_unknown_then_order_held_unknown_and_status_unknown_said(d: PretradeDecision) -> None:
+    state, out = outcome(d, Unknown(message="POST /v2/orders: ReadTimeout"), "00-tp")
+
+    (ev,) = out
+    assert isinstance(ev, OrderStatusUnknown)
+    assert ev.event_id == derive_id("exec.order_status_unknown.v1", d.client_order_id)
+    assert (ev.intent_id, ev.client_order_id, ev.symbol, ev.side) == (d.intent_id, d.client_order_id, "AAPL", "buy")
+    assert (ev.correlation_id, ev.causation_id, ev.ts_event) == (d.correlation_id, d.event_id, d.bar_ts)
+    assert ev.reason == "POST /v2/orders: ReadTimeout"
+    order = state.orders[d.client_order_id]
+    assert (order.broker_status, order.broker_order_id) == (st.UNKNOWN, "")
+
+
+def test_outcome_when_still_unknown_after_a_lookup_then_nothing_said_again(d: PretradeDecision) -> None:
+    state = unknown(d)
+
+    after, out = on_outcome(state, d.client_order_id, Unknown(message="lookup got no answer"), CTX)
 
     assert out == []
-    order = state.orders[d.client_order_id]
-    assert order.broker_status == st.UNRESOLVED
-    assert order.broker_order_id == ""
+    assert after is state
 
 
-def test_poll_when_unresolved_order_found_at_broker_then_accepted(d: PretradeDecision) -> None:
-    state, out = on_broker_order(unresolved(d), d.client_order_id, broker(d, "new"), CTX)
+def test_outcome_when_unknown_order_found_by_lookup_then_adopted_as_accepted(d: PretradeDecision) -> None:
+    state, out = on_outcome(unknown(d), d.client_order_id, Accepted(order=broker(d, "new", id="bo-9")), CTX)
+
+    (ev,) = out
+    assert isinstance(ev, OrderAccepted) and ev.broker_order_id == "bo-9"
+    assert state.orders[d.client_order_id].broker_status == "new"
+
+
+def test_outcome_when_unknown_order_found_already_filled_then_accepted_and_filled(d: PretradeDecision) -> None:
+    state, out = on_outcome(
+        unknown(d), d.client_order_id, Accepted(order=broker(d, "filled", filled=100, avg="10.01")), CTX
+    )
+
+    assert [type(e) for e in out] == [OrderAccepted, OrderFilled]
+    assert state.orders == {}
+
+
+def test_outcome_when_unknown_order_sent_again_after_404_and_refused_then_rejected(d: PretradeDecision) -> None:
+    state, out = on_outcome(unknown(d), d.client_order_id, Rejected(code="40310000", message="no buying power"), CTX)
+
+    assert [type(e) for e in out] == [OrderRejected]
+    assert state.orders == {}
+
+
+def test_poll_when_unknown_order_found_at_broker_then_accepted(d: PretradeDecision) -> None:
+    state, out = on_broker_order(unknown(d), d.client_order_id, broker(d, "new"), CTX)
 
     assert [type(e) for e in out] == [OrderAccepted]
     assert state.orders[d.client_order_id].broker_status == "new"
 
 
-def test_poll_when_unresolved_order_missing_at_broker_then_still_unresolved(d: PretradeDecision) -> None:
+def test_poll_when_unknown_order_missing_at_broker_then_still_unknown(d: PretradeDecision) -> None:
     # the venue going quiet is never a verdict: the order stays held and is asked about again
-    state = unresolved(d)
+    state = unknown(d)
 
     after, out = on_broker_order(state, d.client_order_id, None, CTX)
 
     assert out == []
-    assert after.orders[d.client_order_id].broker_status == st.UNRESOLVED
+    assert after.orders[d.client_order_id].broker_status == st.UNKNOWN
+
+
+# --- the unknown-order block -----------------------------------------------------------------
+
+
+def test_unknown_block_when_an_order_of_the_symbol_is_unknown_then_submit_failed_naming_it(f: Events) -> None:
+    first = f.decision(f.intent("AAPL", "buy", 100, "10", n=1))
+    second = f.decision(f.intent("AAPL", "buy", 50, "10", n=2))
+
+    ev = unknown_block(unknown(first), second, CTX)
+
+    assert isinstance(ev, SubmitFailed)
+    assert (ev.reason_code, ev.category) == (UNKNOWN_ORDER_BLOCK, "BROKER_STATE")
+    assert first.client_order_id in ev.message
+    assert (ev.client_order_id, ev.intent_id, ev.causation_id) == (
+        second.client_order_id,
+        second.intent_id,
+        second.event_id,
+    )
+
+
+def test_unknown_block_when_the_unknown_order_is_another_symbol_then_none(f: Events) -> None:
+    first = f.decision(f.intent("AAPL", "buy", 100, "10", n=1))
+    other = f.decision(f.intent("MSFT", "buy", 50, "10", n=2))
+
+    assert unknown_block(unknown(first), other, CTX) is None
+
+
+def test_unknown_block_when_the_order_is_only_submitting_or_working_then_none(f: Events) -> None:
+    first = f.decision(f.intent("AAPL", "buy", 100, "10", n=1))
+    second = f.decision(f.intent("AAPL", "buy", 50, "10", n=2))
+    submitting, _ = hand_over(st.ExecState(), first, "alpaca", "", CTX)
+
+    assert unknown_block(submitting, second, CTX) is None
+    assert unknown_block(working(first), second, CTX) is None
+
+
+def test_unknown_block_when_the_unknown_order_was_adopted_then_lifted(f: Events) -> None:
+    first = f.decision(f.intent("AAPL", "buy", 100, "10", n=1))
+    second = f.decision(f.intent("AAPL", "buy", 50, "10", n=2))
+
+    adopted, _ = on_broker_order(unknown(first), first.client_order_id, broker(first, "new"), CTX)
+
+    assert unknown_block(adopted, second, CTX) is None
 
 
 def test_poll_when_known_order_missing_from_listing_then_nothing_yet(d: PretradeDecision) -> None:
@@ -355,6 +443,271 @@ def test_poll_when_updated_at_missing_then_event_time_is_the_clock(d: PretradeDe
     assert out[0].ts_event == NOW_NS
 
 
+# --- stream frames: de-duplicated by execution_id, fills once by cumulative quantity ----------
+
+
+def frame(
+    d: PretradeDecision, status: str, *, filled: int, avg: str | None, execution_id: str, event: str = "fill"
+) -> st.BrokerOrder:
+    """A trade_updates frame as broker.from_trade_update turns it into a BrokerOrder."""
+    bo = broker(d, status, filled=filled, avg=avg)
+    return msgspec.structs.replace(bo, execution_id=execution_id, event=event)
+
+
+def test_stream_when_same_frame_twice_then_second_reports_nothing_and_changes_nothing(d: PretradeDecision) -> None:
+    partial = frame(d, "partially_filled", filled=40, avg="10.00", execution_id="x-1", event="partial_fill")
+    state, first = on_broker_order(working(d), d.client_order_id, partial, CTX)
+
+    after, again = on_broker_order(state, d.client_order_id, partial, CTX)
+
+    assert [type(e) for e in first] == [OrderPartiallyFilled]
+    assert again == []
+    assert after is state
+    assert state.orders[d.client_order_id].execution_ids == ("x-1",)
+
+
+def test_stream_when_fill_seen_by_stream_then_by_poll_then_reported_once(d: PretradeDecision) -> None:
+    state, by_stream = on_broker_order(
+        working(d), d.client_order_id, frame(d, "partially_filled", filled=40, avg="10", execution_id="x-1"), CTX
+    )
+
+    _, by_poll = on_broker_order(state, d.client_order_id, broker(d, "partially_filled", filled=40, avg="10"), CTX)
+
+    assert [type(e) for e in by_stream] == [OrderPartiallyFilled]
+    assert by_poll == []
+
+
+def test_stream_when_fill_seen_by_poll_then_by_stream_then_reported_once_with_one_execution_id(
+    d: PretradeDecision,
+) -> None:
+    state, by_poll = on_broker_order(working(d), d.client_order_id, broker(d, "filled", filled=100, avg="10"), CTX)
+
+    _, by_stream = on_broker_order(
+        state, d.client_order_id, frame(d, "filled", filled=100, avg="10", execution_id="x-1"), CTX
+    )
+
+    (fill,) = [e for e in by_poll if isinstance(e, OrderFilled)]
+    assert fill.execution_id == derive_id("execution", "bo-1", 100)  # the same id whichever path saw it
+    assert by_stream == []
+
+
+def test_stream_when_duplicate_frames_interleave_then_each_fill_once(d: PretradeDecision) -> None:
+    p1 = frame(d, "partially_filled", filled=30, avg="10.00", execution_id="x-1", event="partial_fill")
+    p2 = frame(d, "filled", filled=100, avg="10.07", execution_id="x-2")
+    state = working(d)
+
+    reports = []
+    for bo in [p1, p1, p2, p1, p2]:
+        state, out = on_broker_order(state, d.client_order_id, bo, CTX)
+        reports += out
+
+    fills = [(type(r), r.cum_qty) for r in reports]  # type: ignore[union-attr]
+    assert fills == [(OrderPartiallyFilled, 30), (OrderFilled, 100)]
+    assert state.orders == {}
+
+
+def test_stream_when_new_frame_repeats_a_known_cumulative_qty_then_nothing(d: PretradeDecision) -> None:
+    state, _ = on_broker_order(
+        working(d), d.client_order_id, frame(d, "partially_filled", filled=40, avg="10", execution_id="x-1"), CTX
+    )
+
+    after, out = on_broker_order(
+        state, d.client_order_id, frame(d, "partially_filled", filled=40, avg="10", execution_id="x-9"), CTX
+    )
+
+    assert out == []
+    assert after.orders[d.client_order_id].execution_ids == ("x-1", "x-9")
+
+
+def test_stream_when_frame_fill_has_no_price_yet_then_its_execution_id_is_not_remembered(d: PretradeDecision) -> None:
+    unpriced = frame(d, "partially_filled", filled=40, avg=None, execution_id="x-1")
+    state, first = on_broker_order(working(d), d.client_order_id, unpriced, CTX)
+
+    _, later = on_broker_order(state, d.client_order_id, msgspec.structs.replace(unpriced, filled_avg_price=D(10)), CTX)
+
+    assert first == []
+    assert state.orders[d.client_order_id].execution_ids == ()
+    assert [type(e) for e in later] == [OrderPartiallyFilled]
+
+
+def test_stream_when_many_frames_then_only_the_last_seen_execution_ids_are_kept(d: PretradeDecision) -> None:
+    state = working(d)
+    for n in range(st.SEEN_EXECUTIONS + 5):
+        bo = frame(d, "accepted", filled=0, avg=None, execution_id=f"x-{n}", event="new")
+        state, _ = on_broker_order(state, d.client_order_id, bo, CTX)
+
+    seen = state.orders[d.client_order_id].execution_ids
+    assert len(seen) == st.SEEN_EXECUTIONS
+    assert seen[-1] == f"x-{st.SEEN_EXECUTIONS + 4}"
+
+
+def test_stream_when_order_finishes_then_its_execution_ids_go_with_it(d: PretradeDecision) -> None:
+    state, _ = on_broker_order(
+        working(d), d.client_order_id, frame(d, "filled", filled=100, avg="10", execution_id="x-1"), CTX
+    )
+
+    assert state.orders == {}
+
+
+def test_from_trade_update_when_alpaca_frame_then_same_broker_order_as_a_poll_plus_execution() -> None:
+    order = {
+        "id": "61e69015-8549-4bfd-b9c3-01e75843f47d",
+        "client_order_id": "k2-cid",
+        "created_at": "2024-03-05T14:31:00Z",
+        "updated_at": "2024-03-05T14:32:00.5Z",
+        "submitted_at": "2024-03-05T14:31:00Z",
+        "symbol": "AAPL",
+        "qty": "100",
+        "filled_qty": "40",
+        "filled_avg_price": "187.25",
+        "order_class": "simple",
+        "order_type": "market",
+        "side": "buy",
+        "time_in_force": "day",
+        "status": "partially_filled",
+        "extended_hours": False,
+    }
+    update = TradeUpdate(
+        event="partial_fill",
+        execution_id="7b7f6a8e-3d0c-4f65-9f5e-0c3c1f2d9a11",
+        order=order,
+        timestamp="2024-03-05T14:32:00.5Z",
+        price=187.25,
+        qty=40,
+    )
+
+    bo = from_trade_update(update)
+
+    assert bo == msgspec.structs.replace(
+        to_broker_order(Order(**order)), execution_id="7b7f6a8e-3d0c-4f65-9f5e-0c3c1f2d9a11", event="partial_fill"
+    )
+    assert (bo.client_order_id, bo.status, bo.qty, bo.filled_qty, bo.filled_avg_price) == (
+        "k2-cid",
+        "partially_filled",
+        100,
+        40,
+        D("187.25"),
+    )
+
+
+@pytest.mark.parametrize(
+    ("stream", "base", "expected"),
+    [
+        ("", "", ""),
+        ("", "http://127.0.0.1:8080", "ws://127.0.0.1:8080/stream"),
+        ("", "https://paper-api.alpaca.markets", "wss://paper-api.alpaca.markets/stream"),
+        ("", "http://exchange:8080/some/prefix", "ws://exchange:8080/stream"),
+        ("wss://proxy.example/ws", "http://127.0.0.1:8080", "wss://proxy.example/ws"),
+    ],
+    ids=["sdk-default", "local-exchange", "alpaca-https", "path-ignored", "explicit"],
+)
+def test_stream_url_when_configured_then_explicit_else_derived_from_base_url(stream: str, base: str, expected: str):
+    assert stream_url(stream, base) == expected
+
+
+# --- the stream watch (wall clock: it only sets the poll cadence and raises alerts) -----------
+
+
+class FakeMonotonic:
+    def __init__(self) -> None:
+        self.t = 100.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_watch_when_connected_and_frames_flow_then_trusted() -> None:
+    now = FakeMonotonic()
+    watch = StreamWatch(10, now=now)
+    watch.connection(True)
+
+    now.t += 9
+    watch.frame()
+    now.t += 9
+
+    assert watch.check(orders_open=True) == ""
+    assert watch.trusted
+
+
+def test_watch_when_silent_while_orders_open_then_stale_silent() -> None:
+    now = FakeMonotonic()
+    watch = StreamWatch(10, now=now)
+    watch.connection(True)
+    watch.check(orders_open=True)
+
+    now.t += 10
+
+    assert watch.check(orders_open=True) == "silent"
+    assert not watch.trusted
+
+
+def test_watch_when_silent_without_open_orders_then_not_stale() -> None:
+    now = FakeMonotonic()
+    watch = StreamWatch(10, now=now)
+    watch.connection(True)
+
+    now.t += 3600
+
+    assert watch.check(orders_open=False) == ""
+    assert watch.trusted
+
+
+def test_watch_when_first_order_after_a_quiet_hour_then_silence_counts_from_the_order() -> None:
+    now = FakeMonotonic()
+    watch = StreamWatch(10, now=now)
+    watch.connection(True)
+    now.t += 3600
+    watch.check(orders_open=False)
+
+    now.t += 5
+    assert watch.check(orders_open=True) == ""
+    now.t += 6
+    assert watch.check(orders_open=True) == "silent"
+
+
+def test_watch_when_disconnected_then_untrusted_at_once_and_stale_after_stale_sec() -> None:
+    now = FakeMonotonic()
+    watch = StreamWatch(10, now=now)
+    watch.connection(True)
+    now.t += 1
+    watch.connection(False)
+
+    assert watch.check(orders_open=False) == ""
+    assert not watch.trusted  # the poller runs fast at once
+    now.t += 10
+    assert watch.check(orders_open=False) == "disconnected"
+
+
+def test_watch_when_reconnected_then_trusted_again() -> None:
+    now = FakeMonotonic()
+    watch = StreamWatch(10, now=now)
+    watch.connection(False)
+    now.t += 30
+    assert watch.check(orders_open=True) == "disconnected"
+
+    watch.connection(True)
+
+    assert watch.check(orders_open=True) == ""
+    assert watch.trusted
+
+
+def test_watch_when_disabled_then_never_stale_and_never_trusted() -> None:
+    now = FakeMonotonic()
+    watch = StreamWatch(10, enabled=False, now=now)
+    now.t += 100
+
+    assert watch.check(orders_open=True) == ""
+    assert not watch.trusted
+
+
+def test_stream_alert_when_built_then_deterministic_from_episode_and_sourced_execution() -> None:
+    a = stream_alert("STREAM_STALE", "warning", "silent", "stream-stale:1", CTX, why="silent")
+
+    assert a == stream_alert("STREAM_STALE", "warning", "silent", "stream-stale:1", CTX, why="silent")
+    assert a.event_id != stream_alert("STREAM_STALE", "warning", "silent", "stream-stale:2", CTX).event_id
+    assert (a.code, a.severity, a.source, a.details) == ("STREAM_STALE", "warning", "execution", {"why": "silent"})
+
+
 # --- the Alpaca status table -----------------------------------------------------------------
 
 # what keel must make of every alpaca-py OrderStatus (seed 002 A-OMS-02); a new enum value has
@@ -391,6 +744,28 @@ def test_alpaca_status_when_any_enum_value_then_mapped_to_its_keel_meaning(statu
 def test_alpaca_status_when_listed_then_exactly_the_18_enum_values() -> None:
     assert len(OrderStatus) == 18
     assert set(st.ALPACA_STATUS) == {s.value for s in OrderStatus}
+
+
+REPORT_FOR_MEANING = {
+    st.WORKING: [],
+    st.FILLED: [OrderFilled],
+    st.CANCELED: [OrderCanceled],
+    st.EXPIRED: [OrderExpired],
+    st.REJECTED: [OrderRejected],
+}
+
+
+@pytest.mark.parametrize("status", list(OrderStatus), ids=lambda s: s.name)
+def test_alpaca_status_when_a_working_order_reaches_it_then_the_table_decides_report_and_tracking(
+    d: PretradeDecision, status: OrderStatus
+) -> None:
+    meaning = st.ALPACA_STATUS[status.value]
+    filled = d.qty if meaning == st.FILLED else 0
+
+    state, out = on_broker_order(working(d), d.client_order_id, broker(d, status.value, filled=filled, avg="10"), CTX)
+
+    assert [type(e) for e in out] == REPORT_FOR_MEANING[meaning]
+    assert (d.client_order_id in state.orders) == (meaning == st.WORKING)
 
 
 # --- watermark -------------------------------------------------------------------------------

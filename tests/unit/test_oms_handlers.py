@@ -11,6 +11,7 @@ import pytest
 from libs.contracts.base import Event, derive_id
 from libs.contracts.codec import encode
 from libs.contracts.control import CancelAllOrders
+from libs.contracts.execution import OrderStatusUnknown
 from libs.contracts.oms import PositionChanged, PretradeDecision
 from libs.contracts.ops import AlertRaised, Watermark
 from libs.contracts.risk import OrderIntent
@@ -387,6 +388,71 @@ def test_fill_when_it_races_an_expiry_then_position_moves_and_order_is_filled(f:
     assert status(after, intent) == st.FILLED
 
 
+# --- UNKNOWN: the submit's outcome was lost ----------------------------------------------------
+
+
+def status_unknown(f: Events, intent: OrderIntent) -> OrderStatusUnknown:
+    """Execution's report that the submit's outcome is not known."""
+    return OrderStatusUnknown(
+        event_id=derive_id("test.order_status_unknown", intent.client_order_id),
+        correlation_id=intent.correlation_id,
+        causation_id=intent.event_id,
+        ts_event=intent.ts_event,
+        ts_init=NOW_NS,
+        intent_id=intent.intent_id,
+        client_order_id=intent.client_order_id,
+        symbol=intent.symbol,
+        side=intent.side,
+        reason="POST /v2/orders: ReadTimeout",
+    )
+
+
+def test_status_unknown_when_submitted_then_unknown_with_reason_and_still_working(f: Events) -> None:
+    intent = f.intent("AAPL", "buy", 100, "50")
+    state, _ = given([intent, f.submitted(intent)])
+
+    after, out = step(state, status_unknown(f, intent), CTX)
+
+    assert out == []  # the quantity is still working: the position view did not change
+    assert status(after, intent) == st.UNKNOWN
+    assert after.intents[intent.intent_id].reason == "POST /v2/orders: ReadTimeout"
+    assert after.intents[intent.intent_id].working_qty == 100
+
+
+def test_status_unknown_when_later_adopted_and_filled_then_acked_then_filled(f: Events) -> None:
+    intent = f.intent("AAPL", "buy", 100, "50")
+    state, _ = given([intent, f.submitted(intent), status_unknown(f, intent)])
+
+    state, _ = step(state, f.accepted(intent), CTX)
+    acked = status(state, intent)
+    state, out = step(state, f.fill(intent, last_qty=100, last_px="50.05", cum_qty=100), CTX)
+
+    assert (acked, status(state, intent)) == (st.ACKED, st.FILLED)
+    (pos,) = out
+    assert (pos.qty, pos.open_order_qty) == (100, 0)
+
+
+@pytest.mark.parametrize(
+    ("report", "expected"),
+    [
+        (lambda f, i: f.fill(i, last_qty=40, last_px="50", cum_qty=40), st.PARTIALLY_FILLED),
+        (lambda f, i: f.fill(i, last_qty=100, last_px="50", cum_qty=100), st.FILLED),
+        (lambda f, i: f.canceled(i), st.CANCELED),
+        (lambda f, i: f.expired(i), st.EXPIRED),
+        (lambda f, i: f.rejected(i), st.REJECTED),
+    ],
+    ids=["partial", "filled", "canceled", "expired", "rejected"],
+)
+def test_status_unknown_when_resolved_order_reports_then_it_moves_on(f: Events, report, expected) -> None:
+    intent = f.intent("AAPL", "buy", 100, "50")
+    state, _ = given([intent, f.submitted(intent), status_unknown(f, intent)])
+
+    after, out = step(state, report(f, intent), CTX)
+
+    assert status(after, intent) == expected
+    assert of(AlertRaised, out) == []
+
+
 # --- the transition table as data ------------------------------------------------------------
 
 STATUSES = {s for s, _ in st.TRANSITIONS} | set(st.TRANSITIONS.values())
@@ -416,7 +482,7 @@ def test_transitions_when_non_terminal_then_a_terminal_status_is_reachable(statu
 
 
 def test_transitions_when_listed_then_non_terminal_keys_are_the_live_lifecycle() -> None:
-    assert NON_TERMINAL == sorted([st.ACKED, st.CREATED, st.PARTIALLY_FILLED, st.SUBMITTED, st.SUBMITTING])
+    assert NON_TERMINAL == sorted([st.ACKED, st.CREATED, st.PARTIALLY_FILLED, st.SUBMITTED, st.SUBMITTING, st.UNKNOWN])
     assert STATUSES >= st.TERMINAL
 
 
@@ -557,3 +623,56 @@ def test_intent_when_risk_seq_skips_one_then_intents_seen_is_the_highest_seq(f: 
 
     reports = [e for e in out if isinstance(e, PositionChanged)]
     assert [p.intents_seen for p in reports] == [1, 3]
+
+
+# --- order family: the decision record carries the order as risk shaped it ------------------------
+
+ORDER_FAMILY = (
+    "order_type",
+    "limit_price",
+    "time_in_force",
+    "order_class",
+    "stop_price",
+    "trail_price",
+    "trail_percent",
+    "take_profit_limit_price",
+    "stop_loss_stop_price",
+    "stop_loss_limit_price",
+)
+
+
+@pytest.mark.parametrize(
+    "family",
+    [
+        {
+            "order_type": "limit",
+            "limit_price": D("50.05"),
+            "time_in_force": "gtc",
+            "order_class": "bracket",
+            "take_profit_limit_price": D("50.50"),
+            "stop_loss_stop_price": D("49.75"),
+            "stop_loss_limit_price": D("49.70"),
+        },
+        {"order_type": "stop_limit", "stop_price": D("50.25"), "limit_price": D("50.31")},
+        {
+            "order_type": "trailing_stop",
+            "trail_percent": D("1.5"),
+            "order_class": "oto",
+            "take_profit_limit_price": D("51"),
+        },
+        {"order_type": "trailing_stop", "trail_price": D("0.75")},
+    ],
+    ids=["bracket", "stop_limit", "trailing-oto", "trailing-by-price"],
+)
+@pytest.mark.parametrize("approved", [True, False], ids=["approved", "denied"])
+def test_intent_when_order_family_set_then_decision_carries_family_legs_and_exit_parameters(
+    f: Events, family: dict[str, object], approved: bool
+) -> None:
+    intent = msgspec.structs.replace(f.intent("AAPL", "buy", 100, "50"), **family)
+    state = st.OmsState() if approved else msgspec.structs.replace(st.OmsState(), halted=True, halt_reason="manual")
+
+    _, out = step(state, intent, CTX)
+
+    (decision,) = of(PretradeDecision, out)
+    assert decision.approved is approved
+    assert {k: getattr(decision, k) for k in ORDER_FAMILY} == {k: getattr(intent, k) for k in ORDER_FAMILY}

@@ -11,6 +11,7 @@ from libs.contracts.base import Event, derive_id
 from libs.contracts.codec import encode
 from libs.contracts.ops import Watermark
 from libs.contracts.risk import OrderIntent, SleeveShare
+from libs.decide import Ctx
 from services.risk.config import RiskConfig
 from services.risk.handlers import MAX_CID_LEN, client_order_id, step
 from services.risk.state import RiskState
@@ -382,3 +383,203 @@ def test_position_when_oms_skipped_a_lost_intent_then_in_flight_is_cleared(f: Ev
 
     assert after.symbols["AAPL"].in_flight == ()
     assert after.symbols["AAPL"].expected_position() == 200
+
+
+# --- order policy: how a target becomes an order ------------------------------------------------
+
+
+def policy(**keys: object) -> Ctx:
+    return ctx("risk", RiskConfig(**keys))  # type: ignore[arg-type]
+
+
+def one_intent(f: Events, context: Ctx, shares: int = 100, price: str = "50") -> OrderIntent:
+    _, out = step(RiskState(), f.target("AAPL", shares, price), context)
+    (intent,) = intents(out)
+    return intent
+
+
+FAMILY = (
+    "order_type",
+    "time_in_force",
+    "order_class",
+    "limit_price",
+    "stop_price",
+    "trail_price",
+    "trail_percent",
+    "take_profit_limit_price",
+    "stop_loss_stop_price",
+    "stop_loss_limit_price",
+)
+
+
+def family(intent: OrderIntent) -> dict[str, object]:
+    return {k: v for k in FAMILY if (v := getattr(intent, k)) is not None}
+
+
+def test_target_when_default_policy_then_simple_market_day_order_without_prices(f: Events) -> None:
+    intent = one_intent(f, CTX)
+
+    assert family(intent) == {"order_type": "market", "time_in_force": "day", "order_class": "simple"}
+
+
+@pytest.mark.parametrize(
+    ("keys", "shares", "expected"),
+    [
+        ({"order_type": "limit"}, 100, {"order_type": "limit", "limit_price": D("50.05")}),
+        ({"order_type": "limit"}, -100, {"order_type": "limit", "limit_price": D("49.95")}),
+        ({"order_type": "limit", "limit_offset_bps": D(0)}, 100, {"order_type": "limit", "limit_price": D("50.00")}),
+        ({"order_type": "stop"}, 100, {"order_type": "stop", "stop_price": D("50.25")}),
+        ({"order_type": "stop"}, -100, {"order_type": "stop", "stop_price": D("49.75")}),
+        # the stop-limit's limit sits beyond its own stop, so it can fill once triggered
+        (
+            {"order_type": "stop_limit"},
+            100,
+            {"order_type": "stop_limit", "stop_price": D("50.25"), "limit_price": D("50.31")},
+        ),
+        (
+            {"order_type": "stop_limit"},
+            -100,
+            {"order_type": "stop_limit", "stop_price": D("49.75"), "limit_price": D("49.70")},
+        ),
+        (
+            {"order_type": "trailing_stop", "trail_percent": D("1.5")},
+            -100,
+            {"order_type": "trailing_stop", "trail_percent": D("1.5")},
+        ),
+    ],
+    ids=[
+        "limit-buy",
+        "limit-sell",
+        "limit-at-close",
+        "stop-buy",
+        "stop-sell",
+        "stop_limit-buy",
+        "stop_limit-sell",
+        "trail",
+    ],
+)
+def test_target_when_order_type_configured_then_priced_from_the_decision_close(f, keys, shares, expected) -> None:
+    intent = one_intent(f, policy(**keys), shares)
+
+    assert family(intent) == {"time_in_force": "day", "order_class": "simple", **expected}
+
+
+@pytest.mark.parametrize(
+    ("side_shares", "expected"),
+    [
+        (100, {"take_profit_limit_price": D("50.50"), "stop_loss_stop_price": D("49.75")}),
+        (-100, {"take_profit_limit_price": D("49.50"), "stop_loss_stop_price": D("50.25")}),
+    ],
+    ids=["buy-long", "sell-short"],
+)
+def test_target_when_bracket_then_exit_legs_bracket_the_close_on_the_profit_side(f, side_shares, expected) -> None:
+    context = policy(order_class="bracket", take_profit_bps=D(100), stop_loss_bps=D(50), time_in_force="gtc")
+
+    intent = one_intent(f, context, side_shares)
+
+    assert family(intent) == {"order_type": "market", "time_in_force": "gtc", "order_class": "bracket", **expected}
+
+
+def test_target_when_oco_sell_then_limit_pair_exits_the_long_without_a_top_level_limit(f: Events) -> None:
+    context = policy(order_type="limit", order_class="oco", take_profit_bps=D(100), stop_loss_bps=D(50))
+    state, _ = given([f.target("AAPL", 100, "50")], context=context)
+
+    _, out = step(state, f.target("AAPL", 0, "50", n=2), context)
+
+    (intent,) = intents(out)
+    assert intent.side == "sell"
+    assert family(intent) == {
+        "order_type": "limit",
+        "time_in_force": "day",
+        "order_class": "oco",
+        "take_profit_limit_price": D("50.50"),
+        "stop_loss_stop_price": D("49.75"),
+    }
+
+
+@pytest.mark.parametrize(
+    ("leg", "expected"),
+    [
+        ({"take_profit_bps": D(100)}, {"take_profit_limit_price": D("50.50")}),
+        ({"stop_loss_bps": D(50)}, {"stop_loss_stop_price": D("49.75")}),
+    ],
+    ids=["take-profit", "stop-loss"],
+)
+def test_target_when_oto_then_the_one_configured_exit_leg(f, leg, expected) -> None:
+    intent = one_intent(f, policy(order_type="limit", order_class="oto", **leg))
+
+    assert family(intent) == {
+        "order_type": "limit",
+        "time_in_force": "day",
+        "order_class": "oto",
+        "limit_price": D("50.05"),
+        **expected,
+    }
+
+
+@pytest.mark.parametrize(
+    ("keys", "shares", "price", "expected"),
+    [
+        ({"order_type": "limit"}, 100, "187.25", {"limit_price": D("187.44")}),  # 187.43725 up to the cent
+        ({"order_type": "limit"}, -100, "187.25", {"limit_price": D("187.06")}),  # 187.06275 down to the cent
+        ({"order_type": "limit"}, -300, "0.5", {"limit_price": D("0.4995")}),  # sub-dollar: $0.0001 tick
+        (
+            {"order_class": "bracket", "take_profit_bps": D(1), "stop_loss_bps": D(1)},
+            300,
+            "0.5",
+            {"take_profit_limit_price": D("0.5001"), "stop_loss_stop_price": D("0.4999")},
+        ),
+    ],
+    ids=["limit-buy-up", "limit-sell-down", "sub-dollar", "tiny-legs-never-meet"],
+)
+def test_target_when_price_falls_between_ticks_then_rounded_away_from_the_close(f, keys, shares, price, expected):
+    intent = one_intent(f, policy(**keys), shares, price)
+
+    assert {k: getattr(intent, k) for k in expected} == expected
+
+
+def test_target_when_policy_replayed_then_intents_are_byte_identical(f: Events) -> None:
+    context = policy(order_type="limit", order_class="bracket", take_profit_bps=D(80), stop_loss_bps=D(40))
+    stream = [f.target("AAPL", 100, "50.03"), f.target("MSFT", -40, "300.17", n=2), f.target("AAPL", 300, "51", n=3)]
+
+    _, first = given(stream, context=context)
+    _, second = given(stream, context=context)
+
+    assert len(intents(first)) == 3
+    assert [encode(e) for e in first] == [encode(e) for e in second]
+
+
+@pytest.mark.parametrize(
+    ("keys", "message"),
+    [
+        ({"allow_market": False}, "KEEL_RISK_ORDER_TYPE=market: expected a non-market order type"),
+        ({"order_class": "bracket", "take_profit_bps": D(100)}, "KEEL_RISK_ORDER_CLASS=bracket: expected both"),
+        ({"order_type": "limit", "order_class": "oco", "stop_loss_bps": D(50)}, "KEEL_RISK_ORDER_CLASS=oco: expected both"),
+        (
+            {"order_class": "oco", "take_profit_bps": D(100), "stop_loss_bps": D(50)},
+            "KEEL_RISK_ORDER_CLASS=oco: expected KEEL_RISK_ORDER_TYPE=limit",
+        ),
+        ({"order_class": "oto"}, "KEEL_RISK_ORDER_CLASS=oto: expected exactly one of"),
+        ({"take_profit_bps": D(100)}, "KEEL_RISK_ORDER_CLASS=simple: expected no KEEL_RISK_TAKE_PROFIT_BPS"),
+        ({"stop_loss_bps": D(0), "order_class": "oto"}, "KEEL_RISK_STOP_LOSS_BPS: expected 0 < bps < 10000"),
+        ({"limit_offset_bps": D(-1)}, "KEEL_RISK_LIMIT_OFFSET_BPS: expected 0 <= bps < 10000"),
+        ({"trail_percent": D(100)}, "KEEL_RISK_TRAIL_PERCENT: expected 0 < percent < 100"),
+        (
+            {"order_type": "limit", "order_class": "bracket", "take_profit_bps": D(5), "stop_loss_bps": D(50)},
+            "KEEL_RISK_TAKE_PROFIT_BPS: expected more than KEEL_RISK_LIMIT_OFFSET_BPS",
+        ),
+    ],
+    ids=["market-forbidden", "bracket-one-leg", "oco-one-leg", "oco-market", "oto-no-leg", "simple-with-leg",
+         "zero-stop-loss", "negative-offset", "trail-100", "take-profit-inside-entry"],
+)  # fmt: skip
+def test_config_when_order_policy_cannot_work_then_error_names_the_key(keys, message) -> None:
+    with pytest.raises(ValueError) as e:
+        RiskConfig(**keys)  # type: ignore[arg-type]
+
+    assert str(e.value).startswith(message)
+
+
+def test_config_when_market_forbidden_then_other_order_types_still_allowed(f: Events) -> None:
+    intent = one_intent(f, policy(allow_market=False, order_type="limit"))
+
+    assert intent.order_type == "limit"
