@@ -46,6 +46,13 @@ def check_order_policy(cfg: ExecConfig, env: Mapping[str, str] | None = None) ->
     )
     caps = BROKERS[cfg.broker]
     problems = check_capabilities(policy, caps)
+    if policy.order_class != "simple":
+        # execution follows the entry order only: until exit-leg fills reach the OMS, a bracket,
+        # OCO or OTO would leave the OMS's positions wrong, so it is refused rather than traded
+        problems.append(
+            f"{RISK_PREFIX}ORDER_CLASS={policy.order_class}: execution does not report exit-leg fills to the OMS "
+            "yet; use simple"
+        )
     if problems:
         raise DependencyUnavailable("; ".join(problems))
     return caps

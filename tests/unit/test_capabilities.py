@@ -184,6 +184,20 @@ def test_start_check_when_combination_unsupported_then_dependency_unavailable_in
     assert "\n" not in str(e.value)
 
 
+def test_start_check_when_broker_takes_brackets_then_still_refused_until_leg_fills_reach_the_oms():
+    env = {"KEEL_RISK_ORDER_CLASS": "bracket", "KEEL_RISK_TAKE_PROFIT_BPS": "100", "KEEL_RISK_STOP_LOSS_BPS": "50"}
+    assert (
+        check_capabilities(OrderPolicy(order_class="bracket", order_type="market", time_in_force="day"), ALPACA) == []
+    )  # the broker could
+
+    with pytest.raises(DependencyUnavailable) as e:
+        check_order_policy(ExecConfig(broker="alpaca"), env=env)
+
+    assert str(e.value) == (
+        "KEEL_RISK_ORDER_CLASS=bracket: execution does not report exit-leg fills to the OMS yet; use simple"
+    )
+
+
 def test_start_check_when_market_forbidden_but_configured_then_refused_naming_the_keys():
     with pytest.raises(DependencyUnavailable) as e:
         check_order_policy(ExecConfig(), env={"KEEL_RISK_ALLOW_MARKET": "false"})
