@@ -105,6 +105,9 @@ def consumers(bus: Bus, processor: Processor, broker: AlpacaBroker, live: Live) 
             with tracing.span("execution submit", parent_headers=inbound.headers):
                 await submit_or_refuse(inbound, d)
         await after_call(processor, live, cid)
+        held = processor.state.orders.get(cid)
+        if held is not None and held.broker_status == st.UNKNOWN:
+            live.wake.set()  # look it up now, not after the poller's (slow, stream-healthy) sleep
 
     async def submit_or_refuse(inbound: Inbound, d: PretradeDecision) -> None:
         cid = d.client_order_id
