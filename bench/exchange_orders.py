@@ -27,8 +27,6 @@ import argparse
 import asyncio
 import json
 import os
-import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -39,7 +37,6 @@ from decimal import Decimal
 from pathlib import Path
 
 import asyncpg
-import httpx
 import nats
 import nats.js.errors
 from alpaca.trading.client import TradingClient
@@ -52,8 +49,8 @@ from libs.contracts.base import derive_id
 from libs.contracts.marketdata import BarClosed
 from libs.contracts.subjects import Subjects
 from libs.runtime.embedded import start_nats, start_postgres
-from libs.runtime.migrate import REPO_ROOT, migrate
-from libs.runtime.runner import free_port
+from libs.runtime.migrate import migrate
+from libs.runtime.process import ServiceProcess
 
 KEY = "bench-key"
 SECRET = "bench-secret"
@@ -120,12 +117,8 @@ async def publish_bars(url: str, prefix: str) -> None:
         await bus.close()
 
 
-def start_exchange(
-    nats_url: str, database_url: str, prefix: str, log_path: Path
-) -> tuple[subprocess.Popen[bytes], str]:
-    """Start `python -m services.exchange` on a free port; return it and its URL once /readyz is 200."""
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
+def exchange_process(nats_url: str, database_url: str, prefix: str, log_path: Path) -> ServiceProcess:
+    """Return `python -m services.exchange` (keel up's ServiceProcess) with the bench's keys only."""
     # only the bench's KEEL_ keys: the child refuses keys it does not know
     env = {k: v for k, v in os.environ.items() if not k.startswith("KEEL_")}
     env.update(
@@ -133,47 +126,13 @@ def start_exchange(
         KEEL_DATABASE_URL=database_url,
         KEEL_PREFIX=prefix,
         KEEL_SCHEMA_PREFIX=prefix,
-        KEEL_API_PORT=str(port),
         KEEL_EXCHANGE_API_KEY_ID=KEY,
         KEEL_EXCHANGE_API_SECRET_KEY=SECRET,
         KEEL_EXCHANGE_ACCOUNT_ID=ACCOUNT,
         KEEL_EXCHANGE_INITIAL_CASH=CASH,
         PYTHONUNBUFFERED="1",
     )
-    with log_path.open("ab") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "services.exchange"], cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
-        )
-    deadline = time.monotonic() + START_TIMEOUT_S
-    with httpx.Client(base_url=url, timeout=1.0) as http:
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise SystemExit(f"exchange exited with {process.returncode} at start:\n{log_tail(log_path)}")
-            try:
-                if http.get("/readyz").status_code == 200:
-                    return process, url
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-    process.kill()
-    raise SystemExit(f"exchange not ready after {START_TIMEOUT_S}s:\n{log_tail(log_path)}")
-
-
-def stop_exchange(process: subprocess.Popen[bytes]) -> None:
-    """SIGTERM the exchange; kill it if it does not exit in time."""
-    if process.poll() is not None:
-        return
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(STOP_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-
-
-def log_tail(path: Path, lines: int = 20) -> str:
-    """Return the last lines of a log file."""
-    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    return ServiceProcess("exchange", env, log_path)
 
 
 def wait_for_bars(client: TradingClient, timeout: float = 30.0) -> None:
@@ -372,23 +331,24 @@ def main() -> None:
             database_url = servers[-1].url
         prefix = f"bench{os.getpid()}x{time.time_ns() % 10**9}"
         log_path = Path(tmp) / "exchange.log"
-        process = None
+        exchange = exchange_process(nats_url, database_url, prefix, log_path)
         try:
             migrate(database_url, prefix)
             asyncio.run(provision(nats_url, prefix))
-            process, url = start_exchange(nats_url, database_url, prefix, log_path)
+            exchange.start()
+            asyncio.run(exchange.wait_ready(START_TIMEOUT_S))
+            url = exchange.url
             asyncio.run(publish_bars(nats_url, prefix))
             wait_for_bars(TradingClient(KEY, SECRET, url_override=url))
             sequential = measure_mode(url, "seq", 1, args.sequential, args.rounds)
             concurrent = measure_mode(url, "conc", args.threads, args.concurrent, args.rounds)
             stored = asyncio.run(count_orders(database_url, prefix))
         except BaseException:
-            if process is not None:
-                print(log_tail(log_path), file=sys.stderr)
+            if exchange.process is not None:
+                print(exchange.log_tail(), file=sys.stderr)
             raise
         finally:
-            if process is not None:
-                stop_exchange(process)
+            exchange.stop(STOP_TIMEOUT_S)
             asyncio.run(cleanup(nats_url, database_url, prefix))
             for s in servers:
                 s.stop()

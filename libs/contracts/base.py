@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from decimal import ROUND_HALF_EVEN, Decimal
+from decimal import ROUND_CEILING, ROUND_FLOOR, ROUND_HALF_EVEN, Decimal
 from typing import Annotated, Literal, NewType, Protocol
 
 import msgspec
@@ -147,10 +147,11 @@ def tick_size(price: Decimal) -> Decimal:
     return Decimal("0.01") if price >= 1 else Decimal("0.0001")
 
 
-def to_tick(price: Decimal) -> Decimal:
-    """Round a price to its tick (half-even), never below one tick."""
+def to_tick(price: Decimal, *, toward: int = 0) -> Decimal:
+    """Round a price to its tick, never below one tick: half-even, or up (toward > 0) / down (< 0)."""
     tick = tick_size(price)
-    return max(price.quantize(tick, rounding=ROUND_HALF_EVEN), tick)
+    rounding = ROUND_HALF_EVEN if toward == 0 else ROUND_CEILING if toward > 0 else ROUND_FLOOR
+    return max(price.quantize(tick, rounding=rounding), tick)
 
 
 def derive_id(*parts: object) -> str:

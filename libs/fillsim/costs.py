@@ -17,17 +17,16 @@ from __future__ import annotations
 
 import hashlib
 import random
-from decimal import ROUND_CEILING, ROUND_FLOOR, ROUND_HALF_EVEN, Decimal
+from decimal import ROUND_FLOOR, ROUND_HALF_EVEN, Decimal
 
 import msgspec
 
+from libs.contracts.base import tick_size, to_tick
 from libs.contracts.marketdata import BarClosed
 
 ZERO = Decimal(0)
 ONE = Decimal(1)
 BPS = Decimal(10000)
-CENT = Decimal("0.01")
-SUB_DOLLAR_TICK = Decimal("0.0001")  # Reg NMS Rule 612: sub-penny increments only below $1.00
 MONEY = Decimal("0.01")
 # Parkinson (1980): sigma = ln(H/L) / sqrt(4 ln 2) for one period's high and low
 PARKINSON = (4 * Decimal(2).ln()).sqrt()
@@ -107,25 +106,18 @@ def order_rng(seed: int, *parts: object) -> random.Random:
     return random.Random(int.from_bytes(h.digest()[:16], "big"))
 
 
-def round_to_tick(price: Decimal) -> Decimal:
-    """Round a price to its tick: $0.01 from $1.00 up, $0.0001 below."""
-    tick = CENT if price >= 1 else SUB_DOLLAR_TICK
-    return price.quantize(tick, rounding=ROUND_HALF_EVEN)
-
-
 def round_against(price: Decimal, side: str) -> Decimal:
     """Round a taker's price to the tick against it: up for a buy, down for a sell.
 
     Rounding to the nearest tick would let a cost below half a tick vanish, so a cheap stock
     could fill a buy below the mid.
     """
-    tick = CENT if price >= 1 else SUB_DOLLAR_TICK
-    return price.quantize(tick, rounding=ROUND_CEILING if side == "buy" else ROUND_FLOOR)
+    return to_tick(price, toward=1 if side == "buy" else -1)
 
 
 def on_tick(price: Decimal) -> bool:
     """Tell whether a price is on its tick (Alpaca refuses sub-penny prices from $1.00 up)."""
-    return price == round_to_tick(price)
+    return price == price.quantize(tick_size(price))
 
 
 def spread(bar: BarClosed, model: CostModel) -> Spread:
@@ -251,13 +243,13 @@ def auction_fill(side: str, qty: int, price: Decimal, bar: BarClosed, model: Cos
     """Fill in the opening or closing auction at the single auction price."""
     return Execution(
         qty=qty,
-        price=round_to_tick(price),
+        price=to_tick(price),
         arrival_price=price,
         latency_ns=0,
         spread_bps=ZERO,
         spread_is_proxy=spread(bar, model).is_proxy,
         slippage_bps=ZERO,
         impact_bps=ZERO,
-        fee=fee(side, qty, round_to_tick(price), model),
+        fee=fee(side, qty, to_tick(price), model),
         liquidity="auction",
     )

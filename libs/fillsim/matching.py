@@ -27,6 +27,7 @@ from decimal import Decimal
 import msgspec
 
 from libs import sessions
+from libs.contracts.base import to_tick
 from libs.contracts.marketdata import BarClosed
 from libs.fillsim.costs import (
     CostModel,
@@ -34,7 +35,6 @@ from libs.fillsim.costs import (
     auction_fill,
     order_rng,
     resting_fill,
-    round_to_tick,
     taker_fill,
 )
 
@@ -75,7 +75,7 @@ def trailing_stop_price(side: str, hwm: Decimal, trail_price: Decimal | None, tr
         offset = hwm * trail_percent / HUNDRED
     else:
         raise ValueError("expected trail_price or trail_percent on a trailing stop, was neither")
-    return round_to_tick(hwm - offset if side == "sell" else hwm + offset)
+    return to_tick(hwm - offset if side == "sell" else hwm + offset)
 
 
 def stop_trigger(side: str, stop: Decimal, bar: BarClosed) -> Decimal | None:

@@ -185,8 +185,8 @@ def iso_new_york(ns: int) -> str:
     return f"{text}{f'.{frac:09d}' if frac else ''}{offset[:3]}:{offset[3:]}"
 
 
-def _plain(d: Decimal) -> str:
-    # never scientific notation (str(Decimal('1E+2')) is '1E+2')
+def plain(d: Decimal) -> str:
+    """Format a Decimal as Alpaca does: no exponent, no trailing zeros (str(Decimal('1E+2')) is '1E+2')."""
     text = format(d, "f")
     if "." in text:
         text = text.rstrip("0").rstrip(".")
@@ -198,14 +198,14 @@ def _money(d: Decimal) -> str:
 
 
 def _ratio(num: Decimal, den: Decimal) -> str:
-    return _plain((num / den).quantize(RATIO_QUANTUM)) if den else "0"
+    return plain((num / den).quantize(RATIO_QUANTUM)) if den else "0"
 
 
 # --- views -----------------------------------------------------------------------------------
 
 
 def _price(d: Decimal | None) -> str | None:
-    return _plain(d) if d is not None else None
+    return plain(d) if d is not None else None
 
 
 def order_view(o: ExchangeOrder, legs: list[ExchangeOrder] | None = None) -> dict[str, object]:
@@ -275,7 +275,7 @@ def position_view(state: ExchangeState, p: Position) -> dict[str, object]:
         "exchange": "",  # the local exchange has no listing data (AssetExchange.EMPTY)
         "asset_class": "us_equity",
         "asset_marginable": True,
-        "avg_entry_price": _plain(p.avg_entry_price),
+        "avg_entry_price": plain(p.avg_entry_price),
         "qty": str(p.qty),
         "qty_available": str(p.qty - sign * handlers.held_for_orders(state, p)),
         "side": "long" if p.qty > 0 else "short",
@@ -285,8 +285,8 @@ def position_view(state: ExchangeState, p: Position) -> dict[str, object]:
         "unrealized_plpc": _ratio(unrealized, abs(cost_basis)),
         "unrealized_intraday_pl": _money(intraday),
         "unrealized_intraday_plpc": _ratio(intraday, abs(p.qty * reference)),
-        "current_price": _plain(price),
-        "lastday_price": _plain(lastday),
+        "current_price": plain(price),
+        "lastday_price": plain(lastday),
         "change_today": _ratio(price - lastday, lastday),
     }
 
@@ -322,7 +322,7 @@ def account_view(service: ExchangeService, state: ExchangeState) -> dict[str, ob
         "account_blocked": False,
         "created_at": iso_utc(0),
         "trade_suspended_by_user": False,
-        "multiplier": _plain(service.ctx.margin_multiplier),
+        "multiplier": plain(service.ctx.margin_multiplier),
         "shorting_enabled": True,
         "equity": _money(equity),
         "last_equity": _money(state.account.last_equity),
@@ -372,9 +372,9 @@ def _check_price(name: str, value: Decimal | None, *, required: bool, kind: str)
     if not fillsim.on_tick(value):
         # Alpaca: sub-penny prices are refused from $1.00 up (Reg NMS Rule 612)
         raise _unprocessable(
-            f"invalid {name} {_plain(value)}. sub-penny increment does not fulfill minimum pricing criteria"
+            f"invalid {name} {plain(value)}. sub-penny increment does not fulfill minimum pricing criteria"
         )
-    return Decimal(_plain(value))
+    return Decimal(plain(value))
 
 
 def _whole_shares(value: Decimal | None, name: str = "qty") -> int:
@@ -481,7 +481,7 @@ def parse_order(body: bytes) -> SubmitOrder:
         limit_price=limit,
         stop_price=stop,
         trail_price=trail_price,
-        trail_percent=Decimal(_plain(trail_percent)) if trail_percent is not None else None,
+        trail_percent=Decimal(plain(trail_percent)) if trail_percent is not None else None,
         client_order_id=cid,
         order_class=order_class,  # type: ignore[arg-type]
         take_profit_limit_price=tp,
@@ -733,7 +733,7 @@ def router(service: ExchangeService) -> APIRouter:
 
     @r.delete("/v2/positions")
     async def close_all_positions(request: Request) -> Response:
-        _, results = await service.close_all(cancel_orders=_flag(dict(request.query_params), "cancel_orders"))
+        results = await service.close_all(cancel_orders=_flag(dict(request.query_params), "cancel_orders"))
         body: list[dict[str, object]] = []
         for symbol, result in results:
             if isinstance(result, Rejection):

@@ -142,21 +142,15 @@ class ExchangeService:
                 await self._commit(before, after, [result])
             return result
 
-    async def close_all(
-        self, *, cancel_orders: bool
-    ) -> tuple[list[ExchangeOrder], list[tuple[str, ExchangeOrder | Rejection]]]:
+    async def close_all(self, *, cancel_orders: bool) -> list[tuple[str, ExchangeOrder | Rejection]]:
         """Cancel open orders if asked, then close every position; one commit."""
         async with self._lock:
             before = self.state
-            after, canceled = handlers.cancel_all(before, self.ctx) if cancel_orders else (before, [])
-            results: list[tuple[str, ExchangeOrder | Rejection]] = []
-            for symbol in sorted(after.positions):
-                after, result = handlers.close_position(after, symbol, self.ctx)
-                results.append((symbol, result))
+            after, canceled, results = handlers.close_all(before, self.ctx, cancel_orders=cancel_orders)
             placed = [r for _, r in results if isinstance(r, ExchangeOrder)]
             if canceled or placed:
                 await self._commit(before, after, [*canceled, *placed])
-            return canceled, results
+            return results
 
     async def on_bars(self, batch: list[Inbound]) -> None:
         """Apply a batch of bars atomically with its tracking rows (STYLE 19)."""

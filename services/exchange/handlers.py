@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 
@@ -62,7 +63,6 @@ from services.exchange.state import (
 ZERO = Decimal(0)
 AVG_PRICE_QUANTUM = Decimal("1E-10")
 CLS_CUTOFF_NS = 10 * sessions.MINUTE_NS  # Alpaca takes cls orders until 15:50 ET (10 min before the close)
-round_to_tick = fillsim.round_to_tick
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,7 +152,8 @@ def _opening_qty(position_qty: int, side: str, qty: int) -> int:
     return qty if position_qty <= 0 else max(qty - position_qty, 0)
 
 
-def _signed(side: str, qty: int) -> int:
+def signed_qty(side: str, qty: int) -> int:
+    """Return a fill's effect on a position: + for a buy, - for a sell."""
     return qty if side == "buy" else -qty
 
 
@@ -169,7 +170,7 @@ def pending_opening_notional(state: ExchangeState) -> Decimal:
             price = _estimate_price(state, symbol, o.type, o.limit_price, o.stop_price)
             if price is not None:
                 total += _opening_qty(projected, o.side, leaves) * price
-            projected += _signed(o.side, leaves)
+            projected += signed_qty(o.side, leaves)
     return total
 
 
@@ -213,27 +214,23 @@ def _check_session_rules(state: ExchangeState, request: SubmitOrder) -> Rejectio
 
 def _check_exits(state: ExchangeState, request: SubmitOrder) -> Rejection | None:
     # Alpaca's bracket rules: the take-profit above the base price and the stop-loss below it
-    # for a buy entry (mirrored for a sell), each by at least one cent
+    # when the exits sell a long (mirrored when they buy back a short), each by at least a cent
     if request.order_class == "simple":
         return None
-    base = request.limit_price if request.type == "limit" else mark_price(state, request.symbol)
-    tp, sl = request.take_profit_limit_price, request.stop_loss_stop_price
-    if request.order_class == "oco":
-        base = mark_price(state, request.symbol)
+    oco = request.order_class == "oco"  # an OCO is itself the exit: its base is the market
+    base = request.limit_price if request.type == "limit" and not oco else mark_price(state, request.symbol)
     if base is None:
         return None  # no price yet: nothing to check against (first bar prices the entry)
-    cent = fillsim.costs.CENT
-    long_exit = request.side == "buy" if request.order_class != "oco" else request.side == "sell"
-    if tp is not None:
-        if long_exit and tp < base + cent:
-            return _reject(INVALID_ORDER, f"take_profit.limit_price must be >= base_price + 0.01 (base {base})")
-        if not long_exit and tp > base - cent:
-            return _reject(INVALID_ORDER, f"take_profit.limit_price must be <= base_price - 0.01 (base {base})")
-    if sl is not None:
-        if long_exit and sl > base - cent:
-            return _reject(INVALID_ORDER, f"stop_loss.stop_price must be <= base_price - 0.01 (base {base})")
-        if not long_exit and sl < base + cent:
-            return _reject(INVALID_ORDER, f"stop_loss.stop_price must be >= base_price + 0.01 (base {base})")
+    sign = 1 if (request.side == "sell") == oco else -1  # +1: exits sell a long
+    cent = Decimal("0.01")
+    rules = (
+        ("take_profit.limit_price", request.take_profit_limit_price, sign),
+        ("stop_loss.stop_price", request.stop_loss_stop_price, -sign),
+    )
+    for name, price, above in rules:
+        if price is not None and (price - base) * above < cent:
+            bound = ">= base_price + 0.01" if above > 0 else "<= base_price - 0.01"
+            return _reject(INVALID_ORDER, f"{name} must be {bound} (base {base})")
     return None
 
 
@@ -331,7 +328,7 @@ def _exit_legs(state: ExchangeState, request: SubmitOrder, main: ExchangeOrder, 
     if request.stop_loss_stop_price is not None:
         kind = "stop_limit" if request.stop_loss_limit_price is not None else "stop"
         specs.append(("stop_loss", kind, request.stop_loss_limit_price, request.stop_loss_stop_price))
-    position_after = held + (0 if request.order_class == "oco" else _signed(main.side, main.qty))
+    position_after = held + (0 if request.order_class == "oco" else signed_qty(main.side, main.qty))
     legs = []
     for n, (role, kind, limit, stop) in enumerate(specs, start=1):
         cid = stable_uuid("leg", main.client_order_id, role)
@@ -480,6 +477,21 @@ def close_position(
     return submit(state, request, ctx)
 
 
+def close_all(
+    state: ExchangeState, ctx: Ctx = DEFAULT_CTX, *, cancel_orders: bool
+) -> tuple[ExchangeState, list[ExchangeOrder], list[tuple[str, ExchangeOrder | Rejection]]]:
+    """Cancel every open order if asked, then close every position by symbol.
+
+    Return the new state, the canceled orders and, per symbol, the closing order or the refusal.
+    """
+    state, canceled = cancel_all(state, ctx) if cancel_orders else (state, [])
+    results: list[tuple[str, ExchangeOrder | Rejection]] = []
+    for symbol in sorted(state.positions):
+        state, result = close_position(state, symbol, ctx)
+        results.append((symbol, result))
+    return state, canceled, results
+
+
 def held_for_orders(state: ExchangeState, position: Position) -> int:
     """Return the shares of a position that open closing orders already hold (working, not legs)."""
     closing_side = "sell" if position.qty > 0 else "buy"
@@ -540,10 +552,10 @@ def on_bar(state: ExchangeState, bar: BarClosed, ctx: Ctx = DEFAULT_CTX) -> tupl
             order = _fill(order, ex, ts)
             changed[oid] = order
             positions, cash = _apply_fill(
-                positions, cash, bar.symbol, _signed(order.side, ex.qty), ex.price, bar.session
+                positions, cash, bar.symbol, signed_qty(order.side, ex.qty), ex.price, bar.session
             )
             cash -= ex.fee
-            for other in _on_leg_fill(state, order, current, ts):
+            for other in _on_leg_fill(order, current, ts):
                 changed[other.id] = other
         if m.cancel_rest and order.is_open:
             changed[oid] = _transition(order, CANCELED, ts)
@@ -574,17 +586,17 @@ def on_bar(state: ExchangeState, bar: BarClosed, ctx: Ctx = DEFAULT_CTX) -> tupl
     return (_store_orders(new_state, done) if done else new_state), done
 
 
-def _held_legs(order: ExchangeOrder, current) -> list[ExchangeOrder]:  # type: ignore[no-untyped-def]
+def _held_legs(order: ExchangeOrder, current: Callable[[str], ExchangeOrder]) -> list[ExchangeOrder]:
     return [current(i) for i in order.legs if current(i).status == HELD]
 
 
-def _on_leg_fill(state: ExchangeState, order: ExchangeOrder, current, ts: int) -> list[ExchangeOrder]:  # type: ignore[no-untyped-def]
+def _on_leg_fill(order: ExchangeOrder, current: Callable[[str], ExchangeOrder], ts: int) -> list[ExchangeOrder]:
     """Activate an entry's legs once it is filled; cancel the other side of a filled exit."""
     out: list[ExchangeOrder] = []
     if order.legs and order.order_class in ("bracket", "oto") and order.status == FILLED:
         for leg in _held_legs(order, current):
             # the legs work from the next bar on (the entry filled on this one)
-            out.append(replace(_transition(leg, NEW, ts), eligible_after=ts, created_at=leg.created_at))
+            out.append(replace(_transition(leg, NEW, ts), eligible_after=ts))
         return out
     # one-cancels-other: the first fill of an exit cancels the exits beside it
     if order.order_class == "oco" and order.parent_id is None:
@@ -714,6 +726,7 @@ __all__ = [
     "buying_power",
     "cancel",
     "cancel_all",
+    "close_all",
     "close_position",
     "equity",
     "execution_id_for",
@@ -723,8 +736,8 @@ __all__ = [
     "on_bar",
     "order_id_for",
     "replace_order",
-    "round_to_tick",
     "short_market_value",
+    "signed_qty",
     "stable_uuid",
     "submit",
 ]

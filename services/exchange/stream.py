@@ -24,7 +24,8 @@ import msgspec
 from fastapi import WebSocket
 from msgspec.structs import replace
 
-from services.exchange.api import iso_utc, order_view
+from services.exchange.api import iso_utc, order_view, plain
+from services.exchange.handlers import AVG_PRICE_QUANTUM, signed_qty
 from services.exchange.state import ExchangeOrder, ExchangeState, Fill
 
 if TYPE_CHECKING:
@@ -63,7 +64,6 @@ NOT_YET_NEW = frozenset({"held", "pending_new", "accepted", "pending_review", "a
 NEVER_NEW = frozenset({"rejected"})
 FILLED = "filled"
 PARTIALLY_FILLED = "partially_filled"
-AVG_PRICE_QUANTUM = Decimal("1E-10")
 
 # frames a listener may have waiting; one commit can publish a burst (cancel all, a bar batch
 # filling many orders), so this is far above any burst and only a stuck client reaches it
@@ -78,18 +78,6 @@ _encoder = msgspec.json.Encoder(decimal_format="string")
 
 
 # --- derivation (pure) -----------------------------------------------------------------------
-
-
-def _plain(d: Decimal) -> str:
-    # never scientific notation (str(Decimal('1E+2')) is '1E+2')
-    text = format(d, "f")
-    if "." in text:
-        text = text.rstrip("0").rstrip(".")
-    return text or "0"
-
-
-def _signed(order: ExchangeOrder, qty: int) -> int:
-    return qty if order.side == "buy" else -qty
 
 
 def _as_of(order: ExchangeOrder, fills: Sequence[Fill], status: str, ts: int) -> ExchangeOrder:
@@ -128,7 +116,7 @@ def trade_updates(before: ExchangeState, after: ExchangeState, changed: Sequence
             held = after.positions.get(order.symbol)
             running[order.symbol] = held.qty if held else 0
         position_after[(order.id, i)] = running[order.symbol]
-        running[order.symbol] -= _signed(order, fill.qty)
+        running[order.symbol] -= signed_qty(order.side, fill.qty)
 
     updates: list[dict] = []
     for order in orders:
@@ -172,7 +160,7 @@ def _order_updates(
         update["timestamp"] = iso_utc(ts)
         if index is not None:
             update["position_qty"] = str(position_after[(order.id, index)])
-            update["price"] = _plain(fill.price)
+            update["price"] = plain(fill.price)
             update["qty"] = str(fill.qty)
         out.append(update)
     return out

@@ -10,11 +10,11 @@ catches up never orders the same shares twice.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from decimal import ROUND_CEILING, ROUND_DOWN, ROUND_FLOOR, Decimal
+from decimal import ROUND_DOWN, Decimal
 
 import msgspec
 
-from libs.contracts.base import Event, derive_id, tick_size
+from libs.contracts.base import Event, derive_id, to_tick
 from libs.contracts.oms import PositionChanged
 from libs.contracts.ops import Watermark
 from libs.contracts.risk import OrderIntent, SleeveShare
@@ -50,9 +50,7 @@ def _cap(target: int, price: Decimal, cap: Decimal) -> int:
 def _away(price: Decimal, bps: Decimal, direction: int) -> Decimal:
     # move bps from price (up for +1, down for -1) and round to the tick in the same direction,
     # so a price never rounds back onto its reference and exit legs never meet
-    moved = price * (1 + direction * bps / BPS)
-    tick = tick_size(moved)
-    return max(moved.quantize(tick, rounding=ROUND_CEILING if direction > 0 else ROUND_FLOOR), tick)
+    return to_tick(price * (1 + direction * bps / BPS), toward=direction)
 
 
 def order_terms(cfg: RiskConfig, side: str, close: Decimal) -> dict[str, object]:

@@ -8,7 +8,7 @@ from decimal import Decimal
 import pytest
 
 from libs import fillsim, sessions
-from libs.contracts.base import derive_id
+from libs.contracts.base import derive_id, to_tick
 from libs.contracts.marketdata import BarClosed
 from services.exchange import handlers
 from services.exchange.state import (
@@ -381,9 +381,10 @@ def test_on_bar_when_new_session_then_last_equity_is_equity_at_previous_close_ma
     assert handlers.equity(state) == D("102000")
 
 
-def test_round_to_tick_when_above_or_below_a_dollar_then_cents_or_hundredths_of_cents() -> None:
-    assert handlers.round_to_tick(D("12.345")) == D("12.34")  # half-even
-    assert handlers.round_to_tick(D("0.123456")) == D("0.1235")
+def test_to_tick_when_above_or_below_a_dollar_then_cents_or_hundredths_of_cents() -> None:
+    assert to_tick(D("12.345")) == D("12.34")  # half-even
+    assert to_tick(D("0.123456")) == D("0.1235")
+    assert (to_tick(D("12.341"), toward=1), to_tick(D("12.349"), toward=-1)) == (D("12.35"), D("12.34"))
 
 
 def test_views_when_parsed_by_alpaca_py_then_expired_order_and_short_position_read_back() -> None:

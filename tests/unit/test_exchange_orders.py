@@ -213,6 +213,17 @@ def test_bracket_when_take_profit_below_base_then_rejected_with_alpacas_message(
     assert "take_profit.limit_price must be >= base_price + 0.01" in result.message
 
 
+def test_bracket_when_short_entry_stop_loss_below_base_then_rejected_mirrored() -> None:
+    # a sell entry's exits buy back: the stop-loss must be at least a cent ABOVE the base (100)
+    _, result = handlers.submit(
+        started(),
+        req("bad", side="sell", order_class="bracket", take_profit_limit_price="97.00", stop_loss_stop_price="100.00"),
+        CTX,
+    )
+    assert isinstance(result, Rejection)
+    assert result.message == "stop_loss.stop_price must be >= base_price + 0.01 (base 100)"
+
+
 def test_oco_when_stop_leg_triggers_then_take_profit_is_canceled() -> None:
     state = feed(started(), *[])
     state, held = accept(state, req("long", qty=10))
@@ -364,3 +375,17 @@ def test_fees_when_selling_then_cash_pays_sec_and_taf_fees() -> None:
     assert fill.price == D("49.97")
     assert fill.fee == D("1.56")
     assert state.account.cash == D(1_000_000) + D("49970") - D("1.56")
+
+
+def test_close_all_when_orders_open_and_asked_then_cancels_them_and_closes_every_position() -> None:
+    state, _ = accept(started(), req("aapl", qty=10))
+    state, _ = accept(state, req("msft", symbol="MSFT", side="sell", qty=5))
+    state = feed(state, bar(2), bar(2, symbol="MSFT"))
+    state, resting = accept(state, req("rest", type="limit", limit_price="50.00", time_in_force="gtc"))
+
+    state, canceled, results = handlers.close_all(state, CTX, cancel_orders=True)
+
+    assert [o.id for o in canceled] == [resting.id]
+    closing = {symbol: (o.side, o.qty, o.type) for symbol, o in results if isinstance(o, ExchangeOrder)}
+    assert closing == {"AAPL": ("sell", 10, "market"), "MSFT": ("buy", 5, "market")}
+    assert [symbol for symbol, _ in results] == ["AAPL", "MSFT"]
