@@ -142,6 +142,81 @@ def check_order_family(order: OrderFamily) -> None:
             )
 
 
+LegRole = Literal["take_profit", "stop_loss"]
+_LEG_SUFFIX: dict[str, str] = {"take_profit": "tp", "stop_loss": "sl"}
+
+
+class ExitLeg(msgspec.Struct, frozen=True, kw_only=True):
+    """An exit leg that a bracket, oto or oco order places at the broker beside its own order.
+
+    The broker names a leg itself (Alpaca takes no client_order_id for one); keel knows it by
+    `leg_client_order_id(parent, role)`, an id never sent to the broker.
+    """
+
+    role: LegRole
+    side: Side
+    order_type: OrderType  # limit (take-profit); stop or stop_limit (stop-loss)
+    limit_price: Decimal | None = None
+    stop_price: Decimal | None = None
+
+    @property
+    def reference_price(self) -> Decimal:
+        """The price the leg is meant to trade at: the take-profit limit or the stop-loss stop."""
+        price = self.limit_price if self.role == "take_profit" else self.stop_price
+        assert price is not None  # exit_legs builds every leg with its price
+        return price
+
+
+class HasExits(Protocol):
+    """The fields of an order that define its exit legs."""
+
+    side: str
+    order_class: str
+    take_profit_limit_price: Decimal | None
+    stop_loss_stop_price: Decimal | None
+    stop_loss_limit_price: Decimal | None
+
+
+def exit_legs(order: HasExits) -> tuple[ExitLeg, ...]:
+    """Return the exit legs an order places beside itself, take-profit first (none for simple).
+
+    A bracket's or oto's legs exit the position its entry opens (the other side, held until the
+    entry fills); an oco is itself the take-profit limit, so its only leg is the stop-loss on its
+    own side (seed 000 App. K, Alpaca's order classes).
+    """
+    if order.order_class == "simple":
+        return ()
+    oco = order.order_class == "oco"
+    side: Side = order.side if oco else ("sell" if order.side == "buy" else "buy")  # type: ignore[assignment]
+    legs: list[ExitLeg] = []
+    if order.take_profit_limit_price is not None and not oco:
+        legs.append(
+            ExitLeg(role="take_profit", side=side, order_type="limit", limit_price=order.take_profit_limit_price)
+        )
+    if order.stop_loss_stop_price is not None:
+        limit = order.stop_loss_limit_price
+        legs.append(
+            ExitLeg(
+                role="stop_loss",
+                side=side,
+                order_type="stop" if limit is None else "stop_limit",
+                limit_price=limit,
+                stop_price=order.stop_loss_stop_price,
+            )
+        )
+    return tuple(legs)
+
+
+def intent_id_for(client_order_id: str) -> str:
+    """Return the intent id of an order: derived from its client_order_id (so a re-sent intent is the same)."""
+    return derive_id("intent", client_order_id)
+
+
+def leg_client_order_id(parent_cid: str, role: str) -> str:
+    """Return keel's id of an exit leg: its parent's client_order_id and the role (`:tp`, `:sl`)."""
+    return f"{parent_cid}:{_LEG_SUFFIX[role]}"
+
+
 def tick_size(price: Decimal) -> Decimal:
     """Return the minimum price increment of a US equity quote (SEC Rule 612)."""
     return Decimal("0.01") if price >= 1 else Decimal("0.0001")

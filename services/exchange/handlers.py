@@ -25,6 +25,7 @@ from decimal import Decimal
 from msgspec.structs import replace
 
 from libs import fillsim, sessions
+from libs.contracts.base import exit_legs
 from libs.contracts.marketdata import BarClosed
 from libs.errors import InvariantViolation
 from services.exchange.state import (
@@ -50,7 +51,6 @@ from services.exchange.state import (
     ExchangeOrder,
     ExchangeState,
     Fill,
-    LegRole,
     Mark,
     OrderStatus,
     Position,
@@ -315,40 +315,29 @@ def submit(
 
 
 def _exit_legs(state: ExchangeState, request: SubmitOrder, main: ExchangeOrder, held: int) -> list[ExchangeOrder]:
-    if request.order_class == "simple":
-        return []
-    exit_side = "sell" if main.side == "buy" else "buy"
-    status: OrderStatus = HELD
-    if request.order_class == "oco":
-        # OCO: the order itself is the take-profit limit; its stop-loss leg works beside it now
-        exit_side, status = main.side, NEW
-    specs: list[tuple[LegRole, str, Decimal | None, Decimal | None]] = []
-    if request.take_profit_limit_price is not None and request.order_class != "oco":
-        specs.append(("take_profit", "limit", request.take_profit_limit_price, None))
-    if request.stop_loss_stop_price is not None:
-        kind = "stop_limit" if request.stop_loss_limit_price is not None else "stop"
-        specs.append(("stop_loss", kind, request.stop_loss_limit_price, request.stop_loss_stop_price))
+    # a bracket's/oto's legs wait (held) for their entry; an oco's stop-loss works beside it now
+    status: OrderStatus = NEW if request.order_class == "oco" else HELD
     position_after = held + (0 if request.order_class == "oco" else signed_qty(main.side, main.qty))
     legs = []
-    for n, (role, kind, limit, stop) in enumerate(specs, start=1):
-        cid = stable_uuid("leg", main.client_order_id, role)
+    for n, leg in enumerate(exit_legs(request), start=1):
+        cid = stable_uuid("leg", main.client_order_id, leg.role)
         legs.append(
             replace(
                 main,
                 id=order_id_for(state.account.account_id, cid),
                 client_order_id=cid,
                 seq=main.seq + n,
-                side=exit_side,  # type: ignore[arg-type]
-                type=kind,  # type: ignore[arg-type]
-                limit_price=limit,
-                stop_price=stop,
+                side=leg.side,
+                type=leg.order_type,
+                limit_price=leg.limit_price,
+                stop_price=leg.stop_price,
                 trail_price=None,
                 trail_percent=None,
                 hwm=None,
                 status=status,
                 parent_id=main.id,
-                leg_role=role,
-                position_intent=_intent(position_after, exit_side),
+                leg_role=leg.role,
+                position_intent=_intent(position_after, leg.side),
             )
         )
     return legs

@@ -46,13 +46,6 @@ def check_order_policy(cfg: ExecConfig, env: Mapping[str, str] | None = None) ->
     )
     caps = BROKERS[cfg.broker]
     problems = check_capabilities(policy, caps)
-    if policy.order_class != "simple":
-        # execution follows the entry order only: until exit-leg fills reach the OMS, a bracket,
-        # OCO or OTO would leave the OMS's positions wrong, so it is refused rather than traded
-        problems.append(
-            f"{RISK_PREFIX}ORDER_CLASS={policy.order_class}: execution does not report exit-leg fills to the OMS "
-            "yet; use simple"
-        )
     if problems:
         raise DependencyUnavailable("; ".join(problems))
     return caps
@@ -99,13 +92,14 @@ async def poll_once(processor: Processor, broker: AlpacaBroker, bus: Bus, live: 
             if order.broker_status in PRE_ACK:
                 await recover_one(processor, broker, live, cid, resend=not halted)
                 continue
-            bo: BrokerOrder | None = open_orders.get(cid)
-            if bo is None:
-                found = await broker.lookup(cid)
-                if not isinstance(found, BrokerOrder):
-                    continue  # the broker cannot tell, or does not list it: ask again next poll
-                bo = found
-            if bo.status == order.broker_status and bo.filled_qty == order.cum_qty:
+            bo: BrokerOrder | None = open_orders.get(order.broker_cid)
+            if bo is None or (order.legs_pending and not bo.legs):
+                # closed (not listed as open), or its exit legs not yet seen: ask for it by id,
+                # legs rolled up under it
+                bo = await broker.order(order.broker_order_id)
+                if bo is None:
+                    continue  # the broker cannot tell: ask again next poll
+            if bo.status == order.broker_status and bo.filled_qty == order.cum_qty and not order.legs_pending:
                 continue
             await processor.commit(lambda s, cid=cid, bo=bo, ctx=ctx: handlers.on_broker_order(s, cid, bo, ctx))
 
@@ -205,7 +199,7 @@ async def watchdog(
 
 async def _alert(processor: Processor, code: str, severity: str, message: str, key: str, **details: str) -> bool:
     ctx = processor.ctx()
-    alert = handlers.stream_alert(code, severity, message, key, ctx, **details)
+    alert = handlers.alert(code, severity, message, key, ctx, **details)
     try:
         await processor.commit(lambda s: (s, [alert]))
     except Exception as e:  # classified: an alert that cannot be stored now is tried again next tick

@@ -15,6 +15,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from decimal import Decimal
+from enum import Enum
 from urllib.parse import urlsplit
 
 import msgspec
@@ -22,9 +23,9 @@ import requests
 import requests.adapters
 from alpaca.common.exceptions import APIError
 from alpaca.trading.client import TradingClient
-from alpaca.trading.enums import OrderStatus, QueryOrderStatus, TradeEvent
+from alpaca.trading.enums import QueryOrderStatus
 from alpaca.trading.models import Order, TradeUpdate
-from alpaca.trading.requests import GetOrdersRequest
+from alpaca.trading.requests import GetOrderByIdRequest, GetOrdersRequest
 from alpaca.trading.stream import TradingStream
 
 from libs.errors import classify_exception
@@ -34,7 +35,10 @@ from services.execution.state import BrokerOrder, ExecOrder
 
 log = logging.getLogger(__name__)
 
-DUPLICATE_CLIENT_ORDER_ID = "40010001"
+# Alpaca answers 422 40010001 to many invalid requests; a re-used client_order_id is the one whose
+# message says so
+INVALID_REQUEST = "40010001"
+DUPLICATE_MESSAGE = "client_order_id must be unique"
 ABSENT = "absent"
 
 
@@ -55,16 +59,22 @@ def _ns(value: dt.datetime | None) -> int:
 
 def to_broker_order(o: Order) -> BrokerOrder:
     """Take the fields keel acts on from an alpaca-py Order."""
-    status = o.status.value if isinstance(o.status, OrderStatus) else str(o.status)
+    kind = o.order_type or o.type
     return BrokerOrder(
         id=str(o.id),
         client_order_id=o.client_order_id,
-        status=status,
+        status=_value(o.status),
         qty=int(Decimal(str(o.qty or 0))),
         filled_qty=int(Decimal(str(o.filled_qty or 0))),
         filled_avg_price=Decimal(str(o.filled_avg_price)) if o.filled_avg_price is not None else None,
         updated_at_ns=_ns(o.updated_at),
+        order_type=_value(kind) if kind is not None else "",
+        legs=tuple(to_broker_order(leg) for leg in o.legs or ()),
     )
+
+
+def _value(member: object) -> str:
+    return str(member.value) if isinstance(member, Enum) else str(member)
 
 
 def api_error_code(e: APIError) -> str:
@@ -73,6 +83,11 @@ def api_error_code(e: APIError) -> str:
         return str(e.code)
     except (ValueError, KeyError, TypeError, AttributeError):
         return ""
+
+
+def is_duplicate_client_order_id(e: APIError) -> bool:
+    """True when the broker refused an order because it already holds one with its client_order_id."""
+    return api_error_code(e) == INVALID_REQUEST and DUPLICATE_MESSAGE in str(e)
 
 
 class AlpacaBroker:
@@ -123,7 +138,7 @@ class AlpacaBroker:
         try:
             placed = await asyncio.to_thread(self.client.submit_order, req)
         except APIError as e:
-            if api_error_code(e) == DUPLICATE_CLIENT_ORDER_ID:
+            if is_duplicate_client_order_id(e):
                 # submitted before (a crash after the broker accepted, a lost response): adopt it
                 return await self.resolve(order.client_order_id, str(e))
             info = classify_exception(e, dependency="broker_submit", symbol=order.symbol)
@@ -166,6 +181,14 @@ class AlpacaBroker:
             return None
         return to_broker_order(order)
 
+    async def order(self, order_id: str) -> BrokerOrder | None:
+        """Return an order by the broker's id with its exit legs rolled up; None when it cannot tell."""
+        try:
+            order = await asyncio.to_thread(self.client.get_order_by_id, order_id, GetOrderByIdRequest(nested=True))
+        except (APIError, requests.RequestException, OSError):
+            return None
+        return msgspec.structs.replace(to_broker_order(order), nested=True)  # type: ignore[arg-type]
+
     async def open_orders(self) -> dict[str, BrokerOrder]:
         """Return every open order by client_order_id."""
         orders = await asyncio.to_thread(
@@ -182,7 +205,7 @@ class AlpacaBroker:
 def from_trade_update(update: TradeUpdate) -> BrokerOrder:
     """Take the order of a trade_updates frame, with the frame's execution id and event name."""
     bo = to_broker_order(update.order)
-    event = update.event.value if isinstance(update.event, TradeEvent) else str(update.event)
+    event = _value(update.event)
     execution_id = str(update.execution_id) if update.execution_id is not None else ""
     return msgspec.structs.replace(bo, execution_id=execution_id, event=event)
 

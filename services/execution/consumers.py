@@ -56,10 +56,10 @@ async def on_trade_update(processor: Processor, live: Live, bo: st.BrokerOrder) 
     never adopted twice or before its submit is answered); a frame for an order of unknown status
     only wakes the poller, whose GET by client_order_id is the one way such an order is resolved.
     """
-    cid = bo.client_order_id
+    cid = processor.state.aliases.get(bo.client_order_id, bo.client_order_id)  # an exit leg: keel's id
     order = processor.state.orders.get(cid)
     if order is None:
-        return  # not ours, or finished already
+        return  # not ours, finished already, or a leg not yet adopted (the poll adopts it)
     if cid in live.inflight:
         live.deferred[cid].append(bo)
         return
@@ -126,11 +126,11 @@ def consumers(bus: Bus, processor: Processor, broker: AlpacaBroker, live: Live) 
                 refused = handlers.blocked(d, handlers.KILL_SWITCH_BLOCK, f"halted: {halt.reason}", ctx)
             else:
                 refused = handlers.unknown_block(processor.state, d, ctx)
-            if refused is not None:
+            if refused:
                 # answered at once, so the watermark behind it is not held up
                 if processor.metrics:
-                    processor.metrics.decision("submit_blocked", refused.reason_code)
-                await processor.apply(decisions.durable, [inbound], lambda s, _e, _c: (s, [refused]))
+                    processor.metrics.decision("submit_blocked", refused[0].reason_code)
+                await processor.apply(decisions.durable, [inbound], lambda s, _e, _c: (s, list(refused)))
                 return
             traceparent = tracing.inject({}).get(sj.H_TRACEPARENT, "")
             await processor.commit(lambda s: handlers.hand_over(s, d, broker.name, traceparent, ctx))

@@ -13,7 +13,7 @@ from decimal import Decimal
 
 import msgspec
 
-from libs.contracts.base import Event, derive_id
+from libs.contracts.base import Event, ExitLeg, derive_id, exit_legs, intent_id_for, leg_client_order_id
 from libs.contracts.execution import (
     OrderAccepted,
     OrderCanceled,
@@ -58,32 +58,24 @@ class Unknown(msgspec.Struct, frozen=True, kw_only=True):
 Outcome = Accepted | Rejected | Unknown
 
 
-def _envelope(
-    name: str, d: PretradeDecision | st.ExecOrder, ts_event: int, ctx: Ctx, *parts: object
-) -> dict[str, object]:
-    cid = d.client_order_id
+def _envelope(name: str, order: st.ExecOrder, ts_event: int, ctx: Ctx, *parts: object) -> dict[str, object]:
+    cid = order.client_order_id
     return {
         "event_id": derive_id(f"exec.{name}.v1", cid, *parts),
-        "correlation_id": d.correlation_id,
-        "causation_id": d.event_id if isinstance(d, PretradeDecision) else (d.decision_id or cid),
+        "correlation_id": order.correlation_id,
+        "causation_id": order.decision_id or cid,
         "ts_event": ts_event,
         "ts_init": ctx.now_ns,
-        "intent_id": d.intent_id,
+        "intent_id": order.intent_id,
         "client_order_id": cid,
-        "symbol": d.symbol,
-        "side": d.side,
+        "symbol": order.symbol,
+        "side": order.side,
     }
 
 
-def hand_over(
-    state: st.ExecState, d: PretradeDecision, broker: str, traceparent: str, ctx: Ctx
-) -> tuple[st.ExecState, list[Event]]:
-    """Hold an approved order as handed to the broker (SUBMITTING) and say so, before the call.
-
-    From here on the order is never refused or forgotten: whatever happens to the call, the
-    order is resolved by its client_order_id (state.UNKNOWN).
-    """
-    order = st.ExecOrder(
+def exec_order(d: PretradeDecision, traceparent: str = "") -> st.ExecOrder:
+    """Return the order an approved decision hands to the broker; its exit legs are pending."""
+    return st.ExecOrder(
         intent_id=d.intent_id,
         client_order_id=d.client_order_id,
         symbol=d.symbol,
@@ -103,9 +95,52 @@ def hand_over(
         take_profit_limit_price=d.take_profit_limit_price,
         stop_loss_stop_price=d.stop_loss_stop_price,
         stop_loss_limit_price=d.stop_loss_limit_price,
+        legs_pending=tuple(leg.role for leg in exit_legs(d)),
     )
-    event = OrderSubmitted(**_envelope("order_submitted", d, d.ts_event, ctx), qty=d.qty, broker=broker)  # type: ignore[arg-type]
-    return msgspec.structs.replace(state, orders={**state.orders, d.client_order_id: order}), [event]
+
+
+def leg_order(parent: st.ExecOrder, leg: ExitLeg) -> st.ExecOrder:
+    """Return an exit leg of an order as an order of its own (the OMS's child intent)."""
+    cid = leg_client_order_id(parent.client_order_id, leg.role)
+    return st.ExecOrder(
+        intent_id=intent_id_for(cid),
+        client_order_id=cid,
+        symbol=parent.symbol,
+        side=leg.side,
+        qty=parent.qty,
+        order_type=leg.order_type,
+        limit_price=leg.limit_price,
+        stop_price=leg.stop_price,
+        time_in_force=parent.time_in_force,
+        bar_ts=parent.bar_ts,
+        correlation_id=parent.correlation_id,
+        decision_id=parent.decision_id,
+        traceparent=parent.traceparent,
+        parent_cid=parent.client_order_id,
+        leg_role=leg.role,
+    )
+
+
+def family(order: st.ExecOrder) -> list[st.ExecOrder]:
+    """Return an order and its exit legs not yet at the broker: what is said of one before the
+    broker's answer (handed over, refused, unknown) is said of each."""
+    return [order, *(leg_order(order, leg) for leg in exit_legs(order) if leg.role in order.legs_pending)]
+
+
+def hand_over(
+    state: st.ExecState, d: PretradeDecision, broker: str, traceparent: str, ctx: Ctx
+) -> tuple[st.ExecState, list[Event]]:
+    """Hold an approved order as handed to the broker (SUBMITTING) and say so, before the call.
+
+    From here on the order is never refused or forgotten: whatever happens to the call, the
+    order is resolved by its client_order_id (state.UNKNOWN). Its exit legs go in the same call.
+    """
+    order = exec_order(d, traceparent)
+    events: list[Event] = [
+        OrderSubmitted(**_envelope("order_submitted", o, d.ts_event, ctx), qty=o.qty, broker=broker)  # type: ignore[arg-type]
+        for o in family(order)
+    ]
+    return msgspec.structs.replace(state, orders={**state.orders, d.client_order_id: order}), events
 
 
 def submitted_event_id(cid: str) -> str:
@@ -113,14 +148,17 @@ def submitted_event_id(cid: str) -> str:
     return derive_id("exec.order_submitted.v1", cid)
 
 
-def blocked(d: PretradeDecision, reason_code: str, message: str, ctx: Ctx) -> SubmitFailed:
-    """Refuse to submit an approved order (e.g. the halt flag went up after approval)."""
-    return SubmitFailed(
-        **_envelope("submit_failed", d, d.ts_event, ctx),  # type: ignore[arg-type]
-        category="BROKER_STATE",
-        reason_code=reason_code,
-        message=message,
-    )
+def blocked(d: PretradeDecision, reason_code: str, message: str, ctx: Ctx) -> list[SubmitFailed]:
+    """Refuse to submit an approved order (e.g. the halt flag went up after approval), legs and all."""
+    return [
+        SubmitFailed(
+            **_envelope("submit_failed", o, d.ts_event, ctx),  # type: ignore[arg-type]
+            category="BROKER_STATE",
+            reason_code=reason_code,
+            message=message,
+        )
+        for o in family(exec_order(d))
+    ]
 
 
 def unknown_order_for(state: st.ExecState, symbol: str) -> str:
@@ -130,15 +168,15 @@ def unknown_order_for(state: st.ExecState, symbol: str) -> str:
     )
 
 
-def unknown_block(state: st.ExecState, d: PretradeDecision, ctx: Ctx) -> SubmitFailed | None:
-    """Refuse a new order while another of its symbol has an unknown status, else None.
+def unknown_block(state: st.ExecState, d: PretradeDecision, ctx: Ctx) -> list[SubmitFailed]:
+    """Refuse a new order while another of its symbol has an unknown status, else [].
 
     The order of unknown status may be working at the broker: a second one could double the
     position, so the symbol waits until the lookup by client_order_id has resolved the first.
     """
     cid = unknown_order_for(state, d.symbol)
     if not cid:
-        return None
+        return []
     why = f"expected no order of unknown status for {d.symbol}, was {cid} (resolving it by client_order_id)"
     return blocked(d, UNKNOWN_ORDER_BLOCK, why, ctx)
 
@@ -149,12 +187,15 @@ def on_outcome(state: st.ExecState, cid: str, outcome: Outcome, ctx: Ctx) -> tup
     if order is None:
         return state, []  # resolved and finished meanwhile (a poll got there first)
     if isinstance(outcome, Rejected):
-        ev = OrderRejected(
-            **_envelope("order_rejected", order, order.bar_ts or ctx.now_ns, ctx),  # type: ignore[arg-type]
-            reason=outcome.message,
-            code=outcome.code,
-        )
-        return _without(state, cid), [ev]
+        rejected: list[Event] = [
+            OrderRejected(
+                **_envelope("order_rejected", o, order.bar_ts or ctx.now_ns, ctx),  # type: ignore[arg-type]
+                reason=outcome.message,
+                code=outcome.code,
+            )
+            for o in family(order)
+        ]
+        return _without(state, cid), rejected
     if isinstance(outcome, Unknown):
         return _unknown(state, order, outcome.message, ctx)
     return on_broker_order(state, cid, outcome.order, ctx)
@@ -164,12 +205,15 @@ def _unknown(state: st.ExecState, order: st.ExecOrder, reason: str, ctx: Ctx) ->
     # said once, when the order becomes UNKNOWN; asking again without an answer changes nothing
     if order.broker_status != st.SUBMITTING:
         return state, []
-    ev = OrderStatusUnknown(
-        **_envelope("order_status_unknown", order, order.bar_ts or ctx.now_ns, ctx),  # type: ignore[arg-type]
-        reason=reason[:300],
-    )
+    events: list[Event] = [
+        OrderStatusUnknown(
+            **_envelope("order_status_unknown", o, order.bar_ts or ctx.now_ns, ctx),  # type: ignore[arg-type]
+            reason=reason[:300],
+        )
+        for o in family(order)
+    ]
     updated = msgspec.structs.replace(order, broker_status=st.UNKNOWN)
-    return msgspec.structs.replace(state, orders={**state.orders, order.client_order_id: updated}), [ev]
+    return msgspec.structs.replace(state, orders={**state.orders, order.client_order_id: updated}), events
 
 
 def on_broker_order(
@@ -179,14 +223,98 @@ def on_broker_order(
 
     A streamed update carries its execution_id: one the order has already applied (a duplicated
     frame) changes nothing. Without that, the cumulative quantity still reports each fill once.
+    Exit legs rolled up under the order (nested) are adopted as orders of their own the first
+    time they are seen, and compared the same way. An order that ended is forgotten once all its
+    legs are known.
     """
     order = state.orders.get(cid)
-    if order is None:
-        return state, []
-    if bo is None:
-        return state, []  # the broker does not show it (yet): never a verdict on its own
+    if order is None or bo is None:
+        return state, []  # not ours, finished, or the broker does not show it (yet): never a verdict
     if bo.execution_id and bo.execution_id in order.execution_ids:
         return state, []
+    events: list[Event] = []
+    if not order.ended:
+        state, events = _report(state, order, bo, ctx)
+    if bo.legs:
+        state, leg_events = _legs(state, cid, bo.legs, ctx)
+        events += leg_events
+    current = state.orders.get(cid)
+    if current is not None and current.ended and current.legs_pending and bo.nested and not bo.legs:
+        state, leg_events = _legs_missing(state, current, bo, ctx)
+        events += leg_events
+        current = state.orders.get(cid)
+    if current is not None and current.ended and not current.legs_pending:
+        state = _without(state, cid)
+    return state, events
+
+
+# the broker's order type of an exit leg -> its role
+LEG_ROLE = {"limit": "take_profit", "stop": "stop_loss", "stop_limit": "stop_loss"}
+
+
+def _legs(
+    state: st.ExecState, parent_cid: str, legs: Sequence[st.BrokerOrder], ctx: Ctx
+) -> tuple[st.ExecState, list[Event]]:
+    events: list[Event] = []
+    for bo in legs:
+        cid = state.aliases.get(bo.client_order_id, "")
+        parent = state.orders[parent_cid]
+        role = LEG_ROLE.get(bo.order_type, "")
+        if not cid and role in parent.legs_pending:
+            spec = next(leg for leg in exit_legs(parent) if leg.role == role)
+            leg = msgspec.structs.replace(leg_order(parent, spec), broker_client_order_id=bo.client_order_id)
+            cid = leg.client_order_id
+            pending = tuple(r for r in parent.legs_pending if r != role)
+            state = msgspec.structs.replace(
+                state,
+                orders={**state.orders, parent_cid: msgspec.structs.replace(parent, legs_pending=pending), cid: leg},
+                aliases={**state.aliases, bo.client_order_id: cid},
+            )
+        if cid:
+            state, leg_events = on_broker_order(state, cid, bo, ctx)
+            events += leg_events
+    return state, events
+
+
+LEGS_NOT_AT_BROKER = "LEGS_NOT_AT_BROKER"
+EXIT_LEGS_MISSING = "EXIT_LEGS_MISSING"
+
+
+def _legs_missing(
+    state: st.ExecState, order: st.ExecOrder, bo: st.BrokerOrder, ctx: Ctx
+) -> tuple[st.ExecState, list[Event]]:
+    # the order ended and the broker, asked for it with its legs, shows none: they were never
+    # placed (or not kept), so the legs still pending end as rejected; a position it opened is
+    # unprotected, which an operator must hear of
+    ts = order_ts(order, bo, ctx)
+    why = f"the broker shows no {'/'.join(order.legs_pending)} leg under order {bo.id} ({bo.status})"
+    events: list[Event] = [
+        OrderRejected(
+            **_envelope("order_rejected", leg, ts, ctx),  # type: ignore[arg-type]
+            reason=why,
+            code=LEGS_NOT_AT_BROKER,
+            broker_order_id=bo.id,
+        )
+        for leg in family(order)[1:]
+    ]
+    if order.cum_qty > 0:
+        events.append(
+            alert(
+                EXIT_LEGS_MISSING,
+                "critical",
+                f"{order.symbol}: {order.cum_qty} shares filled by {order.client_order_id} without its exit legs; {why}",
+                f"legs-missing:{order.client_order_id}",
+                ctx,
+                client_order_id=order.client_order_id,
+                symbol=order.symbol,
+            )
+        )
+    done = msgspec.structs.replace(order, legs_pending=())
+    return msgspec.structs.replace(state, orders={**state.orders, order.client_order_id: done}), events
+
+
+def _report(state: st.ExecState, order: st.ExecOrder, bo: st.BrokerOrder, ctx: Ctx) -> tuple[st.ExecState, list[Event]]:
+    cid = order.client_order_id
     events: list[Event] = []
     ts = order_ts(order, bo, ctx)
     if order.broker_status in st.PRE_ACK:
@@ -226,8 +354,7 @@ def on_broker_order(
                 broker_order_id=bo.id,
             )
         )  # type: ignore[arg-type]
-    if kind != st.WORKING and (kind != st.FILLED or bo.filled_qty >= order.qty):
-        return _without(state, cid), events
+    ended = kind != st.WORKING and (kind != st.FILLED or bo.filled_qty >= order.qty)
     # a fill counts only once its price is known: without one, cum_qty stays put and the next
     # poll reports it
     priced = bo.filled_avg_price is not None
@@ -242,6 +369,7 @@ def on_broker_order(
         cum_qty=max(order.cum_qty, bo.filled_qty) if priced else order.cum_qty,
         avg_px=bo.filled_avg_price if priced else order.avg_px,
         execution_ids=seen,
+        ended=ended,
     )
     return msgspec.structs.replace(state, orders={**state.orders, cid: updated}), events
 
@@ -252,11 +380,13 @@ def order_ts(order: st.ExecOrder, bo: st.BrokerOrder | None, ctx: Ctx) -> int:
 
 
 def _without(state: st.ExecState, cid: str) -> st.ExecState:
-    return msgspec.structs.replace(state, orders={k: v for k, v in state.orders.items() if k != cid})
+    orders = {k: v for k, v in state.orders.items() if k != cid}
+    aliases = {b: k for b, k in state.aliases.items() if k != cid} if cid in state.aliases.values() else state.aliases
+    return msgspec.structs.replace(state, orders=orders, aliases=aliases)
 
 
-def stream_alert(code: str, severity: str, message: str, key: str, ctx: Ctx, **details: str) -> AlertRaised:
-    """Build an alert about the broker's trade_updates stream; key names the episode."""
+def alert(code: str, severity: str, message: str, key: str, ctx: Ctx, **details: str) -> AlertRaised:
+    """Build an alert of execution; key names the episode (the same key is one alert)."""
     return AlertRaised(
         event_id=derive_id("ops.alert_raised.v1", ctx.service, code, key),
         correlation_id=key,

@@ -70,6 +70,11 @@ class BrokerOrder(msgspec.Struct, frozen=True, kw_only=True):
     # set when the order came in a trade_updates frame: that frame's execution id and event name
     execution_id: str = ""
     event: str = ""
+    order_type: str = ""
+    # the exit legs of a bracket, oto or oco, when the broker rolled them up under it (nested)
+    legs: tuple[BrokerOrder, ...] = ()
+    # fetched with its legs rolled up: an empty `legs` then means the broker holds none
+    nested: bool = False
 
 
 class ExecOrder(msgspec.Struct, frozen=True, kw_only=True):
@@ -100,10 +105,27 @@ class ExecOrder(msgspec.Struct, frozen=True, kw_only=True):
     take_profit_limit_price: Decimal | None = None
     stop_loss_stop_price: Decimal | None = None
     stop_loss_limit_price: Decimal | None = None
+    # an exit leg (libs.contracts.base.exit_legs) is an order of its own, known by keel's
+    # leg_client_order_id; the broker names it itself (broker_client_order_id), and keel learns
+    # that name from the parent's nested legs
+    parent_cid: str = ""
+    leg_role: str = ""
+    broker_client_order_id: str = ""
+    # a parent: the roles of its legs not yet seen at the broker (kept until they are)
+    legs_pending: tuple[str, ...] = ()
+    # a parent kept only for legs_pending: its own end was reported already
+    ended: bool = False
+
+    @property
+    def broker_cid(self) -> str:
+        """The client_order_id the broker knows the order by."""
+        return self.broker_client_order_id or self.client_order_id
 
 
 class ExecState(msgspec.Struct, frozen=True, kw_only=True):
     """Open orders by client_order_id."""
 
     orders: dict[str, ExecOrder] = {}
+    # exit legs: the broker's client_order_id -> keel's (stream frames carry the broker's)
+    aliases: dict[str, str] = {}
     last_watermark: int = 0

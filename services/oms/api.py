@@ -17,7 +17,8 @@ def router(processor: Processor, store: Store) -> APIRouter:  # type: ignore[typ
     async def intents(status: str | None = None, limit: int = 100) -> list[dict[str, object]]:
         rows = await store.pool.fetch(
             f"SELECT intent_id, client_order_id, symbol, side, qty, status, reason, filled_qty, "
-            f"avg_fill_price::text, broker_order_id FROM {store.schema}.intents "
+            f"avg_fill_price::text, broker_order_id, order_type, order_class, parent_intent_id, leg_role "
+            f"FROM {store.schema}.intents "
             "WHERE ($1::text IS NULL OR status = $1) ORDER BY last_seq DESC LIMIT $2",
             status,
             min(limit, 1000),

@@ -7,7 +7,7 @@ from decimal import Decimal
 
 import msgspec
 
-from libs.contracts.base import Event, derive_id, tag_of
+from libs.contracts.base import Event, derive_id, exit_legs, intent_id_for, leg_client_order_id, tag_of
 from libs.contracts.control import CancelAllOrders, HaltTrading, ResumeTrading
 from libs.contracts.execution import ExecutionEvent, OrderAccepted, OrderFilled, OrderPartiallyFilled
 from libs.contracts.oms import APPROVED as APPROVED_REASON
@@ -131,14 +131,37 @@ def on_intent(state: st.OmsState, ev: OrderIntent, ctx: Ctx) -> tuple[st.OmsStat
         status=st.TRANSITIONS[(st.CREATED, st.APPROVED if approved else st.DENIED)],
         reason=reason,
     )
+    family = [intent, *(leg_intents(ev, intent.status) if approved else ())]
     new_state = msgspec.structs.replace(
         state,
-        intents={**state.intents, ev.intent_id: intent},
-        by_cid={**state.by_cid, ev.client_order_id: ev.intent_id},
-        recent_cids={**state.recent_cids, ev.client_order_id: ev.bar_ts},
+        intents={**state.intents, **{i.intent_id: i for i in family}},
+        by_cid={**state.by_cid, **{i.client_order_id: i.intent_id for i in family}},
+        recent_cids={**state.recent_cids, **{i.client_order_id: ev.bar_ts for i in family}},
         intents_seen={**state.intents_seen, ev.symbol: _seen_after(state, ev)},
     )
     return new_state, [_decision(ev, approved, reason, details, ctx), position_changed(new_state, ev.symbol, ev, ctx)]
+
+
+def leg_intents(ev: OrderIntent, status: str) -> list[st.IntentState]:
+    """Return the child intents of an approved order's exit legs, approved with it (status)."""
+    out = []
+    for leg in exit_legs(ev):
+        cid = leg_client_order_id(ev.client_order_id, leg.role)
+        out.append(
+            st.IntentState(
+                intent_id=intent_id_for(cid),
+                client_order_id=cid,
+                symbol=ev.symbol,
+                side=leg.side,
+                qty=ev.qty,
+                arrival_price=leg.reference_price,
+                status=status,
+                reason=APPROVED_REASON,
+                parent_intent_id=ev.intent_id,
+                leg_role=leg.role,
+            )
+        )
+    return out
 
 
 def _seen_after(state: st.OmsState, ev: OrderIntent) -> int:

@@ -100,11 +100,17 @@ class IntentState(msgspec.Struct, frozen=True, kw_only=True):
     avg_fill_price: Decimal = Decimal(0)
     broker_order_id: str = ""
     execution_ids: tuple[str, ...] = ()
+    # an exit leg of a bracket, oto or oco (libs.contracts.base.exit_legs): a child intent of the
+    # order that placed it, approved with it, with its own lifecycle at the broker
+    parent_intent_id: str = ""
+    leg_role: str = ""
 
     @property
     def working_qty(self) -> int:
-        """Return the signed quantity still expected to fill."""
-        if self.status in TERMINAL:
+        """Return the signed quantity still expected to fill (0 for an exit leg: it is contingent)."""
+        # an exit leg fills only if its trigger is reached, and only one leg of a pair can: counting
+        # the legs as working would net the position out before anything happened
+        if self.status in TERMINAL or self.leg_role:
             return 0
         remaining = self.qty - self.filled_qty
         return remaining if self.side == "buy" else -remaining

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from libs.contracts.base import Event, tag_of
+from libs.contracts.base import Event, exit_legs, intent_id_for, leg_client_order_id, tag_of
 from libs.contracts.codec import encode
 from libs.contracts.execution import (
     OrderAccepted,
@@ -47,6 +47,44 @@ def _log_rows(old: OmsState, inbound: object, events: Sequence[Event]) -> list[E
     return rows
 
 
+_INSERT_INTENT = """INSERT INTO {s}.intents (intent_id, client_order_id, symbol, side, qty, order_type, order_class,
+    limit_price, stop_price, time_in_force, arrival_price, bar_ts, strategy, status, reason, parent_intent_id,
+    leg_role, last_seq) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18)
+    ON CONFLICT (intent_id) DO NOTHING"""
+
+
+async def _insert_intents(uow: UnitOfWork, ev: OrderIntent, new: OmsState, last_seq: int) -> None:
+    """Insert a new intent's row and, when it was approved, the rows of its exit legs."""
+    sql = _INSERT_INTENT.format(s=uow.schema)
+    rows = [(new.intents[ev.intent_id], ev.order_type, ev.order_class, ev.limit_price, ev.stop_price)]
+    for leg in exit_legs(ev):
+        child = new.intents.get(intent_id_for(leg_client_order_id(ev.client_order_id, leg.role)))
+        if child is not None:  # legs exist only for an approved order
+            rows.append((child, leg.order_type, "simple", leg.limit_price, leg.stop_price))
+    for intent, order_type, order_class, limit_price, stop_price in rows:
+        await uow.conn.execute(
+            sql,
+            intent.intent_id,
+            intent.client_order_id,
+            intent.symbol,
+            intent.side,
+            intent.qty,
+            order_type,
+            order_class,
+            limit_price,
+            stop_price,
+            ev.time_in_force,
+            intent.arrival_price,
+            ev.bar_ts,
+            ev.strategy,
+            intent.status,
+            intent.reason,
+            intent.parent_intent_id,
+            intent.leg_role,
+            last_seq,
+        )
+
+
 async def project(uow: UnitOfWork, old: OmsState, new: OmsState, inbound: object, events: Sequence[Event]) -> None:
     """Append to the intent log and bring the projections up to date."""
     s = uow.schema
@@ -68,26 +106,7 @@ async def project(uow: UnitOfWork, old: OmsState, new: OmsState, inbound: object
             )
             last_seq = seq or last_seq
     if isinstance(inbound, OrderIntent) and inbound.intent_id not in old.intents and inbound.intent_id in new.intents:
-        i = new.intents[inbound.intent_id]
-        await uow.conn.execute(
-            f"""INSERT INTO {s}.intents (intent_id, client_order_id, symbol, side, qty, order_type, limit_price,
-                time_in_force, arrival_price, bar_ts, strategy, status, reason, last_seq)
-                VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14) ON CONFLICT (intent_id) DO NOTHING""",
-            inbound.intent_id,
-            inbound.client_order_id,
-            inbound.symbol,
-            inbound.side,
-            inbound.qty,
-            inbound.order_type,
-            inbound.limit_price,
-            inbound.time_in_force,
-            inbound.arrival_price,
-            inbound.bar_ts,
-            inbound.strategy,
-            i.status,
-            i.reason,
-            last_seq,
-        )
+        await _insert_intents(uow, inbound, new, last_seq)
     elif isinstance(inbound, _REPORTS):
         intent = new.intents.get(inbound.intent_id)
         if intent is not None and intent != old.intents.get(inbound.intent_id):

@@ -14,7 +14,7 @@ from decimal import ROUND_DOWN, Decimal
 
 import msgspec
 
-from libs.contracts.base import Event, derive_id, to_tick
+from libs.contracts.base import Event, derive_id, intent_id_for, to_tick
 from libs.contracts.oms import PositionChanged
 from libs.contracts.ops import Watermark
 from libs.contracts.risk import OrderIntent, SleeveShare
@@ -123,7 +123,7 @@ def on_target(state: RiskState, ev: TargetProposed, ctx: Ctx) -> tuple[RiskState
                 causation_id=ev.event_id,
                 ts_event=ev.ts_event,
                 ts_init=ctx.now_ns,
-                intent_id=derive_id("intent", cid),
+                intent_id=intent_id_for(cid),
                 client_order_id=cid,
                 symbol=ev.symbol,
                 side=side,

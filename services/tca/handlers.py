@@ -11,7 +11,7 @@ from decimal import Decimal
 
 import msgspec
 
-from libs.contracts.base import Event, derive_id
+from libs.contracts.base import Event, derive_id, exit_legs, leg_client_order_id
 from libs.contracts.execution import OrderFilled, OrderPartiallyFilled
 from libs.contracts.ops import AlertRaised
 from libs.contracts.risk import OrderIntent
@@ -53,14 +53,21 @@ def on_intent(state: TcaState, ev: OrderIntent, ctx: Ctx) -> tuple[TcaState, lis
     """Remember an intent's arrival price and measure fills that were waiting for it."""
     cfg: TcaConfig = ctx.config
     horizon = ev.bar_ts - int(cfg.intent_retention_hours * 3600 * 1e9)
-    arrival = Arrival(
-        symbol=ev.symbol, side=ev.side, arrival_price=ev.arrival_price, strategy=ev.strategy, bar_ts=ev.bar_ts
-    )
-    arrivals = {k: v for k, v in state.arrivals.items() if v.bar_ts >= horizon}
-    arrivals[ev.client_order_id] = arrival
-    ready = [f for f in state.waiting if f.client_order_id == ev.client_order_id]
-    waiting = tuple(f for f in state.waiting if f.client_order_id != ev.client_order_id)
-    return TcaState(arrivals=arrivals, waiting=waiting), [record(f, arrival, ctx) for f in ready]
+    new = {
+        ev.client_order_id: Arrival(
+            symbol=ev.symbol, side=ev.side, arrival_price=ev.arrival_price, strategy=ev.strategy, bar_ts=ev.bar_ts
+        )
+    }
+    # an exit leg is measured against the price it was meant to trade at (its take-profit limit
+    # or stop-loss stop): for a stop, the shortfall is the slippage past the trigger
+    for leg in exit_legs(ev):
+        new[leg_client_order_id(ev.client_order_id, leg.role)] = Arrival(
+            symbol=ev.symbol, side=leg.side, arrival_price=leg.reference_price, strategy=ev.strategy, bar_ts=ev.bar_ts
+        )
+    arrivals = {k: v for k, v in state.arrivals.items() if v.bar_ts >= horizon} | new
+    ready = [f for f in state.waiting if f.client_order_id in new]
+    waiting = tuple(f for f in state.waiting if f.client_order_id not in new)
+    return TcaState(arrivals=arrivals, waiting=waiting), [record(f, new[f.client_order_id], ctx) for f in ready]
 
 
 def on_fill(state: TcaState, ev: OrderFilled | OrderPartiallyFilled, ctx: Ctx) -> tuple[TcaState, list[Event]]:

@@ -60,7 +60,12 @@ async def test_upgrade_when_head_then_every_schema_and_table_exists_and_downgrad
     assert "records" in await _tables(pg, f"{p}_tca")
     assert "alerts" in await _tables(pg, f"{p}_alerts")
     assert await _tables(pg, f"{p}_meta") == {"alembic_version", "run_manifests"}
-    assert await pg.fetchval(f"SELECT version_num FROM {p}_meta.alembic_version") == "0004"
+    assert await pg.fetchval(f"SELECT version_num FROM {p}_meta.alembic_version") == "0005"
+    intent_columns = await pg.fetch(
+        "SELECT column_name FROM information_schema.columns WHERE table_schema = $1 AND table_name = 'intents'",
+        f"{p}_oms",
+    )
+    assert {"order_class", "stop_price", "parent_intent_id", "leg_role"} <= {r[0] for r in intent_columns}
 
     await asyncio.to_thread(downgrade, database_url, p)
 

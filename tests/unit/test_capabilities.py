@@ -184,18 +184,23 @@ def test_start_check_when_combination_unsupported_then_dependency_unavailable_in
     assert "\n" not in str(e.value)
 
 
-def test_start_check_when_broker_takes_brackets_then_still_refused_until_leg_fills_reach_the_oms():
-    env = {"KEEL_RISK_ORDER_CLASS": "bracket", "KEEL_RISK_TAKE_PROFIT_BPS": "100", "KEEL_RISK_STOP_LOSS_BPS": "50"}
-    assert (
-        check_capabilities(OrderPolicy(order_class="bracket", order_type="market", time_in_force="day"), ALPACA) == []
-    )  # the broker could
+@pytest.mark.parametrize(
+    ("order_class", "legs"),
+    [
+        ("bracket", {"KEEL_RISK_TAKE_PROFIT_BPS": "100", "KEEL_RISK_STOP_LOSS_BPS": "50"}),
+        ("oto", {"KEEL_RISK_STOP_LOSS_BPS": "50"}),
+        ("oco", {"KEEL_RISK_ORDER_TYPE": "limit", "KEEL_RISK_TAKE_PROFIT_BPS": "100", "KEEL_RISK_STOP_LOSS_BPS": "50"}),
+    ],
+)
+@pytest.mark.parametrize("broker", ["alpaca", "keel-local"])
+def test_start_check_when_broker_takes_the_order_class_then_execution_starts(
+    order_class: str, legs: dict[str, str], broker: str
+):
+    env = {"KEEL_RISK_ORDER_CLASS": order_class, **legs}
 
-    with pytest.raises(DependencyUnavailable) as e:
-        check_order_policy(ExecConfig(broker="alpaca"), env=env)
+    caps = check_order_policy(ExecConfig(broker=broker), env=env)
 
-    assert str(e.value) == (
-        "KEEL_RISK_ORDER_CLASS=bracket: execution does not report exit-leg fills to the OMS yet; use simple"
-    )
+    assert order_class in caps.order_classes
 
 
 def test_start_check_when_market_forbidden_but_configured_then_refused_naming_the_keys():

@@ -32,12 +32,12 @@ from services.execution.handlers import (
     Accepted,
     Rejected,
     Unknown,
+    alert,
     blocked,
     hand_over,
     on_broker_order,
     on_outcome,
     step,
-    stream_alert,
     unknown_block,
 )
 from tests.factories import NOW_NS, Events, ctx, minute
@@ -115,7 +115,7 @@ def test_hand_over_when_approved_then_order_held_submitting_and_envelope_derives
 
 
 def test_blocked_when_halt_went_up_after_approval_then_submit_failed_broker_state(d: PretradeDecision) -> None:
-    ev = blocked(d, "KILL_SWITCH_BLOCK", "halted: manual", CTX)
+    (ev,) = blocked(d, "KILL_SWITCH_BLOCK", "halted: manual", CTX)
 
     assert isinstance(ev, SubmitFailed)
     assert ev.event_id == derive_id("exec.submit_failed.v1", d.client_order_id)
@@ -263,7 +263,7 @@ def test_unknown_block_when_an_order_of_the_symbol_is_unknown_then_submit_failed
     first = f.decision(f.intent("AAPL", "buy", 100, "10", n=1))
     second = f.decision(f.intent("AAPL", "buy", 50, "10", n=2))
 
-    ev = unknown_block(unknown(first), second, CTX)
+    (ev,) = unknown_block(unknown(first), second, CTX)
 
     assert isinstance(ev, SubmitFailed)
     assert (ev.reason_code, ev.category) == (UNKNOWN_ORDER_BLOCK, "BROKER_STATE")
@@ -279,7 +279,7 @@ def test_unknown_block_when_the_unknown_order_is_another_symbol_then_none(f: Eve
     first = f.decision(f.intent("AAPL", "buy", 100, "10", n=1))
     other = f.decision(f.intent("MSFT", "buy", 50, "10", n=2))
 
-    assert unknown_block(unknown(first), other, CTX) is None
+    assert unknown_block(unknown(first), other, CTX) == []
 
 
 def test_unknown_block_when_the_order_is_only_submitting_or_working_then_none(f: Events) -> None:
@@ -287,8 +287,8 @@ def test_unknown_block_when_the_order_is_only_submitting_or_working_then_none(f:
     second = f.decision(f.intent("AAPL", "buy", 50, "10", n=2))
     submitting, _ = hand_over(st.ExecState(), first, "alpaca", "", CTX)
 
-    assert unknown_block(submitting, second, CTX) is None
-    assert unknown_block(working(first), second, CTX) is None
+    assert unknown_block(submitting, second, CTX) == []
+    assert unknown_block(working(first), second, CTX) == []
 
 
 def test_unknown_block_when_the_unknown_order_was_adopted_then_lifted(f: Events) -> None:
@@ -297,7 +297,7 @@ def test_unknown_block_when_the_unknown_order_was_adopted_then_lifted(f: Events)
 
     adopted, _ = on_broker_order(unknown(first), first.client_order_id, broker(first, "new"), CTX)
 
-    assert unknown_block(adopted, second, CTX) is None
+    assert unknown_block(adopted, second, CTX) == []
 
 
 def test_poll_when_known_order_missing_from_listing_then_nothing_yet(d: PretradeDecision) -> None:
@@ -701,10 +701,10 @@ def test_watch_when_disabled_then_never_stale_and_never_trusted() -> None:
 
 
 def test_stream_alert_when_built_then_deterministic_from_episode_and_sourced_execution() -> None:
-    a = stream_alert("STREAM_STALE", "warning", "silent", "stream-stale:1", CTX, why="silent")
+    a = alert("STREAM_STALE", "warning", "silent", "stream-stale:1", CTX, why="silent")
 
-    assert a == stream_alert("STREAM_STALE", "warning", "silent", "stream-stale:1", CTX, why="silent")
-    assert a.event_id != stream_alert("STREAM_STALE", "warning", "silent", "stream-stale:2", CTX).event_id
+    assert a == alert("STREAM_STALE", "warning", "silent", "stream-stale:1", CTX, why="silent")
+    assert a.event_id != alert("STREAM_STALE", "warning", "silent", "stream-stale:2", CTX).event_id
     assert (a.code, a.severity, a.source, a.details) == ("STREAM_STALE", "warning", "execution", {"why": "silent"})
 
 

@@ -14,6 +14,7 @@ from typing import Any
 import msgspec
 import pytest
 import requests
+from alpaca.common.exceptions import APIError
 from alpaca.trading.requests import (
     LimitOrderRequest,
     MarketOrderRequest,
@@ -23,7 +24,7 @@ from alpaca.trading.requests import (
 )
 
 from services.execution import handlers
-from services.execution.broker import AlpacaBroker
+from services.execution.broker import AlpacaBroker, is_duplicate_client_order_id
 from services.execution.orders import build_request
 from services.execution.state import ExecOrder, ExecState
 from tests.factories import Events, ctx
@@ -228,3 +229,22 @@ def test_hand_over_when_bracket_decision_then_held_order_builds_the_same_bracket
         "take_profit": {"limit_price": 50.5},
         "stop_loss": {"stop_price": 49.75, "limit_price": 49.7},
     }
+
+
+# --- the broker's duplicate-client_order_id answer -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "duplicate"),
+    [
+        ('{"code":40010001,"message":"client_order_id must be unique"}', True),
+        # the same code answers many invalid requests: those are refusals, never "already placed"
+        ('{"code":40010001,"message":"take_profit.limit_price must be >= base_price + 0.01"}', False),
+        ('{"code":40310000,"message":"insufficient buying power"}', False),
+        ("upstream connect error", False),
+    ],
+)
+def test_is_duplicate_client_order_id_when_broker_refuses_then_only_the_unique_id_message_counts(
+    body: str, duplicate: bool
+):
+    assert is_duplicate_client_order_id(APIError(body)) is duplicate
