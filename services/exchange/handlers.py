@@ -39,6 +39,7 @@ from services.exchange.state import (
     INVALID_ORDER,
     MARKET_SESSION_RULE,
     NEW,
+    OPPOSITE_SIDE_ORDER_OPEN,
     ORDER_NOT_CANCELABLE,
     ORDER_NOT_FOUND,
     ORDER_NOT_REPLACEABLE,
@@ -188,6 +189,39 @@ def _reject(reason: str, message: str, **details: str) -> Rejection:
     return Rejection(reason=reason, message=message, details=details)
 
 
+def _check_sides(state: ExchangeState, request: SubmitOrder) -> Rejection | None:
+    """Alpaca's one-side-at-a-time rules: a position is never reversed by one order.
+
+    An order against a position may close at most the shares open closing orders do not already
+    hold ("insufficient qty available for order"), so it never carries the position through
+    flat; on a flat symbol, an order may not open one side while an order for the other is open.
+    """
+    position = state.positions.get(request.symbol)
+    if position is not None and position.qty != 0:
+        if (request.side == "sell") != (position.qty > 0):
+            return None  # adds to the position: buying power decides
+        held = held_for_orders(state, position)
+        available = abs(position.qty) - held
+        if request.qty <= available:
+            return None
+        return _reject(
+            INSUFFICIENT_QTY,
+            f"insufficient qty available for order (requested: {request.qty}, available: {available})",
+            available=str(available),
+            existing_qty=str(abs(position.qty)),
+            held_for_orders=str(held),
+            symbol=request.symbol,
+        )
+    if any(
+        state.orders[oid].side != request.side and state.orders[oid].status in WORKING_STATUSES
+        for oid in state.working.get(request.symbol, ())
+    ):
+        if request.side == "sell":
+            return _reject(OPPOSITE_SIDE_ORDER_OPEN, "cannot open a short sell while a long buy order is open")
+        return _reject(OPPOSITE_SIDE_ORDER_OPEN, "cannot open a long buy while a short sell order is open")
+    return None
+
+
 def _estimate_price(
     state: ExchangeState, symbol: str, kind: str, limit: Decimal | None, stop: Decimal | None
 ) -> Decimal | None:
@@ -258,6 +292,9 @@ def submit(
     opening = _opening_qty(held, request.side, request.qty)
     if opening > 0 and request.side == "sell" and not ctx.allow_shorting:
         return state, _reject(SHORT_NOT_ALLOWED, "account is not allowed to short")
+    refused = _check_sides(state, request)
+    if refused is not None:
+        return state, refused
     price = _estimate_price(state, request.symbol, request.type, request.limit_price, request.stop_price)
     # A market order for a symbol without any bar yet has no price to check against; it is
     # accepted and priced at its first bar (documented in the README).

@@ -91,6 +91,24 @@ def _gross_others(state: RiskState, symbol: str) -> Decimal:
     )
 
 
+def one_side_at_a_time(sym: SymbolRisk, delta: int) -> int:
+    """Return the part of an order of `delta` shares the broker takes now (Alpaca's side rules).
+
+    A position is never reversed by one order: an order against it closes at most the shares
+    that orders already working against it leave (the rest, the other side, goes once it is
+    flat), and no order goes while one the other way is still working (it waits for that one).
+    The exchange refuses both otherwise ("insufficient qty available for order", "cannot open a
+    short sell while a long buy order is open").
+    """
+    side = 1 if delta > 0 else -1
+    pending = sym.open_order_qty + sum(f.qty for f in sym.in_flight)
+    if delta == 0 or pending * side < 0:
+        return 0
+    if sym.position * side < 0:
+        return side * min(abs(delta), max(abs(sym.position) - abs(pending), 0))
+    return delta
+
+
 def on_target(state: RiskState, ev: TargetProposed, ctx: Ctx) -> tuple[RiskState, list[Event]]:
     """Record a sleeve target and order the capped gap to the expected position."""
     cfg: RiskConfig = ctx.config
@@ -101,7 +119,7 @@ def on_target(state: RiskState, ev: TargetProposed, ctx: Ctx) -> tuple[RiskState
     capped = _cap(net, ev.reference_price, cfg.max_symbol_dollars)
     room = cfg.gross_cap_dollars - _gross_others(state, ev.symbol)
     capped = _cap(capped, ev.reference_price, max(room, Decimal(0)))
-    delta = capped - sym.expected_position()
+    delta = one_side_at_a_time(sym, capped - sym.expected_position())
     events: list[Event] = []
     if delta != 0 and abs(delta) * ev.reference_price >= cfg.min_order_dollars:
         side = "buy" if delta > 0 else "sell"

@@ -674,3 +674,11 @@ async def test_rejections_when_orders_break_alpacas_rules_then_alpaca_codes_and_
         # a closing sell is no short: allowed with shorting off
         part = await call(v.client.close_position, "REJ", ClosePositionRequest(qty="4"))
         assert (part.side, part.qty, part.status) == (OrderSide.SELL, "4", OrderStatus.NEW)
+        # an order never reverses a position: the 4 shares the close holds are not available
+        flip = await v.refused(
+            lambda: v.client.submit_order(
+                MarketOrderRequest(symbol="REJ", qty=7, side=OrderSide.SELL, time_in_force=TimeInForce.DAY)
+            )
+        )
+        assert (flip.status_code, flip.code) == (403, 40310000)
+        assert flip.message == "insufficient qty available for order (requested: 7, available: 6)"

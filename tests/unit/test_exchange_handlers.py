@@ -14,6 +14,8 @@ from services.exchange import handlers
 from services.exchange.state import (
     DUPLICATE_CLIENT_ORDER_ID,
     INSUFFICIENT_BUYING_POWER,
+    INSUFFICIENT_QTY,
+    OPPOSITE_SIDE_ORDER_OPEN,
     ORDER_NOT_CANCELABLE,
     ORDER_NOT_FOUND,
     ExchangeOrder,
@@ -180,12 +182,14 @@ def test_limit_buy_when_bar_trades_through_then_fills_at_better_of_limit_and_mar
 
 
 def test_limit_when_bar_does_not_reach_then_order_keeps_working() -> None:
-    state, _ = feed(fresh(), bar("AAPL", 1))
+    state, _ = feed(fresh(), bar("AAPL", 1), bar("MSFT", 1))
     state, buy = accept(state, order("b", type="limit", limit="98.00", tif="gtc"))
-    state, sell = accept(state, order("s", side="sell", type="limit", limit="102.00", tif="gtc"))
-    state, changed = feed(state, bar("AAPL", 2, open="100", low="99", high="101"))
+    state, sell = accept(state, order("s", symbol="MSFT", side="sell", type="limit", limit="102.00", tif="gtc"))
+    state, changed = feed(
+        state, bar("AAPL", 2, open="100", low="99", high="101"), bar("MSFT", 2, open="100", low="99", high="101")
+    )
     assert changed == []
-    assert state.working["AAPL"] == (buy.id, sell.id)
+    assert (state.working["AAPL"], state.working["MSFT"]) == ((buy.id,), (sell.id,))
 
 
 def test_limit_sell_when_high_reaches_limit_then_fills_at_max_of_limit_and_market() -> None:
@@ -298,15 +302,67 @@ def test_fills_when_buys_at_two_prices_then_average_entry_is_volume_weighted_and
     assert state.account.cash == D("100000") - 1000 - 3300 + 2400
 
 
-def test_sell_when_more_than_held_then_position_flips_short_at_fill_price() -> None:
+def test_sell_when_more_than_held_then_refused_insufficient_qty_and_position_kept() -> None:
+    # Alpaca never reverses a position with one order: close it, then open the other side
     state, _ = feed(fresh(), bar("AAPL", 1))
     state, _ = accept(state, order("b", qty=10))
     state, _ = feed(state, bar("AAPL", 2, open="100", spread_bps="0"))
-    state, flip = accept(state, order("s", side="sell", qty=15))
+
+    after, flip = handlers.submit(state, order("s", side="sell", qty=15), CTX)
+
+    assert isinstance(flip, Rejection) and flip.reason == INSUFFICIENT_QTY
+    assert flip.message == "insufficient qty available for order (requested: 15, available: 10)"
+    assert flip.details == {"available": "10", "existing_qty": "10", "held_for_orders": "0", "symbol": "AAPL"}
+    assert after is state
+
+
+def test_sell_when_open_sells_hold_the_shares_then_only_the_rest_is_available() -> None:
+    state, _ = feed(fresh(), bar("AAPL", 1))
+    state, _ = accept(state, order("b", qty=10))
+    state, _ = feed(state, bar("AAPL", 2, open="100", spread_bps="0"))
+    state, _ = accept(state, order("tp", side="sell", qty=6, type="limit", limit="150.00", tif="gtc"))
+
+    _, too_many = handlers.submit(state, order("s", side="sell", qty=5), CTX)
+    state, rest = accept(state, order("s4", side="sell", qty=4))
     state, _ = feed(state, bar("AAPL", 3, open="104", spread_bps="0"))
-    assert flip.position_intent == "sell_to_close"
-    assert state.positions["AAPL"].qty == -5
-    assert state.positions["AAPL"].avg_entry_price == D("104")
+
+    assert isinstance(too_many, Rejection) and too_many.reason == INSUFFICIENT_QTY
+    assert too_many.details["held_for_orders"] == "6" and too_many.details["available"] == "4"
+    assert rest.position_intent == "sell_to_close"
+    assert state.positions["AAPL"].qty == 6
+
+
+def test_sell_when_flat_then_short_opens_at_fill_price() -> None:
+    state, _ = feed(fresh(), bar("AAPL", 1))
+    state, _ = accept(state, order("b", qty=10))
+    state, _ = feed(state, bar("AAPL", 2, open="100", spread_bps="0"))
+    state, _ = accept(state, order("close", side="sell", qty=10))
+    state, _ = feed(state, bar("AAPL", 3, open="102", spread_bps="0"))
+
+    state, short = accept(state, order("short", side="sell", qty=5))
+    state, _ = feed(state, bar("AAPL", 4, open="104", spread_bps="0"))
+
+    assert short.position_intent == "sell_to_open"
+    assert (state.positions["AAPL"].qty, state.positions["AAPL"].avg_entry_price) == (-5, D("104"))
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "message"),
+    [
+        ("buy", "sell", "cannot open a short sell while a long buy order is open"),
+        ("sell", "buy", "cannot open a long buy while a short sell order is open"),
+    ],
+)
+def test_open_when_flat_and_an_order_the_other_way_is_open_then_refused(first: str, second: str, message: str) -> None:
+    state, _ = feed(fresh(), bar("AAPL", 1))
+    state, _ = accept(state, order("first", side=first, type="limit", limit="100.00", tif="gtc"))
+
+    _, refused = handlers.submit(state, order("second", side=second), CTX)
+    _, same_side = handlers.submit(state, order("third", side=first), CTX)
+    _, other_symbol = handlers.submit(state, order("fourth", symbol="MSFT", side=second), CTX)
+
+    assert isinstance(refused, Rejection) and (refused.reason, refused.message) == (OPPOSITE_SIDE_ORDER_OPEN, message)
+    assert isinstance(same_side, ExchangeOrder) and isinstance(other_symbol, ExchangeOrder)
 
 
 def test_cancel_when_open_then_canceled_and_when_filled_then_refused() -> None:
@@ -394,13 +450,13 @@ def test_views_when_parsed_by_alpaca_py_then_expired_order_and_short_position_re
     from services.exchange.api import order_view, position_view
 
     state, _ = feed(fresh(), bar("AAPL", 1))
-    state, day = accept(state, order("day", type="limit", limit="50.00"))
+    state, day = accept(state, order("day", side="sell", type="limit", limit="150.00"))
     state, _ = accept(state, order("short", side="sell", qty=3))
     state, _ = feed(state, bar("AAPL", 2), bar("MSFT", 1, day_open=OPEN2, session=DAY2))
     parsed = Order(**order_view(state.orders[day.id]))
     short = Position(**position_view(state, state.positions["AAPL"]))
     assert parsed.status == OrderStatus.EXPIRED
-    assert parsed.expired_at is not None and parsed.limit_price == "50"
+    assert parsed.expired_at is not None and parsed.limit_price == "150"
     assert (short.side, short.qty, short.market_value, short.cost_basis) == (
         PositionSide.SHORT,
         "-3",

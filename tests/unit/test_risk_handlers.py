@@ -9,12 +9,13 @@ import pytest
 
 from libs.contracts.base import Event, derive_id
 from libs.contracts.codec import encode
+from libs.contracts.oms import PositionChanged
 from libs.contracts.ops import Watermark
 from libs.contracts.risk import OrderIntent, SleeveShare
 from libs.decide import Ctx
 from services.risk.config import RiskConfig
-from services.risk.handlers import MAX_CID_LEN, client_order_id, step
-from services.risk.state import RiskState
+from services.risk.handlers import MAX_CID_LEN, client_order_id, one_side_at_a_time, step
+from services.risk.state import InFlight, RiskState, SymbolRisk
 from tests.factories import NOW_NS, Events, ctx, minute
 
 D = Decimal
@@ -38,6 +39,11 @@ def given(events: Iterable[object], *, context=CTX, state: RiskState | None = No
 
 def intents(events: Iterable[Event]) -> list[OrderIntent]:
     return [e for e in events if isinstance(e, OrderIntent)]
+
+
+def filled(f: Events, symbol: str, qty: int, *, intents: int = 1) -> PositionChanged:
+    """The OMS's report that the first `intents` orders filled into a position of qty."""
+    return f.position(symbol, qty=qty, open_order_qty=0, intents_seen=intents)
 
 
 # --- netting and caps ------------------------------------------------------------------------
@@ -65,7 +71,7 @@ def test_target_when_short_then_intent_sells(f: Events) -> None:
 
 
 def test_target_when_second_sleeve_disagrees_then_intent_orders_the_netted_gap(f: Events) -> None:
-    state, _ = given([f.target("AAPL", 100, "50", sleeve="trend")])
+    state, _ = given([f.target("AAPL", 100, "50", sleeve="trend"), filled(f, "AAPL", 100)])
 
     _, out = step(state, f.target("AAPL", -30, "50", sleeve="meanrev", n=2), CTX)
 
@@ -75,7 +81,7 @@ def test_target_when_second_sleeve_disagrees_then_intent_orders_the_netted_gap(f
 
 
 def test_target_when_sleeves_cancel_out_then_position_is_taken_flat(f: Events) -> None:
-    state, _ = given([f.target("AAPL", 100, "50", sleeve="trend")])
+    state, _ = given([f.target("AAPL", 100, "50", sleeve="trend"), filled(f, "AAPL", 100)])
 
     after, out = step(state, f.target("AAPL", -100, "50", sleeve="meanrev", n=2), CTX)
 
@@ -85,7 +91,13 @@ def test_target_when_sleeves_cancel_out_then_position_is_taken_flat(f: Events) -
 
 
 def test_target_when_sleeve_updates_then_only_its_own_share_is_replaced(f: Events) -> None:
-    state, _ = given([f.target("AAPL", 100, "50", sleeve="trend"), f.target("AAPL", 50, "50", sleeve="meanrev", n=2)])
+    state, _ = given(
+        [
+            f.target("AAPL", 100, "50", sleeve="trend"),
+            f.target("AAPL", 50, "50", sleeve="meanrev", n=2),
+            filled(f, "AAPL", 150, intents=2),
+        ]
+    )
 
     after, out = step(state, f.target("AAPL", 20, "50", sleeve="trend", n=3), CTX)
 
@@ -482,7 +494,7 @@ def test_target_when_bracket_then_exit_legs_bracket_the_close_on_the_profit_side
 
 def test_target_when_oco_sell_then_limit_pair_exits_the_long_without_a_top_level_limit(f: Events) -> None:
     context = policy(order_type="limit", order_class="oco", take_profit_bps=D(100), stop_loss_bps=D(50))
-    state, _ = given([f.target("AAPL", 100, "50")], context=context)
+    state, _ = given([f.target("AAPL", 100, "50"), filled(f, "AAPL", 100)], context=context)
 
     _, out = step(state, f.target("AAPL", 0, "50", n=2), context)
 
@@ -583,3 +595,57 @@ def test_config_when_market_forbidden_then_other_order_types_still_allowed(f: Ev
     intent = one_intent(f, policy(allow_market=False, order_type="limit"))
 
     assert intent.order_type == "limit"
+
+
+# --- one side at a time (Alpaca never reverses a position with one order) -------------------
+
+
+def test_target_when_it_flips_a_long_then_only_the_close_is_ordered_and_the_short_follows_once_flat(
+    f: Events,
+) -> None:
+    state, _ = given([f.target("AAPL", 100, "50"), filled(f, "AAPL", 100)])
+
+    state, flip = step(state, f.target("AAPL", -60, "50", n=2), CTX)
+    state, _ = step(state, f.position("AAPL", qty=0, open_order_qty=0, intents_seen=2, n=3), CTX)
+    _, short = step(state, f.target("AAPL", -60, "50", n=4), CTX)
+
+    assert [(i.side, i.qty) for i in intents(flip)] == [("sell", 100)]
+    assert [(i.side, i.qty) for i in intents(short)] == [("sell", 60)]
+
+
+def test_target_when_an_order_the_other_way_is_still_working_then_nothing_until_it_ends(f: Events) -> None:
+    state, first = given([f.target("AAPL", 100, "50")])  # the buy is in flight, nothing filled yet
+
+    state, waiting = step(state, f.target("AAPL", -50, "50", n=2), CTX)
+    state, _ = step(state, f.position("AAPL", qty=100, open_order_qty=0, intents_seen=1, n=3), CTX)
+    _, after = step(state, f.target("AAPL", -50, "50", n=4), CTX)
+
+    assert [(i.side, i.qty) for i in intents(first)] == [("buy", 100)]
+    assert intents(waiting) == []
+    assert [(i.side, i.qty) for i in intents(after)] == [("sell", 100)]  # to flat first
+
+
+@pytest.mark.parametrize(
+    ("position", "open_qty", "in_flight", "delta", "expected"),
+    [
+        (0, 0, 0, 40, 40),  # flat, nothing working: as asked
+        (0, 0, 0, -40, -40),
+        (100, 0, 0, -30, -30),  # a reduction within the position
+        (100, 0, 0, -160, -100),  # a flip: the close only
+        (-80, 0, 0, 200, 80),
+        (100, -60, 0, -100, -40),  # 60 already working against the position: 40 left to close
+        (100, -100, 0, -50, 0),  # all of it held by working orders: nothing
+        (0, 50, 0, -20, 0),  # a buy still working: no sell meanwhile
+        (0, 0, 30, -20, 0),  # nor while one is in flight to the OMS
+        (0, -50, 0, -20, -20),  # the same side as the working order: fine
+        (100, 50, 0, 10, 10),  # adding to the position beside a working add
+        (100, 0, 0, 0, 0),
+    ],
+)
+def test_one_side_at_a_time_when_position_and_working_orders_vary_then_broker_acceptable_part(
+    position: int, open_qty: int, in_flight: int, delta: int, expected: int
+) -> None:
+    flights = (InFlight(index=0, qty=in_flight),) if in_flight else ()
+    sym = SymbolRisk(position=position, open_order_qty=open_qty, in_flight=flights)
+
+    assert one_side_at_a_time(sym, delta) == expected
