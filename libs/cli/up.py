@@ -171,7 +171,8 @@ async def _execution_caught_up(client: httpx.AsyncClient, cluster: Cluster) -> b
     except (httpx.HTTPError, KeyError, ValueError):
         return False
     at_exchange = {o["client_order_id"]: int(float(o["filled_qty"])) for o in open_orders}
-    return at_exchange == {cid: o["cum_qty"] for cid, o in held.items()}
+    # an exit leg is known at the broker by the broker's own id (broker_client_order_id)
+    return at_exchange == {o.get("broker_client_order_id") or cid: o["cum_qty"] for cid, o in held.items()}
 
 
 async def _md_progress(client: httpx.AsyncClient, child: ServiceProcess) -> dict[str, Any] | None:

@@ -189,6 +189,16 @@ class AlpacaBroker:
             return None
         return msgspec.structs.replace(to_broker_order(order), nested=True)  # type: ignore[arg-type]
 
+    async def cancel(self, order_id: str) -> str:
+        """Ask the broker to cancel an order; return '' when it took the request, else why not."""
+        try:
+            await asyncio.to_thread(self.client.cancel_order_by_id, order_id)
+        except APIError as e:
+            return f"DELETE /v2/orders/{order_id}: {e}"[:300]  # e.g. 422: already filled or canceled
+        except (requests.RequestException, OSError) as e:
+            return f"DELETE /v2/orders/{order_id}: {type(e).__name__}: {e}"[:300]
+        return ""
+
     async def open_orders(self) -> dict[str, BrokerOrder]:
         """Return every open order by client_order_id."""
         orders = await asyncio.to_thread(

@@ -26,6 +26,8 @@ from services.oms.consumers import decode_control
 
 log = logging.getLogger(__name__)
 _decision_decoder = msgspec.json.Decoder(OmsEvent | Watermark)
+# how long an order waits for the broker to confirm the cancel of exit legs holding its shares
+LEGS_CANCEL_WAIT_SEC = 5.0
 
 
 class Live:
@@ -132,6 +134,7 @@ def consumers(bus: Bus, processor: Processor, broker: AlpacaBroker, live: Live) 
                     processor.metrics.decision("submit_blocked", refused[0].reason_code)
                 await processor.apply(decisions.durable, [inbound], lambda s, _e, _c: (s, list(refused)))
                 return
+            await free_shares(d)
             traceparent = tracing.inject({}).get(sj.H_TRACEPARENT, "")
             await processor.commit(lambda s: handlers.hand_over(s, d, broker.name, traceparent, ctx))
         order = processor.state.orders.get(cid)
@@ -148,6 +151,39 @@ def consumers(bus: Bus, processor: Processor, broker: AlpacaBroker, live: Live) 
             [inbound],
             lambda s, _e, c: handlers.on_outcome(s, cid, outcome, c) if outcome is not None else (s, []),
         )
+
+    async def free_shares(d: PretradeDecision) -> None:
+        # exit legs resting on the position hold its shares: an order on their side (it reduces
+        # the position) would be refused, so the legs are canceled first and the order waits,
+        # up to LEGS_CANCEL_WAIT_SEC, for the broker to confirm; the rest of the position is
+        # then unprotected until a new entry brings new legs
+        legs = handlers.legs_in_the_way(processor.state, d.symbol, d.side)
+        if not legs:
+            return
+        for leg in legs:
+            why = await broker.cancel(leg.broker_order_id)
+            log.warning(
+                "EXIT_LEGS_CANCELED: %s %s leg canceled before a %s order that needs its shares",
+                leg.symbol,
+                leg.leg_role,
+                d.side,
+                extra={"reason": "EXIT_LEGS_CANCELED", "leg": leg.client_order_id, "for": d.client_order_id,
+                       "refused": why},
+            )  # fmt: skip
+            if processor.metrics:
+                processor.metrics.decision("exit_legs_canceled", "EXIT_LEGS_CANCELED")
+        deadline = asyncio.get_running_loop().time() + LEGS_CANCEL_WAIT_SEC
+        pending = legs
+        while pending and asyncio.get_running_loop().time() < deadline:
+            for leg in pending:
+                await apply_polled(leg.client_order_id, await broker.order(leg.broker_order_id))
+            pending = [leg for leg in legs if leg.client_order_id in processor.state.orders]
+            if pending:
+                await asyncio.sleep(0.05)
+
+    async def apply_polled(cid: str, bo: st.BrokerOrder | None) -> None:
+        ctx = processor.ctx()
+        await processor.commit(lambda s: handlers.on_broker_order(s, cid, bo, ctx))
 
     async def submit_all(approved: list[tuple[Inbound, PretradeDecision]]) -> None:
         # orders for different symbols go out concurrently (their HTTP round trips overlap);

@@ -161,6 +161,20 @@ def blocked(d: PretradeDecision, reason_code: str, message: str, ctx: Ctx) -> li
     ]
 
 
+def legs_in_the_way(state: st.ExecState, symbol: str, side: str) -> list[st.ExecOrder]:
+    """Return the working exit legs a new order on this side would compete with for shares.
+
+    An exit leg holds the shares of the position it exits; the broker refuses another order on
+    its side for them ("insufficient qty available"). A leg still held (its entry not filled)
+    holds nothing yet.
+    """
+    return [
+        o
+        for _, o in sorted(state.orders.items())
+        if o.leg_role and o.symbol == symbol and o.side == side and not o.ended and o.broker_status != "held"
+    ]
+
+
 def unknown_order_for(state: st.ExecState, symbol: str) -> str:
     """Return the client_order_id of an order of unknown status for a symbol, or ''."""
     return next(

@@ -53,7 +53,7 @@ def _away(price: Decimal, bps: Decimal, direction: int) -> Decimal:
     return to_tick(price * (1 + direction * bps / BPS), toward=direction)
 
 
-def order_terms(cfg: RiskConfig, side: str, close: Decimal) -> dict[str, object]:
+def order_terms(cfg: RiskConfig, side: str, close: Decimal, *, closing: bool = False) -> dict[str, object]:
     """Return the order family fields of an intent from the policy and the decision bar's close.
 
     Entry prices sit beyond the close in the direction that pays more (marketable by the
@@ -62,10 +62,13 @@ def order_terms(cfg: RiskConfig, side: str, close: Decimal) -> dict[str, object]
     oco sell) takes profit above and stops out below, a short one the other way round.
     """
     pay = 1 if side == "buy" else -1
+    # a bracket's or oto's legs exit what its entry opens: an order that closes a position goes
+    # simple, or its legs would open the other side once it filled
+    order_class = "simple" if closing and cfg.order_class in ("bracket", "oto") else cfg.order_class
     terms: dict[str, object] = {
         "order_type": cfg.order_type,
         "time_in_force": cfg.time_in_force,
-        "order_class": cfg.order_class,
+        "order_class": order_class,
     }
     if cfg.order_type in ("stop", "stop_limit"):
         terms["stop_price"] = _away(close, cfg.stop_offset_bps, pay)
@@ -75,8 +78,8 @@ def order_terms(cfg: RiskConfig, side: str, close: Decimal) -> dict[str, object]
         terms["limit_price"] = _away(close, cfg.limit_offset_bps, pay)  # an oco's limit is its take-profit
     if cfg.order_type == "trailing_stop":
         terms["trail_percent"] = cfg.trail_percent
-    if cfg.order_class != "simple":
-        up = 1 if (side == "buy") != (cfg.order_class == "oco") else -1
+    if order_class != "simple":
+        up = 1 if (side == "buy") != (order_class == "oco") else -1
         if cfg.take_profit_bps is not None:
             terms["take_profit_limit_price"] = _away(close, cfg.take_profit_bps, up)
         if cfg.stop_loss_bps is not None:
@@ -152,7 +155,7 @@ def on_target(state: RiskState, ev: TargetProposed, ctx: Ctx) -> tuple[RiskState
                 sleeves=tuple(SleeveShare(sleeve=k, shares=v) for k, v in sorted(sleeves.items())),
                 notional=qty * ev.reference_price,
                 risk_seq=sym.emitted + 1,
-                **order_terms(cfg, side, ev.reference_price),  # type: ignore[arg-type]
+                **order_terms(cfg, side, ev.reference_price, closing=sym.position * delta < 0),  # type: ignore[arg-type]
             )
         )
         sym = msgspec.structs.replace(

@@ -50,7 +50,7 @@ FILLED = "exec.order_filled.v1"
 CANCELED = "exec.order_canceled.v1"
 REJECTED = "exec.order_rejected.v1"
 UNKNOWN = "exec.order_status_unknown.v1"
-SYMBOLS = ("AAPL", "MSFT", "NVDA", "AMZN", "META")
+SYMBOLS = ("AAPL", "MSFT", "NVDA", "AMZN", "META", "TSLA")
 
 
 class Seen:
@@ -215,6 +215,26 @@ async def bracket_answer_lost(run: Run) -> dict[str, object]:
     return {"cids": cids, "acked": acked, "ended": ended}
 
 
+async def close_under_legs(run: Run) -> dict[str, object]:
+    """A bracket's legs rest on the position; a plain sell closes it: the legs are canceled first."""
+    symbol, m = "TSLA", next(run.minutes)
+    await run.bar(symbol, m, PRICE)
+    intent = run.intent(
+        symbol, "buy", m, order_class="bracket", take_profit_limit_price=D("55"), stop_loss_stop_price=D("45")
+    )
+    cids = family_cids(intent, "take_profit", "stop_loss")
+    await run.bus.publish(intent)
+    await run.until(cids, (oms.ACKED,) * 3)
+    await run.bar(symbol, m + 1, PRICE)
+    await run.until(cids, (oms.FILLED, oms.ACKED, oms.ACKED))
+    close = run.intent(symbol, "sell", m + 1)
+    await run.bus.publish(close)
+    freed = await run.until([*cids, close.client_order_id], (oms.FILLED, oms.CANCELED, oms.CANCELED, oms.ACKED))
+    await run.bar(symbol, m + 2, PRICE)
+    ended = await run.until([close.client_order_id], (oms.FILLED,))
+    return {"cids": [*cids, close.client_order_id], "freed": freed, "ended": ended}
+
+
 async def test_exit_legs_when_bracket_oto_oco_trade_then_leg_fills_reach_the_oms_positions(
     cluster: Cluster, namespace: Namespace, nats_url: str, nc: nats.NATS
 ):
@@ -243,6 +263,7 @@ async def test_exit_legs_when_bracket_oto_oco_trade_then_leg_fills_reach_the_oms
         oco = await oco_exit(run)
         refused = await bracket_refused(run)
         lost = await bracket_answer_lost(run)
+        freed = await close_under_legs(run)
         positions = {s: await run.position(s) for s in SYMBOLS}
         venue = {s: await run.venue_orders(s) for s in SYMBOLS}
         rows = await run.intents()
@@ -264,6 +285,8 @@ async def test_exit_legs_when_bracket_oto_oco_trade_then_leg_fills_reach_the_oms
     assert (oco["acked"], oco["ended"]) == ((oms.ACKED,) * 2, (oms.CANCELED, oms.FILLED))
     assert refused["ended"] == (oms.REJECTED,) * 3
     assert (lost["acked"], lost["ended"]) == ((oms.ACKED,) * 3, (oms.FILLED, oms.CANCELED, oms.FILLED))
+    # a sell needing the shares the legs hold: the legs canceled first, then it went and filled
+    assert (freed["freed"], freed["ended"]) == ((oms.FILLED, oms.CANCELED, oms.CANCELED, oms.ACKED), (oms.FILLED,))
     # the entry opened the position, the leg's fill closed it at a profit (take-profit) or a loss
     assert [c["position in"] for c in (bracket, oto, oco)] == [QTY, QTY, QTY]
     assert {s: q for s, (q, _) in positions.items()} == dict.fromkeys(SYMBOLS, 0)
@@ -307,6 +330,14 @@ async def test_exit_legs_when_bracket_oto_oco_trade_then_leg_fills_reach_the_oms
             {("buy", "market", "filled"): 1, ("sell", "limit", "canceled"): 1, ("sell", "stop", "filled"): 1}
         ),
         "AMZN": Counter(),
+        "TSLA": Counter(
+            {
+                ("buy", "market", "filled"): 1,
+                ("sell", "market", "filled"): 1,
+                ("sell", "limit", "canceled"): 1,
+                ("sell", "stop", "canceled"): 1,
+            }
+        ),
         "META": Counter(
             {("buy", "market", "filled"): 1, ("sell", "limit", "canceled"): 1, ("sell", "stop", "filled"): 1}
         ),

@@ -846,3 +846,24 @@ def test_tca_fill_when_leg_fill_arrived_before_its_intent_then_measured_when_the
     )
     assert rec.shortfall_bps == D("20.0000")  # sold 9 cents below the stop: slippage past the trigger
     assert state.waiting == ()
+
+
+# --- exit legs in the way of a reducing order -------------------------------------------------
+
+
+def test_legs_in_the_way_when_legs_work_on_the_position_then_those_on_the_order_side_only(f: Events) -> None:
+    d = decided(f, bracket(f, "buy"))
+    held = adopted(d)
+    # the entry filled: its legs wake (held -> new) and now hold the position's shares
+    working, _ = ex.on_broker_order(
+        held, d.client_order_id, broker(d.client_order_id, "filled", filled=100, avg="50"), EXEC_CTX
+    )
+    working, _ = ex.on_broker_order(working, cid_of(d, "take_profit"), tp_leg("new"), EXEC_CTX)
+    working, _ = ex.on_broker_order(working, cid_of(d, "stop_loss"), sl_leg("new"), EXEC_CTX)
+
+    in_the_way = ex.legs_in_the_way(working, "AAPL", "sell")
+
+    assert [o.client_order_id for o in in_the_way] == [cid_of(d, "stop_loss"), cid_of(d, "take_profit")]
+    assert ex.legs_in_the_way(working, "AAPL", "buy") == []  # adds to the position: no competition
+    assert ex.legs_in_the_way(working, "MSFT", "sell") == []
+    assert ex.legs_in_the_way(held, "AAPL", "sell") == []  # held legs hold no shares yet

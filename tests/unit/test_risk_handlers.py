@@ -649,3 +649,28 @@ def test_one_side_at_a_time_when_position_and_working_orders_vary_then_broker_ac
     sym = SymbolRisk(position=position, open_order_qty=open_qty, in_flight=flights)
 
     assert one_side_at_a_time(sym, delta) == expected
+
+
+@pytest.mark.parametrize("order_class", ["bracket", "oto"])
+def test_target_when_bracket_policy_closes_a_position_then_simple_order_and_the_next_entry_bracketed(
+    f: Events, order_class: str
+) -> None:
+    legs = {"take_profit_bps": D(100), "stop_loss_bps": D(50)} if order_class == "bracket" else {"stop_loss_bps": D(50)}
+    context = policy(order_class=order_class, **legs)
+    state, (entry,) = given([f.target("AAPL", 100, "50")], context=context)
+    state, _ = step(state, filled(f, "AAPL", 100), context)
+
+    state, out = step(state, f.target("AAPL", -100, "50", n=2), context)
+    (close,) = intents(out)
+    state, _ = step(state, f.position("AAPL", qty=0, open_order_qty=0, intents_seen=2, n=3), context)
+    _, out = step(state, f.target("AAPL", -100, "50", n=4), context)
+    (short,) = intents(out)
+
+    # the close carries no legs: they would open the other side once it filled
+    assert (entry.side, entry.order_class) == ("buy", order_class)
+    assert (close.side, close.qty, family(close)) == (
+        "sell",
+        100,
+        {"order_type": "market", "time_in_force": "day", "order_class": "simple"},
+    )
+    assert (short.side, short.order_class, short.stop_loss_stop_price) == ("sell", order_class, D("50.25"))
