@@ -17,6 +17,7 @@ import psutil
 import pytest
 
 from libs.contracts import subjects as sj
+from libs.contracts.base import leg_client_order_id
 from libs.contracts.subjects import Subjects
 from libs.obs.tracing import trace_id
 from libs.runtime.migrate import REPO_ROOT
@@ -39,11 +40,22 @@ async def ledger(database_url: str, prefix: str) -> dict[str, object]:
             f"SELECT seq, event_id, client_order_id, event_type, payload FROM {oms}.intent_events ORDER BY seq"
         )
         oms_positions = {r["symbol"]: r["qty"] for r in await conn.fetch(f"SELECT symbol, qty FROM {oms}.positions")}
-        ex_orders = await conn.fetch(f"SELECT client_order_id, symbol, side, status, data FROM {ex}.orders")
+        ex_rows = await conn.fetch(f"SELECT client_order_id, symbol, side, status, data FROM {ex}.orders")
         ex_positions = {r["symbol"]: r["qty"] for r in await conn.fetch(f"SELECT symbol, qty FROM {ex}.positions")}
         tca_rows = await conn.fetch(f"SELECT execution_id, client_order_id, shortfall_bps FROM {tca}.records")
     finally:
         await conn.close()
+    # an exit leg is named by the exchange; keel knows it as its parent's client_order_id + role
+    by_id = {json.loads(r["data"])["id"]: r["client_order_id"] for r in ex_rows}
+    ex_orders = []
+    for r in ex_rows:
+        data = json.loads(r["data"])
+        cid = (
+            leg_client_order_id(by_id[data["parent_id"]], data["leg_role"])
+            if data["leg_role"]
+            else r["client_order_id"]
+        )
+        ex_orders.append({**dict(r), "client_order_id": cid})
     return {
         "intents": intents,
         "events": events,
@@ -192,6 +204,38 @@ async def test_keel_up_when_five_symbols_trade_a_session_then_ledgers_agree(keel
 
     checked, matched = await fill_traces(nats_url, namespace.prefix)
     assert checked == summary["fills"] and matched == checked  # one trace from BarClosed to OrderFilled
+
+
+async def test_keel_up_when_bracket_policy_trades_then_exit_legs_fill_and_ledgers_agree(
+    keel_up, namespace, database_url, monkeypatch
+):
+    # every entry a bracket with exits 20 bps either side: tight enough that legs fill in a run
+    monkeypatch.setenv("KEEL_RISK_ORDER_CLASS", "bracket")
+    monkeypatch.setenv("KEEL_RISK_TAKE_PROFIT_BPS", "20")
+    monkeypatch.setenv("KEEL_RISK_STOP_LOSS_BPS", "20")
+    run = await keel_up(
+        "--symbols", "AAPL,MSFT,SPY", "--minutes", "200", "--speed", "max", "--exit-when-done",
+        "--start-date", "2026-01-05",
+    )  # fmt: skip
+    summary = await run.summary(timeout=300)
+
+    # no order refused: closes go simple, and the legs holding their shares are canceled first
+    assert summary["settled"] is True and summary["rejects"] == 0 and summary["dead_letters"] == 0
+    led = await ledger(database_url, namespace.schema_prefix)
+    counts = check_invariants(led)  # legs included: every one at the venue once, every fill once
+    assert counts["fills"] == summary["fills"] + summary["partial_fills"]
+    conn = await asyncpg.connect(database_url)
+    try:
+        legs = await conn.fetch(
+            f"SELECT leg_role, status, count(*) AS n FROM {namespace.schema_prefix}_oms.intents "
+            "WHERE leg_role <> '' GROUP BY 1, 2"
+        )
+    finally:
+        await conn.close()
+    by = {(r["leg_role"], r["status"]): r["n"] for r in legs}
+    # take-profits and stop-losses both filled, each with its sibling canceled (or still working)
+    assert by.get(("take_profit", "FILLED"), 0) > 0 and by.get(("stop_loss", "FILLED"), 0) > 0
+    assert set(by) <= {(role, s) for role in ("take_profit", "stop_loss") for s in ("FILLED", "CANCELED", "ACKED")}
 
 
 @pytest.mark.parametrize("victim", ["oms", "execution"])
