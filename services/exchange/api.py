@@ -165,7 +165,8 @@ def _error(exc: ApiError) -> Response:
 def rejection_error(rejection: Rejection) -> ApiError:
     """Map a business rejection to Alpaca's HTTP status, code and body."""
     status, code = REJECTION_HTTP[rejection.reason]
-    extra = {k: v for k, v in rejection.details.items() if k in ("buying_power", "cost_basis")}
+    shown = ("buying_power", "cost_basis", "available", "existing_qty", "held_for_orders", "symbol")
+    extra = {k: v for k, v in rejection.details.items() if k in shown}
     return ApiError(status, code, rejection.message, **extra)
 
 

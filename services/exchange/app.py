@@ -122,6 +122,15 @@ class ExchangeService:
                 await self._commit(before, after, [after.orders[i] for i in (result.id, *result.legs)])
             return result
 
+    async def set_venue_status(self, order_id: str, status: str) -> list[ExchangeOrder] | Rejection:
+        """Put an order in a venue status (admin API); committed and streamed before this returns."""
+        async with self._lock:
+            before = self.state
+            after, result = handlers.set_venue_status(before, order_id, status, self.ctx)
+            if not isinstance(result, Rejection):
+                await self._commit(before, after, result)
+            return result
+
     async def cancel_all(self) -> list[ExchangeOrder]:
         """Cancel every open order; committed before this returns."""
         async with self._lock:
@@ -203,7 +212,7 @@ async def build(deps: Deps, *, ctx: handlers.Ctx | None = None) -> Service:
 
     def configure(app: FastAPI) -> None:
         # fault middleware first: api.configure's key check, added after it, wraps it
-        faults.install(app, service.faults, service.config)
+        faults.install(app, service.faults, service.config, service.set_venue_status)
         api.configure(app, service.config)
         app.add_api_websocket_route("/stream", stream.endpoint(service.hub, service.config))
 

@@ -19,12 +19,19 @@ Kinds:
   it has swallowed `count` frames.
 A rule fires `count` times (HTTP kinds, ws_silent) or on `frames` frames (ws_drop, ws_duplicate);
 0 means until cleared. When several rules match, the oldest fires.
+
+Venue statuses: `POST /admin/orders/{order_id}/status` with `{"status": ...}` does what a live
+venue does on its own and the local one never would: puts an accepted order in pending_cancel,
+pending_replace, done_for_day, stopped, suspended or calculated (no fills meanwhile), releases it
+again with `new`, or rejects it after acceptance with `rejected`. The change is committed and
+streamed (a trade_update named after the status) like any other.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Annotated, Literal
 
 import msgspec
@@ -38,11 +45,15 @@ from services.exchange.api import (
     ApiError,
     error_body,
     json_response,
+    order_view,
+    rejection_error,
 )
+from services.exchange.state import Rejection
 
 if TYPE_CHECKING:
     from libs.obs.metrics import Metrics
     from services.exchange.config import ExchangeConfig
+    from services.exchange.state import ExchangeOrder
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +67,7 @@ METHODS = frozenset({"*", "GET", "POST", "PATCH", "PUT", "DELETE"})
 MAX_DELAY_SEC = 120.0
 DEFAULT_RETRY_AFTER_SEC = 1
 ADMIN_PATH = "/admin/faults"
+ADMIN_ORDERS_PATH = "/admin/orders"
 
 # status -> (Alpaca error code, message) of the answers a `status` rule can give
 STATUS_ANSWERS: dict[int, tuple[int, str]] = {
@@ -270,9 +282,34 @@ def parse_rule(body: bytes) -> FaultRule:
         raise ApiError(422, CODE_INVALID, f"invalid fault rule: {e}") from e
 
 
-def admin_router(faults: Faults, config: ExchangeConfig) -> APIRouter:
-    """Return the /admin/faults routes (mount them only when admin is enabled)."""
+class VenueStatus(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The body of POST /admin/orders/{order_id}/status."""
+
+    status: str
+
+
+_status_decoder = msgspec.json.Decoder(VenueStatus)
+SetVenueStatus = Callable[[str, str], Awaitable["list[ExchangeOrder] | Rejection"]]
+
+
+def admin_router(faults: Faults, config: ExchangeConfig, set_status: SetVenueStatus) -> APIRouter:
+    """Return the /admin routes (mount them only when admin is enabled)."""
     r = APIRouter()
+
+    @r.post(ADMIN_ORDERS_PATH + "/{order_id}/status")
+    async def venue_status(order_id: str, request: Request) -> Response:
+        # what a live venue does on its own (a halt, a pending cancel, done for the day, a
+        # rejection after acceptance): committed and streamed like any other change
+        _check_keys(request, config)
+        try:
+            body = _status_decoder.decode(await request.body())
+        except (msgspec.DecodeError, msgspec.ValidationError) as e:
+            raise ApiError(422, CODE_INVALID, f"invalid venue status: {e}") from e
+        result = await set_status(order_id.lower(), body.status)
+        if isinstance(result, Rejection):
+            raise rejection_error(result)
+        log.warning("venue status injected", extra={"order_id": order_id, "status": body.status})
+        return json_response([order_view(o) for o in result])
 
     @r.post(ADMIN_PATH)
     async def add_fault(request: Request) -> Response:
@@ -293,7 +330,7 @@ def admin_router(faults: Faults, config: ExchangeConfig) -> APIRouter:
     return r
 
 
-def install(app: FastAPI, faults: Faults, config: ExchangeConfig) -> None:
+def install(app: FastAPI, faults: Faults, config: ExchangeConfig, set_status: SetVenueStatus) -> None:
     """Mount the admin routes and the HTTP fault middleware, only when admin is enabled.
 
     Call before `api.configure`: middleware added later wraps it, so the key check runs first
@@ -301,7 +338,7 @@ def install(app: FastAPI, faults: Faults, config: ExchangeConfig) -> None:
     """
     if not faults.enabled:
         return
-    app.include_router(admin_router(faults, config))
+    app.include_router(admin_router(faults, config, set_status))
 
     @app.middleware("http")
     async def _inject_faults(request: Request, call_next):  # type: ignore[no-untyped-def]

@@ -45,9 +45,11 @@ from services.exchange.state import (
     ORDER_NOT_REPLACEABLE,
     PARTIALLY_FILLED,
     POSITION_NOT_FOUND,
+    REJECTED,
     REPLACED,
     SHORT_NOT_ALLOWED,
     TRANSITIONS,
+    VENUE_HOLDS,
     WORKING_STATUSES,
     ExchangeOrder,
     ExchangeState,
@@ -310,7 +312,7 @@ def submit(
             )
 
     ts = state.clock
-    expires = _day_close_after(ts) if request.time_in_force == "day" and ts > 0 else None
+    expires = _expiry(request.time_in_force, ts) if ts > 0 else None
     hwm = mark_price(state, request.symbol) if request.type == "trailing_stop" else None
     stop = request.stop_price
     if request.type == "trailing_stop" and hwm is not None:
@@ -431,7 +433,7 @@ def replace_order(
         created_at=ts,
         submitted_at=ts,
         updated_at=ts,
-        expires_at=old.expires_at if tif == "day" else None,
+        expires_at=old.expires_at if tif == old.time_in_force else _expiry(tif, ts),
         eligible_after=max(old.eligible_after, state.clock),
     )
     closed = replace(_transition(old, REPLACED, ts), replaced_by=new.id, replaced_at=ts)
@@ -467,6 +469,35 @@ def cancel(
     done = [_transition(order, CANCELED, ts)]
     done += [_transition(state.orders[i], CANCELED, ts) for i in order.legs if state.orders[i].is_open]
     return _store_orders(state, done), done[0]
+
+
+def set_venue_status(
+    state: ExchangeState, order_id: str, status: str, ctx: Ctx = DEFAULT_CTX
+) -> tuple[ExchangeState, list[ExchangeOrder] | Rejection]:
+    """Put an accepted order in a status a live venue sets on its own (admin API, tests and drills).
+
+    `status` is a venue hold (VENUE_HOLDS: no fills while in it), `rejected` (the venue refused it
+    after accepting it; its held legs are canceled with it), or `new` to release a hold (back to
+    new, or partially_filled when it has fills). Return the orders changed.
+    """
+    order = state.orders.get(order_id)
+    if order is None:
+        return state, _reject(ORDER_NOT_FOUND, "order not found")
+    if status == NEW:
+        if order.status not in VENUE_HOLDS:
+            return state, _reject(INVALID_ORDER, f'expected an order in a venue hold to release, was "{order.status}"')
+        status = PARTIALLY_FILLED if order.filled_qty else NEW
+    elif status not in VENUE_HOLDS | {REJECTED}:
+        return state, _reject(
+            INVALID_ORDER, f"expected status in {sorted(VENUE_HOLDS | {REJECTED, NEW})}, was {status!r}"
+        )
+    if status not in TRANSITIONS[order.status]:
+        return state, _reject(INVALID_ORDER, f'cannot move an order in "{order.status}" to "{status}"')
+    ts = max(state.clock, order.updated_at)
+    done = [_transition(order, status, ts)]  # type: ignore[arg-type]
+    if status == REJECTED:
+        done += [_transition(state.orders[i], CANCELED, ts) for i in order.legs if state.orders[i].status == HELD]
+    return _store_orders(state, done), done
 
 
 def cancel_all(state: ExchangeState, ctx: Ctx = DEFAULT_CTX) -> tuple[ExchangeState, list[ExchangeOrder]]:
@@ -549,9 +580,9 @@ def on_bar(state: ExchangeState, bar: BarClosed, ctx: Ctx = DEFAULT_CTX) -> tupl
         order = current(oid)
         if order.status not in WORKING_STATUSES or order.eligible_after >= ts:
             continue  # held, finished earlier in this bar, or accepted at/after it: a later bar
-        if order.time_in_force == "day" and order.expires_at is None:
+        if order.time_in_force in ("day", "gtc") and order.expires_at is None:
             # accepted before any bar: its session is the one of its first eligible bar
-            order = replace(order, expires_at=_day_close_after(ts - 1))
+            order = replace(order, expires_at=_expiry(order.time_in_force, ts - 1))
             changed[oid] = order
         if order.expires_at is not None and ts > order.expires_at:
             continue  # its session closed before this bar; expired below
@@ -707,6 +738,19 @@ def _intent(position_qty: int, side: str) -> PositionIntent:
     if side == "buy":
         return "buy_to_close" if position_qty < 0 else "buy_to_open"
     return "sell_to_close" if position_qty > 0 else "sell_to_open"
+
+
+GTC_DAYS = 90  # Alpaca cancels a gtc order 90 days after it was placed
+_DAY_NS = 86_400 * 1_000_000_000
+
+
+def _expiry(tif: str, ts: int) -> int | None:
+    # a day order ends at its session's close; a gtc order at the close 90 days on
+    if tif == "day":
+        return _day_close_after(ts)
+    if tif == "gtc":
+        return _day_close_after(ts + GTC_DAYS * _DAY_NS)
+    return None
 
 
 def _day_close_after(ts: int) -> int:

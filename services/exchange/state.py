@@ -48,15 +48,24 @@ CANCELED: OrderStatus = "canceled"
 EXPIRED: OrderStatus = "expired"
 REPLACED: OrderStatus = "replaced"
 HELD: OrderStatus = "held"
+REJECTED: OrderStatus = "rejected"
+# statuses a live venue puts an accepted order in on its own (a cancel or replace not yet
+# confirmed, the end of the order's trading day, a trading halt, a guaranteed price, end-of-day
+# calculation): the local exchange enters them only when the admin API is told to (faults.py),
+# so execution and the OMS can be shown each one; no fills while the order is in one
+VENUE_HOLDS: frozenset[str] = frozenset(
+    {"pending_cancel", "pending_replace", "done_for_day", "stopped", "suspended", "calculated"}
+)
 
 # The order lifecycle as data (STYLE 7). Every edge not listed is a bug (InvariantViolation).
 TRANSITIONS: dict[str, frozenset[str]] = {
     # new -> expired: a day order still working after its session's close (Alpaca cancels
     # unfilled day orders after the closing auction; its status reads "expired").
     # new -> replaced: PATCH /v2/orders/{id} closes the order and opens its replacement.
-    NEW: frozenset({PARTIALLY_FILLED, FILLED, CANCELED, EXPIRED, REPLACED}),
+    # new -> a venue hold or rejected: only by the admin API (a live venue's own doing).
+    NEW: frozenset({PARTIALLY_FILLED, FILLED, CANCELED, EXPIRED, REPLACED, REJECTED, *VENUE_HOLDS}),
     # partially_filled -> partially_filled: each further partial fill (participation cap).
-    PARTIALLY_FILLED: frozenset({PARTIALLY_FILLED, FILLED, CANCELED, EXPIRED, REPLACED}),
+    PARTIALLY_FILLED: frozenset({PARTIALLY_FILLED, FILLED, CANCELED, EXPIRED, REPLACED, REJECTED, *VENUE_HOLDS}),
     # held: a dormant bracket/OTO exit leg. It becomes new when its entry fills completely and
     # is canceled with its entry (canceled or expired unfilled) or when its OCO sibling fills.
     HELD: frozenset({NEW, CANCELED}),
@@ -66,8 +75,14 @@ TRANSITIONS: dict[str, frozenset[str]] = {
     CANCELED: frozenset(),
     EXPIRED: frozenset(),
     REPLACED: frozenset(),
+    REJECTED: frozenset(),
+    # a venue hold ends back in new / partially_filled (released), in another hold, or in an end
+    **{
+        hold: frozenset({NEW, PARTIALLY_FILLED, CANCELED, EXPIRED, REJECTED, *VENUE_HOLDS} - {hold})
+        for hold in VENUE_HOLDS
+    },
 }
-OPEN_STATUSES = frozenset({NEW, PARTIALLY_FILLED, HELD})
+OPEN_STATUSES = frozenset({NEW, PARTIALLY_FILLED, HELD, *VENUE_HOLDS})
 WORKING_STATUSES = frozenset({NEW, PARTIALLY_FILLED})  # may fill now (held legs may not)
 
 

@@ -354,7 +354,8 @@ async def test_time_in_force_when_sessions_open_and_close_then_each_lives_as_alp
         day = await v.submit(limit("DAY", "day", 90.00, tif=TimeInForce.DAY))
         assert day.expires_at == at(CLOSE_NS)
         gtc = await v.submit(limit("GTC", "gtc", 90.00, tif=TimeInForce.GTC))
-        assert gtc.expires_at is None
+        # gtc: at the close 90 days on (2024-03-05 + 90 days = Monday 2024-06-03)
+        assert gtc.expires_at == at(sessions.session_open_close(date(2024, 6, 3))[1])
         await v.submit(limit("IOC", "ioc", 99.50, tif=TimeInForce.IOC))
         await v.submit(buy("FOK", "fok", tif=TimeInForce.FOK))
         await v.submit(buy("FOKB", "fok-big", qty=1500, tif=TimeInForce.FOK))

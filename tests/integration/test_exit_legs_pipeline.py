@@ -11,9 +11,6 @@ asserted, so one failure shows the outcome of all of them.
 
 from __future__ import annotations
 
-import asyncio
-import json
-import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -32,7 +29,9 @@ from libs.contracts.risk import OrderIntent
 from libs.contracts.subjects import Subjects
 from services.oms import state as oms
 from tests.factories import Events
+from tests.support import pipeline
 from tests.support.exchange import AUTH_HEADERS, KEY, SECRET, add_fault
+from tests.support.pipeline import Seen
 from tests.support.processes import Cluster
 from tests.support.servers import Namespace
 
@@ -53,31 +52,9 @@ UNKNOWN = "exec.order_status_unknown.v1"
 SYMBOLS = ("AAPL", "MSFT", "NVDA", "AMZN", "META", "TSLA")
 
 
-class Seen:
-    """Every execution report and alert on the namespace, as JSON, in arrival order."""
-
-    def __init__(self) -> None:
-        self.reports: list[dict] = []
-        self.alerts: list[dict] = []
-
-    async def on_report(self, msg) -> None:  # type: ignore[no-untyped-def]
-        self.reports.append(json.loads(msg.data))
-
-    async def on_alert(self, msg) -> None:  # type: ignore[no-untyped-def]
-        self.alerts.append(json.loads(msg.data))
-
-    def kinds(self, cid: str) -> tuple[str, ...]:
-        return tuple(r["type"] for r in self.reports if r.get("client_order_id") == cid)
-
-
 async def settle(probe: Callable[[], Awaitable[T]], done: Callable[[T], bool], timeout: float = SETTLE_SEC) -> T:
-    """Poll probe until done(result) or timeout; return the last result either way."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = await probe()
-        if done(result) or time.monotonic() > deadline:
-            return result
-        await asyncio.sleep(0.05)
+    """Poll probe until done(result) or timeout (SETTLE_SEC); return the last result either way."""
+    return await pipeline.settle(probe, done, timeout)
 
 
 @dataclass

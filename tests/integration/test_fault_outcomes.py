@@ -15,9 +15,6 @@ Every case runs before anything is asserted, so one failure shows the outcome of
 
 from __future__ import annotations
 
-import asyncio
-import json
-import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -34,7 +31,9 @@ from libs.contracts.risk import OrderIntent
 from libs.contracts.subjects import Subjects
 from services.oms import state as oms
 from tests.factories import Events
+from tests.support import pipeline
 from tests.support.exchange import AUTH_HEADERS, KEY, SECRET, add_fault, clear_faults, list_faults
+from tests.support.pipeline import Seen
 from tests.support.processes import Cluster, ServiceProcess
 from tests.support.servers import Namespace
 
@@ -131,39 +130,9 @@ CASES = (
 BLOCKED_SYMBOL = "AMD"
 
 
-class Seen:
-    """Every execution report and every alert on the namespace, as JSON, in arrival order."""
-
-    def __init__(self) -> None:
-        self.reports: list[dict] = []
-        self.alerts: list[dict] = []
-
-    async def on_report(self, msg) -> None:  # type: ignore[no-untyped-def]
-        self.reports.append(json.loads(msg.data))
-
-    async def on_alert(self, msg) -> None:  # type: ignore[no-untyped-def]
-        self.alerts.append(json.loads(msg.data))
-
-    def about(self, cid: str, kind: str | None = None) -> list[dict]:
-        """Return the reports about one order (of one type)."""
-        return [r for r in self.reports if r.get("client_order_id") == cid and (kind is None or r["type"] == kind)]
-
-    def kinds(self, cid: str) -> tuple[str, ...]:
-        return tuple(r["type"] for r in self.about(cid))
-
-
 async def settle(probe: Callable[[], Awaitable[T]], done: Callable[[T], bool], timeout: float = SETTLE_SEC) -> T:
-    """Poll probe until done(result) or timeout; return the last result either way.
-
-    A case that does not get there is judged by the table at the end (it shows where it stuck),
-    so the cases after it still run.
-    """
-    deadline = time.monotonic() + timeout
-    while True:
-        result = await probe()
-        if done(result) or time.monotonic() > deadline:
-            return result
-        await asyncio.sleep(0.05)
+    """Poll probe until done(result) or timeout (SETTLE_SEC); return the last result either way."""
+    return await pipeline.settle(probe, done, timeout)
 
 
 def status_of(row: dict | None) -> str:

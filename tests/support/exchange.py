@@ -253,6 +253,14 @@ async def add_fault(exchange: ExchangeProcess, **rule: Any) -> dict[str, Any]:
     return r.json()
 
 
+async def set_venue_status(exchange: ExchangeProcess, order_id: str, status: str) -> list[dict[str, Any]]:
+    """Put an order in a live venue's own status (POST /admin/orders/{id}/status); return the orders changed."""
+    async with httpx.AsyncClient(base_url=exchange.url, headers=AUTH_HEADERS, timeout=5.0) as http:
+        r = await http.post(f"/admin/orders/{order_id}/status", json={"status": status})
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
 async def list_faults(exchange: ExchangeProcess) -> list[dict[str, Any]]:
     """Return the active fault rules with their remaining counts."""
     async with httpx.AsyncClient(base_url=exchange.url, headers=AUTH_HEADERS, timeout=5.0) as http:

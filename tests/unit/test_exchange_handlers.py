@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import date
 from decimal import Decimal
 
+import msgspec
 import pytest
 
 from libs import fillsim, sessions
@@ -15,9 +17,11 @@ from services.exchange.state import (
     DUPLICATE_CLIENT_ORDER_ID,
     INSUFFICIENT_BUYING_POWER,
     INSUFFICIENT_QTY,
+    INVALID_ORDER,
     OPPOSITE_SIDE_ORDER_OPEN,
     ORDER_NOT_CANCELABLE,
     ORDER_NOT_FOUND,
+    VENUE_HOLDS,
     ExchangeOrder,
     ExchangeState,
     Rejection,
@@ -208,6 +212,22 @@ def test_ioc_fok_when_first_bar_cannot_fill_then_canceled(tif: str) -> None:
     assert done.status == "canceled"
     assert done.canceled_at == OPEN1 + 2 * MINUTE
     assert "AAPL" not in state.working
+
+
+def test_gtc_order_when_90_days_pass_unfilled_then_expires_at_that_close() -> None:
+    # Alpaca ends a gtc order 90 days after it was placed: 2024-03-05 + 90 days = 2024-06-03 (a Monday)
+    day90, day91 = date(2024, 6, 3), date(2024, 6, 4)
+    open90, close90 = sessions.session_open_close(day90)
+    open91, _ = sessions.session_open_close(day91)
+    state, _ = feed(fresh(), bar("AAPL", 1))
+    state, gtc = accept(state, order("gtc", type="limit", limit="50.00", tif="gtc"))
+
+    state, on_day_90 = feed(state, bar("AAPL", 30, day_open=open90, session=day90))
+    state, after = feed(state, bar("AAPL", 1, day_open=open91, session=day91))
+
+    assert gtc.expires_at == close90
+    assert on_day_90 == []  # still working through the 90th day
+    assert [(o.id, o.status, o.expired_at) for o in after] == [(gtc.id, "expired", close90)]
 
 
 def test_day_order_when_session_closes_unfilled_then_expires_at_the_close() -> None:
@@ -483,3 +503,83 @@ def test_clock_view_when_bars_seen_or_none_then_last_bar_ts_or_epoch_read_by_alp
     assert before_any_bar.timestamp == datetime(1970, 1, 1, tzinfo=UTC)
     assert state.clock == bar("MSFT", 2).ts_event
     assert seen.timestamp == datetime.fromtimestamp(state.clock / 1e9, tz=UTC)
+
+
+# --- venue statuses (admin API) ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("hold", sorted(VENUE_HOLDS))
+def test_venue_status_when_order_held_by_the_venue_then_no_fill_until_released(hold: str) -> None:
+    state, _ = feed(fresh(), bar("AAPL", 1))
+    state, placed = accept(state, order("o"))
+
+    state, held = handlers.set_venue_status(state, placed.id, hold, CTX)
+    state, during = feed(state, bar("AAPL", 2))
+    still_open = state.working["AAPL"]
+    state, released = handlers.set_venue_status(state, placed.id, "new", CTX)
+    state, after = feed(state, bar("AAPL", 3, open="101", spread_bps="0"))
+
+    assert [o.status for o in held] == [hold]  # type: ignore[union-attr]
+    assert (during, still_open) == ([], (placed.id,))
+    assert [o.status for o in released] == ["new"]  # type: ignore[union-attr]
+    assert [(o.status, o.filled_avg_price) for o in after] == [("filled", D("101"))]
+
+
+def test_venue_status_when_partly_filled_order_released_then_partially_filled_again() -> None:
+    state, _ = feed(fresh(), bar("AAPL", 1))
+    state, placed = accept(state, order("o", qty=10))
+    small = dataclasses.replace(CTX, model=msgspec.structs.replace(CTX.model, max_participation=D("0.0004")))
+    state, (part,) = handlers.on_bar(state, bar("AAPL", 2), small)
+    state, _ = handlers.set_venue_status(state, placed.id, "suspended", CTX)
+
+    state, released = handlers.set_venue_status(state, placed.id, "new", CTX)
+
+    assert (part.status, part.filled_qty) == ("partially_filled", 4)
+    assert [(o.status, o.filled_qty) for o in released] == [("partially_filled", 4)]  # type: ignore[union-attr]
+
+
+def test_venue_status_when_rejected_after_acceptance_then_terminal_and_held_legs_canceled() -> None:
+    state, _ = feed(fresh(), bar("AAPL", 1))
+    request = msgspec.structs.replace(
+        order("b"), order_class="bracket", take_profit_limit_price=D("110"), stop_loss_stop_price=D("90")
+    )
+    state, placed = accept(state, request)
+
+    state, changed = handlers.set_venue_status(state, placed.id, "rejected", CTX)
+    _, again = handlers.set_venue_status(state, placed.id, "suspended", CTX)
+
+    assert [(o.client_order_id == "b", o.status) for o in changed] == [  # type: ignore[union-attr]
+        (True, "rejected"),
+        (False, "canceled"),
+        (False, "canceled"),
+    ]
+    assert "AAPL" not in state.working
+    assert isinstance(again, Rejection) and again.message == 'cannot move an order in "rejected" to "suspended"'
+
+
+@pytest.mark.parametrize(
+    ("status", "message"),
+    [
+        ("filled", "expected status in"),
+        ("held", "expected status in"),
+        ("new", 'expected an order in a venue hold to release, was "new"'),
+    ],
+)
+def test_venue_status_when_not_a_venue_status_then_refused(status: str, message: str) -> None:
+    state, _ = feed(fresh(), bar("AAPL", 1))
+    state, placed = accept(state, order("o"))
+
+    after, refused = handlers.set_venue_status(state, placed.id, status, CTX)
+
+    assert isinstance(refused, Rejection) and refused.reason == INVALID_ORDER and message in refused.message
+    assert after is state
+
+
+def test_venue_status_when_held_order_canceled_then_canceled() -> None:
+    state, _ = feed(fresh(), bar("AAPL", 1))
+    state, placed = accept(state, order("o"))
+    state, _ = handlers.set_venue_status(state, placed.id, "pending_cancel", CTX)
+
+    state, canceled = handlers.cancel(state, placed.id, CTX)
+
+    assert isinstance(canceled, ExchangeOrder) and canceled.status == "canceled"
