@@ -64,6 +64,10 @@ class PositionChanged(Event, kw_only=True, tag="oms.position_changed.v1"):
     open_order_qty: SignedShares
     intents_seen: int  # the highest risk_seq of the symbol the OMS has handled
     realized_pnl: Decimal = Decimal(0)
+    # open_order_qty by side (both >= 0; buys - sells == open_order_qty): the broker's side rules
+    # need them, a net quantity can hide a buy and a sell working at once
+    open_buy_qty: int = 0
+    open_sell_qty: int = 0
 
 
 OmsEvent = PretradeDecision | PositionChanged

@@ -29,6 +29,7 @@ from libs.contracts.base import exit_legs
 from libs.contracts.marketdata import BarClosed
 from libs.errors import InvariantViolation
 from services.exchange.state import (
+    ACTIVE_STATUSES,
     CANCELED,
     DUPLICATE_CLIENT_ORDER_ID,
     EXPIRED,
@@ -215,7 +216,7 @@ def _check_sides(state: ExchangeState, request: SubmitOrder) -> Rejection | None
             symbol=request.symbol,
         )
     if any(
-        state.orders[oid].side != request.side and state.orders[oid].status in WORKING_STATUSES
+        state.orders[oid].side != request.side and state.orders[oid].status in ACTIVE_STATUSES
         for oid in state.working.get(request.symbol, ())
     ):
         if request.side == "sell":
@@ -438,6 +439,11 @@ def replace_order(
     )
     closed = replace(_transition(old, REPLACED, ts), replaced_by=new.id, replaced_at=ts)
     after = _store_orders(state, [closed])
+    # the same side rules as a new order, once the old one no longer holds its shares
+    request_like = SubmitOrder(symbol=new.symbol, qty=qty, side=new.side, type=new.type, time_in_force=tif)
+    refused = _check_sides(after, request_like)
+    if refused is not None:
+        return state, refused
     after = replace(
         after,
         orders={**after.orders, new.id: new},
@@ -555,7 +561,7 @@ def held_for_orders(state: ExchangeState, position: Position) -> int:
     held = sum(
         state.orders[oid].leaves_qty
         for oid in state.working.get(position.symbol, ())
-        if state.orders[oid].side == closing_side and state.orders[oid].status in WORKING_STATUSES
+        if state.orders[oid].side == closing_side and state.orders[oid].status in ACTIVE_STATUSES
     )
     return min(held, abs(position.qty))
 

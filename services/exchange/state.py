@@ -84,6 +84,8 @@ TRANSITIONS: dict[str, frozenset[str]] = {
 }
 OPEN_STATUSES = frozenset({NEW, PARTIALLY_FILLED, HELD, *VENUE_HOLDS})
 WORKING_STATUSES = frozenset({NEW, PARTIALLY_FILLED})  # may fill now (held legs may not)
+# open and holding its side (shares, or the flat-symbol side rule): working, or in a venue hold
+ACTIVE_STATUSES = WORKING_STATUSES | VENUE_HOLDS
 
 
 class Fill(msgspec.Struct, frozen=True, kw_only=True):

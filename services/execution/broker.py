@@ -185,7 +185,10 @@ class AlpacaBroker:
         """Return an order by the broker's id with its exit legs rolled up; None when it cannot tell."""
         try:
             order = await asyncio.to_thread(self.client.get_order_by_id, order_id, GetOrderByIdRequest(nested=True))
-        except (APIError, requests.RequestException, OSError):
+        except (APIError, requests.RequestException, OSError) as e:
+            info = classify_exception(e, dependency="broker_open_orders")
+            log.warning("order lookup failed", extra={"order_id": order_id, "reason": info.reason_code,
+                                                      "error": str(e)[:300]})  # fmt: skip
             return None
         return msgspec.structs.replace(to_broker_order(order), nested=True)  # type: ignore[arg-type]
 

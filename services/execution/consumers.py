@@ -15,8 +15,10 @@ from libs.bus import Bus, ConsumerSpec
 from libs.bus.consumer import Inbound, OnBatch
 from libs.contracts import subjects as sj
 from libs.contracts.control import CancelAllOrders, HaltTrading
+from libs.contracts.execution import SubmitFailed
 from libs.contracts.oms import OmsEvent, PretradeDecision
 from libs.contracts.ops import Watermark
+from libs.decide import Ctx
 from libs.obs import tracing
 from libs.runtime.processor import Processor
 from services.execution import handlers
@@ -123,18 +125,22 @@ def consumers(bus: Bus, processor: Processor, broker: AlpacaBroker, live: Live) 
                     "broker clock behind the decision bar; submitting anyway",
                     extra={"client_order_id": cid, "bar_ts": d.bar_ts},
                 )
-            halt = await bus.halt_state()
-            if halt is not None and halt.halted:
-                refused = handlers.blocked(d, handlers.KILL_SWITCH_BLOCK, f"halted: {halt.reason}", ctx)
-            else:
-                refused = handlers.unknown_block(processor.state, d, ctx)
+            refused = await refusal(d, ctx)
+            if not refused:
+                filled = await free_shares(d)
+                # the cancels may have taken seconds: the halt flag is read again before hand-over
+                ctx = processor.ctx()
+                refused = await refusal(d, ctx)
+                if not refused and filled:
+                    # an exit filled meanwhile: the position this order was sized for is gone
+                    why = f"exit {', '.join(filled)} filled while being canceled for this order; decide again"
+                    refused = handlers.blocked(d, handlers.EXIT_LEG_FILLED, why, ctx)
             if refused:
                 # answered at once, so the watermark behind it is not held up
                 if processor.metrics:
                     processor.metrics.decision("submit_blocked", refused[0].reason_code)
                 await processor.apply(decisions.durable, [inbound], lambda s, _e, _c: (s, list(refused)))
                 return
-            await free_shares(d)
             traceparent = tracing.inject({}).get(sj.H_TRACEPARENT, "")
             await processor.commit(lambda s: handlers.hand_over(s, d, broker.name, traceparent, ctx))
         order = processor.state.orders.get(cid)
@@ -152,34 +158,57 @@ def consumers(bus: Bus, processor: Processor, broker: AlpacaBroker, live: Live) 
             lambda s, _e, c: handlers.on_outcome(s, cid, outcome, c) if outcome is not None else (s, []),
         )
 
-    async def free_shares(d: PretradeDecision) -> None:
-        # exit legs resting on the position hold its shares: an order on their side (it reduces
-        # the position) would be refused, so the legs are canceled first and the order waits,
-        # up to LEGS_CANCEL_WAIT_SEC, for the broker to confirm; the rest of the position is
-        # then unprotected until a new entry brings new legs
-        legs = handlers.legs_in_the_way(processor.state, d.symbol, d.side)
-        if not legs:
-            return
-        for leg in legs:
-            why = await broker.cancel(leg.broker_order_id)
-            log.warning(
-                "EXIT_LEGS_CANCELED: %s %s leg canceled before a %s order that needs its shares",
-                leg.symbol,
-                leg.leg_role,
-                d.side,
-                extra={"reason": "EXIT_LEGS_CANCELED", "leg": leg.client_order_id, "for": d.client_order_id,
-                       "refused": why},
-            )  # fmt: skip
-            if processor.metrics:
-                processor.metrics.decision("exit_legs_canceled", "EXIT_LEGS_CANCELED")
+    async def refusal(d: PretradeDecision, ctx: Ctx) -> list[SubmitFailed]:
+        # the checks that stop an order not yet handed over: the halt flag, an order of unknown status
+        halt = await bus.halt_state()
+        if halt is not None and halt.halted:
+            return handlers.blocked(d, handlers.KILL_SWITCH_BLOCK, f"halted: {halt.reason}", ctx)
+        return handlers.unknown_block(processor.state, d, ctx)
+
+    async def free_shares(d: PretradeDecision) -> list[str]:
+        """Cancel the exit orders holding the shares an order needs; return those that filled meanwhile.
+
+        An order on the side of the exits resting on a position (it reduces the position) would
+        be refused, so the exits are canceled first (alert EXIT_LEGS_CANCELED) and the order waits,
+        up to LEGS_CANCEL_WAIT_SEC, for the broker to confirm; the rest of the position is then
+        unprotected until a new entry brings new legs.
+        """
+        exits = handlers.exits_in_the_way(processor.state, d.symbol, d.side)
+        if not exits:
+            return []
+        refused = [await broker.cancel(o.broker_order_id) for o in exits]
+        names = ", ".join(o.client_order_id for o in exits)
+        ctx = processor.ctx()
+        alert = handlers.alert(
+            "EXIT_LEGS_CANCELED",
+            "warning",
+            f"{d.symbol}: exits {names} canceled for {d.side} order {d.client_order_id}, which needs their shares",
+            f"exits-canceled:{d.client_order_id}",
+            ctx,
+            client_order_id=d.client_order_id,
+            symbol=d.symbol,
+            refused="; ".join(r for r in refused if r),
+        )
+        await processor.commit(lambda s: (s, [alert]))
+        if processor.metrics:
+            processor.metrics.decision("exit_legs_canceled", "EXIT_LEGS_CANCELED")
         deadline = asyncio.get_running_loop().time() + LEGS_CANCEL_WAIT_SEC
-        pending = legs
+        last: dict[str, st.BrokerOrder] = {}
+        pending = exits
         while pending and asyncio.get_running_loop().time() < deadline:
-            for leg in pending:
-                await apply_polled(leg.client_order_id, await broker.order(leg.broker_order_id))
-            pending = [leg for leg in legs if leg.client_order_id in processor.state.orders]
+            for o in pending:
+                bo = await broker.order(o.broker_order_id)
+                if bo is not None:
+                    last[o.client_order_id] = bo
+                await apply_polled(o.client_order_id, bo)
+            pending = [o for o in exits if o.client_order_id in processor.state.orders]
             if pending:
                 await asyncio.sleep(0.05)
+        return [
+            o.client_order_id
+            for o in exits
+            if o.client_order_id in last and last[o.client_order_id].filled_qty > o.cum_qty
+        ]
 
     async def apply_polled(cid: str, bo: st.BrokerOrder | None) -> None:
         ctx = processor.ctx()

@@ -34,6 +34,9 @@ _PX = Decimal("0.0001")
 UPSTREAM = "oms"
 KILL_SWITCH_BLOCK = "KILL_SWITCH_BLOCK"
 UNKNOWN_ORDER_BLOCK = "UNKNOWN_ORDER_BLOCK"
+BROKER_REJECTED = "BROKER_REJECTED"  # the broker rejected an order it had accepted
+EXIT_LEG_FILLED = "EXIT_LEG_FILLED"  # an exit leg filled while being canceled for the order
+BRACKET_ENTRY_PARTIAL = "BRACKET_ENTRY_PARTIAL"  # a bracket/oto entry ended part filled
 
 
 class Accepted(msgspec.Struct, frozen=True, kw_only=True):
@@ -161,18 +164,24 @@ def blocked(d: PretradeDecision, reason_code: str, message: str, ctx: Ctx) -> li
     ]
 
 
-def legs_in_the_way(state: st.ExecState, symbol: str, side: str) -> list[st.ExecOrder]:
-    """Return the working exit legs a new order on this side would compete with for shares.
+def exits_in_the_way(state: st.ExecState, symbol: str, side: str) -> list[st.ExecOrder]:
+    """Return the working exit orders a new order on this side would compete with for shares.
 
-    An exit leg holds the shares of the position it exits; the broker refuses another order on
-    its side for them ("insufficient qty available"). A leg still held (its entry not filled)
-    holds nothing yet.
+    Exit orders hold the shares of the position they exit, and the broker refuses another order
+    on their side for them ("insufficient qty available"): a bracket's or oto's legs once their
+    entry has filled (whatever their status says: Alpaca shows a stop-loss leg `held` until it
+    triggers), and an oco pair (the order and its stop-loss leg).
     """
-    return [
-        o
-        for _, o in sorted(state.orders.items())
-        if o.leg_role and o.symbol == symbol and o.side == side and not o.ended and o.broker_status != "held"
-    ]
+
+    def holds(o: st.ExecOrder) -> bool:
+        if o.symbol != symbol or o.side != side or o.ended or o.broker_status in st.PRE_ACK:
+            return False
+        if not o.leg_role:
+            return o.order_class == "oco"
+        parent = state.orders.get(o.parent_cid)
+        return parent is None or parent.order_class == "oco" or parent.ended
+
+    return [o for _, o in sorted(state.orders.items()) if holds(o)]
 
 
 def unknown_order_for(state: st.ExecState, symbol: str) -> str:
@@ -276,7 +285,10 @@ def _legs(
         role = LEG_ROLE.get(bo.order_type, "")
         if not cid and role in parent.legs_pending:
             spec = next(leg for leg in exit_legs(parent) if leg.role == role)
-            leg = msgspec.structs.replace(leg_order(parent, spec), broker_client_order_id=bo.client_order_id)
+            # sized as the broker sized it (a broker may size legs to what the entry filled)
+            leg = msgspec.structs.replace(
+                leg_order(parent, spec), broker_client_order_id=bo.client_order_id, qty=bo.qty or parent.qty
+            )
             cid = leg.client_order_id
             pending = tuple(r for r in parent.legs_pending if r != role)
             state = msgspec.structs.replace(
@@ -365,10 +377,25 @@ def _report(state: st.ExecState, order: st.ExecOrder, bo: st.BrokerOrder, ctx: C
             OrderRejected(
                 **_envelope("order_rejected", order, ts, ctx),
                 reason=f"broker status {bo.status}",
+                code=BROKER_REJECTED,
                 broker_order_id=bo.id,
             )
         )  # type: ignore[arg-type]
     ended = kind != st.WORKING and (kind != st.FILLED or bo.filled_qty >= order.qty)
+    if ended and order.order_class in ("bracket", "oto") and 0 < bo.filled_qty < order.qty:
+        # legs wait for the whole entry: one that ends part filled leaves its shares unprotected
+        events.append(
+            alert(
+                BRACKET_ENTRY_PARTIAL,
+                "warning",
+                f"{order.symbol}: {order.order_class} entry {cid} ended {bo.status} with {bo.filled_qty} of "
+                f"{order.qty} filled; its exit legs may not cover those shares",
+                f"entry-partial:{cid}",
+                ctx,
+                client_order_id=cid,
+                symbol=order.symbol,
+            )
+        )
     # a fill counts only once its price is known: without one, cum_qty stays put and the next
     # poll reports it
     priced = bo.filled_avg_price is not None

@@ -68,11 +68,17 @@ def open_order_qty(state: st.OmsState, symbol: str) -> int:
     return sum(i.working_qty for i in state.intents.values() if i.symbol == symbol)
 
 
+def open_qty_by_side(state: st.OmsState, symbol: str) -> tuple[int, int]:
+    """Return the quantity of a symbol still working to buy and to sell (both >= 0)."""
+    working = [i.working_qty for i in state.intents.values() if i.symbol == symbol]
+    return sum(q for q in working if q > 0), -sum(q for q in working if q < 0)
+
+
 def position_changed(state: st.OmsState, symbol: str, cause: Event, ctx: Ctx) -> PositionChanged:
     """Report the OMS's view of one symbol."""
     pos = state.positions.get(symbol, st.Position())
     seen = state.intents_seen.get(symbol, 0)
-    working = open_order_qty(state, symbol)
+    buys, sells = open_qty_by_side(state, symbol)
     return PositionChanged(
         event_id=derive_id("oms.position_changed.v1", cause.event_id, symbol),
         correlation_id=cause.correlation_id,
@@ -82,9 +88,11 @@ def position_changed(state: st.OmsState, symbol: str, cause: Event, ctx: Ctx) ->
         symbol=symbol,
         qty=pos.qty,
         avg_price=pos.avg_price,
-        open_order_qty=working,
+        open_order_qty=buys - sells,
         intents_seen=seen,
         realized_pnl=pos.realized_pnl,
+        open_buy_qty=buys,
+        open_sell_qty=sells,
     )
 
 

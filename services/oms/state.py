@@ -78,6 +78,8 @@ TRANSITIONS: dict[tuple[str, str], str] = {
     (PARTIALLY_FILLED, FILLED_EV): FILLED,
     (PARTIALLY_FILLED, CANCELED_EV): CANCELED,
     (PARTIALLY_FILLED, EXPIRED_EV): EXPIRED,
+    # the venue ends a partly filled order (a downstream risk check, a halt): the fills stand
+    (PARTIALLY_FILLED, REJECTED_EV): REJECTED,
     # canceled -> filled happens in real markets: the fill raced the cancel at the venue
     (CANCELED, PARTIAL_EV): CANCELED,
     (CANCELED, FILLED_EV): FILLED,

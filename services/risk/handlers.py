@@ -98,17 +98,20 @@ def one_side_at_a_time(sym: SymbolRisk, delta: int) -> int:
     """Return the part of an order of `delta` shares the broker takes now (Alpaca's side rules).
 
     A position is never reversed by one order: an order against it closes at most the shares
-    that orders already working against it leave (the rest, the other side, goes once it is
-    flat), and no order goes while one the other way is still working (it waits for that one).
-    The exchange refuses both otherwise ("insufficient qty available for order", "cannot open a
-    short sell while a long buy order is open").
+    that orders already working on its side leave (the other side goes once it is flat); on a
+    flat symbol, nothing opens while an order the other way works (it waits for that one). The
+    exchange refuses both otherwise ("insufficient qty available for order", "cannot open a
+    short sell while a long buy order is open"). An order that adds to the position is free.
     """
-    side = 1 if delta > 0 else -1
-    pending = sym.open_order_qty + sum(f.qty for f in sym.in_flight)
-    if delta == 0 or pending * side < 0:
+    if delta == 0:
         return 0
+    side = 1 if delta > 0 else -1
+    buys, sells = sym.working_by_side()
+    same, other = (buys, sells) if side > 0 else (sells, buys)
     if sym.position * side < 0:
-        return side * min(abs(delta), max(abs(sym.position) - abs(pending), 0))
+        return side * min(abs(delta), max(abs(sym.position) - same, 0))
+    if sym.position == 0 and other > 0:
+        return 0
     return delta
 
 
@@ -123,8 +126,11 @@ def on_target(state: RiskState, ev: TargetProposed, ctx: Ctx) -> tuple[RiskState
     room = cfg.gross_cap_dollars - _gross_others(state, ev.symbol)
     capped = _cap(capped, ev.reference_price, max(room, Decimal(0)))
     delta = one_side_at_a_time(sym, capped - sym.expected_position())
+    # the last shares of a position always go, however few: a leftover below the minimum would
+    # otherwise stop the close, and with it the other side, for good
+    closes_out = sym.position * delta < 0 and sym.expected_position() + delta == 0
     events: list[Event] = []
-    if delta != 0 and abs(delta) * ev.reference_price >= cfg.min_order_dollars:
+    if delta != 0 and (abs(delta) * ev.reference_price >= cfg.min_order_dollars or closes_out):
         side = "buy" if delta > 0 else "sell"
         qty = abs(delta)
         cid = client_order_id(
@@ -175,6 +181,8 @@ def on_position(state: RiskState, ev: PositionChanged) -> RiskState:
         prev,
         position=ev.qty,
         open_order_qty=ev.open_order_qty,
+        open_buy_qty=ev.open_buy_qty,
+        open_sell_qty=ev.open_sell_qty,
         oms_intents_seen=ev.intents_seen,
         in_flight=tuple(f for f in prev.in_flight if f.index >= ev.intents_seen),
     )

@@ -21,6 +21,8 @@ class SymbolRisk(msgspec.Struct, frozen=True, kw_only=True):
     last_price: Decimal = Decimal(0)
     position: int = 0
     open_order_qty: int = 0
+    open_buy_qty: int = 0  # open_order_qty by side, as the OMS reports it
+    open_sell_qty: int = 0
     oms_intents_seen: int = 0
     emitted: int = 0
     in_flight: tuple[InFlight, ...] = ()
@@ -28,6 +30,16 @@ class SymbolRisk(msgspec.Struct, frozen=True, kw_only=True):
     def expected_position(self) -> int:
         """Return the position once every working and in-flight order fills."""
         return self.position + self.open_order_qty + sum(f.qty for f in self.in_flight)
+
+    def working_by_side(self) -> tuple[int, int]:
+        """Return the shares working and in flight to buy and to sell (both >= 0)."""
+        buys, sells = self.open_buy_qty, self.open_sell_qty
+        if not buys and not sells:
+            # a report of an OMS older than the split: the net quantity is all there is
+            buys, sells = max(self.open_order_qty, 0), max(-self.open_order_qty, 0)
+        buys += sum(f.qty for f in self.in_flight if f.qty > 0)
+        sells -= sum(f.qty for f in self.in_flight if f.qty < 0)
+        return buys, sells
 
 
 class RiskState(msgspec.Struct, frozen=True, kw_only=True):

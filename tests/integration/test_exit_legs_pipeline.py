@@ -321,3 +321,66 @@ async def test_exit_legs_when_bracket_oto_oco_trade_then_leg_fills_reach_the_oms
     }
     # execution forgot every order it finished, and every leg alias with it
     assert (exec_state["orders"], exec_state["aliases"]) == ({}, {})  # type: ignore[index]
+
+
+async def test_exit_legs_when_a_leg_filled_unseen_before_a_close_then_the_close_is_refused_not_sent(
+    cluster: Cluster, namespace: Namespace, nats_url: str, nc: nats.NATS
+):
+    # execution hears nothing from the stream (ws_silent) and polls rarely, so it still holds the
+    # take-profit as working when it has already filled at the venue and a close arrives
+    cluster.env.update(
+        KEEL_EXCHANGE_API_KEY_ID=KEY,
+        KEEL_EXCHANGE_API_SECRET_KEY=SECRET,
+        KEEL_EXCHANGE_ADMIN_ENABLED="true",
+        KEEL_EXEC_API_KEY_ID=KEY,
+        KEEL_EXEC_API_SECRET_KEY=SECRET,
+        KEEL_EXEC_STREAM_POLL_INTERVAL_SEC="60",
+        KEEL_EXEC_STREAM_STALE_SEC="60",
+    )
+    await cluster.start("exchange")
+    cluster.env["KEEL_EXEC_BASE_URL"] = cluster["exchange"].url
+    await cluster.start("oms", "execution")
+    seen = Seen()
+    await nc.subscribe(f"{namespace.prefix}.exec.>", cb=seen.on_report)
+    await nc.subscribe(f"{namespace.prefix}.ops.alert_raised.>", cb=seen.on_alert)
+    bus = await Bus.connect(nats_url, Subjects(namespace.prefix), service="risk")
+    run = Run(cluster, bus)
+    symbol, m = "AAPL", 2
+    try:
+        await settle(lambda: cluster["execution"].get_json("/stream"), lambda v: v["connected"])  # type: ignore[index]
+        await run.bar(symbol, m, PRICE)
+        intent = run.intent(
+            symbol, "buy", m, order_class="bracket", take_profit_limit_price=D("55"), stop_loss_stop_price=D("45")
+        )
+        cids = family_cids(intent, "take_profit", "stop_loss")
+        await run.bus.publish(intent)
+        await run.until(cids, (oms.ACKED,) * 3)
+        await run.bar(symbol, m + 1, PRICE)
+        entered = await run.until(cids, (oms.FILLED, oms.ACKED, oms.ACKED))
+        held_before = set((await cluster["execution"].get_json("/state"))["orders"])  # type: ignore[index]
+        await add_fault(cluster["exchange"], kind="ws_silent", count=0)
+        await run.bar(symbol, m + 2, "56")  # the take-profit fills at the venue; execution does not hear
+        filled_at_venue = await settle(
+            lambda: run.venue_orders(symbol),
+            lambda orders: any(o["order_type"] == "limit" and o["status"] == "filled" for o in orders),
+        )
+        still_working = await run.statuses(cids)
+        close = run.intent(symbol, "sell", m + 2)
+        await run.bus.publish(close)
+        ended = await run.until([*cids, close.client_order_id], (oms.FILLED, oms.FILLED, oms.CANCELED, oms.FAILED))
+        rows = await run.intents()
+        venue = await run.venue_orders(symbol)
+        position = await run.position(symbol)
+    finally:
+        await bus.close()
+
+    assert entered == (oms.FILLED, oms.ACKED, oms.ACKED)
+    assert set(cids[1:]) <= held_before
+    assert any(o["status"] == "filled" and o["order_type"] == "limit" for o in filled_at_venue)
+    assert still_working == (oms.FILLED, oms.ACKED, oms.ACKED)  # the OMS had not heard either
+    # the close found the take-profit filled while canceling it: refused, never sent
+    assert ended == (oms.FILLED, oms.FILLED, oms.CANCELED, oms.FAILED)
+    assert rows[close.client_order_id]["reason"] == "EXIT_LEG_FILLED"
+    assert close.client_order_id not in [o["client_order_id"] for o in venue]
+    assert position[0] == 0  # flat: no short opened by a close of shares already sold
+    assert [a["code"] for a in seen.alerts if a["source"] == "execution"] == ["EXIT_LEGS_CANCELED"]

@@ -25,6 +25,7 @@ from services.exchange.state import (
     ExchangeOrder,
     ExchangeState,
     Rejection,
+    ReplaceOrder,
     SubmitOrder,
     initial_state,
     rebuild,
@@ -583,3 +584,34 @@ def test_venue_status_when_held_order_canceled_then_canceled() -> None:
     state, canceled = handlers.cancel(state, placed.id, CTX)
 
     assert isinstance(canceled, ExchangeOrder) and canceled.status == "canceled"
+
+
+def test_replace_when_a_closing_order_grows_past_the_position_then_refused_insufficient_qty() -> None:
+    state, _ = feed(fresh(), bar("AAPL", 1))
+    state, _ = accept(state, order("b", qty=10))
+    state, _ = feed(state, bar("AAPL", 2, open="100", spread_bps="0"))
+    state, close = accept(state, order("tp", side="sell", qty=6, type="limit", limit="150.00", tif="gtc"))
+
+    _, grown = handlers.replace_order(state, close.id, ReplaceOrder(qty=12), CTX)
+    _, within = handlers.replace_order(state, close.id, ReplaceOrder(qty=10), CTX)
+
+    assert isinstance(grown, Rejection) and grown.reason == INSUFFICIENT_QTY
+    assert grown.message == "insufficient qty available for order (requested: 12, available: 10)"
+    assert not isinstance(within, Rejection) and within[1].qty == 10
+
+
+def test_sides_when_the_other_order_is_in_a_venue_hold_then_it_still_counts() -> None:
+    state, _ = feed(fresh(), bar("AAPL", 1), bar("MSFT", 1))
+    state, buy = accept(state, order("b", type="limit", limit="90.00", tif="gtc"))
+    state, _ = handlers.set_venue_status(state, buy.id, "suspended", CTX)
+    # MSFT: long 10, a sell of all 10 suspended by the venue still holds them
+    state, _ = accept(state, order("mb", symbol="MSFT", qty=10))
+    state, _ = feed(state, bar("MSFT", 2, spread_bps="0"))
+    state, msell = accept(state, order("ms", symbol="MSFT", side="sell", qty=10, type="limit", limit="150.00"))
+    state, _ = handlers.set_venue_status(state, msell.id, "done_for_day", CTX)
+
+    _, short = handlers.submit(state, order("s", side="sell"), CTX)
+    _, more = handlers.submit(state, order("ms2", symbol="MSFT", side="sell", qty=1), CTX)
+
+    assert isinstance(short, Rejection) and short.reason == OPPOSITE_SIDE_ORDER_OPEN
+    assert isinstance(more, Rejection) and more.details["held_for_orders"] == "10"

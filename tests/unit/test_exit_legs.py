@@ -851,19 +851,66 @@ def test_tca_fill_when_leg_fill_arrived_before_its_intent_then_measured_when_the
 # --- exit legs in the way of a reducing order -------------------------------------------------
 
 
-def test_legs_in_the_way_when_legs_work_on_the_position_then_those_on_the_order_side_only(f: Events) -> None:
+def test_exits_in_the_way_when_legs_work_on_the_position_then_those_on_the_order_side_only(f: Events) -> None:
     d = decided(f, bracket(f, "buy"))
     held = adopted(d)
-    # the entry filled: its legs wake (held -> new) and now hold the position's shares
+    # the entry filled: its legs now hold the position's shares - the take-profit shows new, the
+    # stop-loss stays `held` until it triggers, as Alpaca shows it: the status says nothing here
     working, _ = ex.on_broker_order(
         held, d.client_order_id, broker(d.client_order_id, "filled", filled=100, avg="50"), EXEC_CTX
     )
     working, _ = ex.on_broker_order(working, cid_of(d, "take_profit"), tp_leg("new"), EXEC_CTX)
-    working, _ = ex.on_broker_order(working, cid_of(d, "stop_loss"), sl_leg("new"), EXEC_CTX)
 
-    in_the_way = ex.legs_in_the_way(working, "AAPL", "sell")
+    in_the_way = ex.exits_in_the_way(working, "AAPL", "sell")
 
+    assert working.orders[cid_of(d, "stop_loss")].broker_status == "held"
     assert [o.client_order_id for o in in_the_way] == [cid_of(d, "stop_loss"), cid_of(d, "take_profit")]
-    assert ex.legs_in_the_way(working, "AAPL", "buy") == []  # adds to the position: no competition
-    assert ex.legs_in_the_way(working, "MSFT", "sell") == []
-    assert ex.legs_in_the_way(held, "AAPL", "sell") == []  # held legs hold no shares yet
+    assert ex.exits_in_the_way(working, "AAPL", "buy") == []  # adds to the position: no competition
+    assert ex.exits_in_the_way(working, "MSFT", "sell") == []
+    assert ex.exits_in_the_way(held, "AAPL", "sell") == []  # entry not filled: its legs hold nothing yet
+
+
+def test_exits_in_the_way_when_an_oco_rests_then_the_order_and_its_leg_both(f: Events) -> None:
+    d = decided(f, oco(f, "sell"))
+    state, _ = ex.on_outcome(
+        handed_over(d),
+        d.client_order_id,
+        ex.Accepted(order=broker(d.client_order_id, "new", order_type="limit", legs=(sl_leg("new"),))),
+        EXEC_CTX,
+    )
+
+    in_the_way = ex.exits_in_the_way(state, "AAPL", "sell")
+
+    assert [o.client_order_id for o in in_the_way] == [d.client_order_id, cid_of(d, "stop_loss")]
+
+
+@pytest.mark.parametrize(("status", "alerted"), [("expired", True), ("canceled", True), ("filled", False)])
+def test_report_when_bracket_entry_ends_part_filled_then_unprotected_shares_alerted(
+    f: Events, status: str, alerted: bool
+) -> None:
+    d = decided(f, bracket(f, "buy"))
+    filled = 100 if status == "filled" else 60
+
+    _, out = ex.on_broker_order(
+        adopted(d), d.client_order_id, broker(d.client_order_id, status, filled=filled, avg="50"), EXEC_CTX
+    )
+
+    alerts = [(a.code, a.details["client_order_id"]) for a in out if isinstance(a, AlertRaised)]
+    assert alerts == ([(ex.BRACKET_ENTRY_PARTIAL, d.client_order_id)] if alerted else [])
+
+
+def test_adopt_when_broker_sizes_legs_to_the_fill_then_leg_takes_the_broker_qty(f: Events) -> None:
+    d = decided(f, bracket(f, "buy"))
+    state, _ = ex.on_outcome(handed_over(d), d.client_order_id, ex.Accepted(order=broker(d.client_order_id)), EXEC_CTX)
+    small_tp = msgspec.structs.replace(tp_leg("new"), qty=60)
+
+    state, _ = ex.on_broker_order(
+        state, d.client_order_id, broker(d.client_order_id, "filled", filled=100, avg="50", legs=(small_tp,)), EXEC_CTX
+    )
+    state, out = ex.on_broker_order(
+        state, cid_of(d, "take_profit"), msgspec.structs.replace(small_tp, status="filled", filled_qty=60,
+                                                                 filled_avg_price=D("55")), EXEC_CTX
+    )  # fmt: skip
+
+    assert [type(e).__name__ for e in out] == ["OrderFilled"]
+    assert cid_of(d, "take_profit") not in state.orders

@@ -89,6 +89,15 @@ def test_intent_when_sell_approved_then_open_order_qty_is_negative(f: Events) ->
     assert pos.open_order_qty == -30
 
 
+def test_intent_when_a_buy_and_a_sell_work_at_once_then_position_report_splits_them_by_side(f: Events) -> None:
+    state, _ = given([f.intent("AAPL", "buy", 50, "50", n=1)])
+
+    _, out = step(state, f.intent("AAPL", "sell", 100, "50", n=2), CTX)
+
+    (pos,) = of(PositionChanged, out)
+    assert (pos.open_order_qty, pos.open_buy_qty, pos.open_sell_qty) == (-50, 50, 100)
+
+
 def test_intent_when_second_for_symbol_then_intents_seen_counts_both(f: Events) -> None:
     state, _ = given([f.intent("AAPL", "buy", 100, "50", n=1)])
 
@@ -282,6 +291,19 @@ def test_rejected_when_reported_then_reason_is_recorded(f: Events) -> None:
     after, _ = step(state, f.rejected(intent, reason="no shortable shares"), CTX)
 
     assert after.intents[intent.intent_id].reason == "no shortable shares"
+
+
+def test_report_when_partly_filled_order_rejected_by_the_venue_then_rejected_and_fills_kept(f: Events) -> None:
+    intent = f.intent(qty=100)
+    fill = f.fill(intent, last_qty=40, last_px="50", cum_qty=40)
+    state, _ = given([intent, f.submitted(intent), f.accepted(intent), fill])
+
+    after, out = step(state, f.rejected(intent, reason="broker status rejected", code="BROKER_REJECTED"), CTX)
+
+    ended = after.intents[intent.intent_id]
+    assert (ended.status, ended.filled_qty, ended.working_qty) == (st.REJECTED, 40, 0)
+    assert after.positions[intent.symbol].qty == 40
+    assert not [e for e in out if isinstance(e, AlertRaised)]
 
 
 def test_report_when_transition_not_in_table_then_invalid_transition_alert_and_state_unchanged(f: Events) -> None:

@@ -639,6 +639,7 @@ def test_target_when_an_order_the_other_way_is_still_working_then_nothing_until_
         (0, 0, 30, -20, 0),  # nor while one is in flight to the OMS
         (0, -50, 0, -20, -20),  # the same side as the working order: fine
         (100, 50, 0, 10, 10),  # adding to the position beside a working add
+        (100, 50, 0, -150, -100),  # a working add (a buy stop above) does not stop the close
         (100, 0, 0, 0, 0),
     ],
 )
@@ -674,3 +675,31 @@ def test_target_when_bracket_policy_closes_a_position_then_simple_order_and_the_
         {"order_type": "market", "time_in_force": "day", "order_class": "simple"},
     )
     assert (short.side, short.order_class, short.stop_loss_stop_price) == ("sell", order_class, D("50.25"))
+
+
+def test_one_side_at_a_time_when_both_sides_work_then_the_closing_side_decides_not_the_net() -> None:
+    # long 100; a buy stop for 50 and a sell limit for 100 work at once: net -50, but every share
+    # is already held by the sell, so nothing more can be sold
+    sym = SymbolRisk(position=100, open_order_qty=-50, open_buy_qty=50, open_sell_qty=100)
+
+    assert sym.working_by_side() == (50, 100)
+    assert one_side_at_a_time(sym, -50) == 0
+
+
+def test_target_when_the_close_is_a_leftover_below_the_minimum_then_it_still_goes(f: Events) -> None:
+    # long 1 share at 50 (below min_order_dollars) and the target flips: the close must go, or
+    # the flip would wait for ever
+    state, _ = given([f.target("AAPL", 1, "50"), filled(f, "AAPL", 1)])
+
+    state, out = step(state, f.target("AAPL", -100, "50", n=2), CTX)
+
+    assert CFG.min_order_dollars > 50
+    assert [(i.side, i.qty) for i in intents(out)] == [("sell", 1)]
+
+
+def test_target_when_a_reduction_is_below_the_minimum_and_not_a_close_then_nothing(f: Events) -> None:
+    state, _ = given([f.target("AAPL", 100, "50"), filled(f, "AAPL", 100)])
+
+    _, out = step(state, f.target("AAPL", 99, "50", n=2), CTX)
+
+    assert intents(out) == []
