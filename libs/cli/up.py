@@ -168,6 +168,12 @@ async def _execution_caught_up(client: httpx.AsyncClient, cluster: Cluster) -> b
         open_orders = (
             await client.get(f"{exchange.url}/v2/orders", params={"status": "open", "limit": 500}, headers=headers)
         ).json()
+        # `held` orders (bracket legs) are not listed as open, as at Alpaca: ask for those one by one
+        for o in held.values():
+            if o["broker_status"] == "held" and o["broker_order_id"]:
+                leg = await client.get(f"{exchange.url}/v2/orders/{o['broker_order_id']}", headers=headers)
+                if leg.json()["status"] == "held":
+                    open_orders.append(leg.json())
     except (httpx.HTTPError, KeyError, ValueError):
         return False
     at_exchange = {o["client_order_id"]: int(float(o["filled_qty"])) for o in open_orders}

@@ -25,6 +25,7 @@ from libs import fillsim, sessions
 from services.exchange import handlers
 from services.exchange.state import (
     DUPLICATE_CLIENT_ORDER_ID,
+    HELD,
     INSUFFICIENT_BUYING_POWER,
     INSUFFICIENT_QTY,
     INVALID_ORDER,
@@ -572,13 +573,15 @@ def list_orders(state: ExchangeState, params: dict[str, str], *, nested: bool = 
     symbols = {s.strip().upper() for s in (params.get("symbols") or "").split(",") if s.strip()}
 
     if status == "open":
-        candidates = [state.orders[oid] for ids in state.working.values() for oid in ids]
+        # Alpaca lists a `held` order (a bracket leg waiting for its entry or its trigger) as
+        # closed, not open (alpaca-trade-api-python#322, alpaca-trade-api-js#87)
+        candidates = [o for ids in state.working.values() for oid in ids if (o := state.orders[oid]).status != HELD]
     else:
         candidates = list(state.orders.values())
     chosen = [
         o
         for o in candidates
-        if (status != "closed" or not o.is_open)
+        if (status != "closed" or not o.is_open or o.status == HELD)
         and not (nested and o.parent_id is not None)  # nested: legs are rolled up under their order
         and (not symbols or o.symbol in symbols)
         and (side is None or o.side == side)

@@ -355,8 +355,9 @@ def submit(
 
 
 def _exit_legs(state: ExchangeState, request: SubmitOrder, main: ExchangeOrder, held: int) -> list[ExchangeOrder]:
-    # a bracket's/oto's legs wait (held) for their entry; an oco's stop-loss works beside it now
-    status: OrderStatus = NEW if request.order_class == "oco" else HELD
+    # a bracket's/oto's legs wait (held) for their entry; an oco's stop-loss works beside it at
+    # once, its status `held` as Alpaca shows it (the take-profit holds the shares)
+    oco = request.order_class == "oco"
     position_after = held + (0 if request.order_class == "oco" else signed_qty(main.side, main.qty))
     legs = []
     for n, leg in enumerate(exit_legs(request), start=1):
@@ -374,7 +375,8 @@ def _exit_legs(state: ExchangeState, request: SubmitOrder, main: ExchangeOrder, 
                 trail_price=None,
                 trail_percent=None,
                 hwm=None,
-                status=status,
+                status=HELD,
+                armed=oco,
                 parent_id=main.id,
                 leg_role=leg.role,
                 position_intent=_intent(position_after, leg.side),
@@ -584,7 +586,7 @@ def on_bar(state: ExchangeState, bar: BarClosed, ctx: Ctx = DEFAULT_CTX) -> tupl
     room = fillsim.capacity(bar, ctx.model)
     for oid in state.working.get(bar.symbol, ()):
         order = current(oid)
-        if order.status not in WORKING_STATUSES or order.eligible_after >= ts:
+        if not order.works or order.eligible_after >= ts:
             continue  # held, finished earlier in this bar, or accepted at/after it: a later bar
         if order.time_in_force in ("day", "gtc") and order.expires_at is None:
             # accepted before any bar: its session is the one of its first eligible bar
@@ -630,7 +632,9 @@ def on_bar(state: ExchangeState, bar: BarClosed, ctx: Ctx = DEFAULT_CTX) -> tupl
             order = current(oid)
             if order.is_open and order.expires_at is not None and order.expires_at < clock:
                 end = order.expires_at
-                changed[oid] = _transition(order, EXPIRED if order.status != HELD else CANCELED, end)
+                # a dormant leg never worked: it ends canceled with its entry's day
+                dormant = order.status == HELD and not order.armed
+                changed[oid] = _transition(order, CANCELED if dormant else EXPIRED, end)
 
     marks = state.marks
     old = marks.get(bar.symbol)
@@ -650,7 +654,8 @@ def on_bar(state: ExchangeState, bar: BarClosed, ctx: Ctx = DEFAULT_CTX) -> tupl
 
 
 def _held_legs(order: ExchangeOrder, current: Callable[[str], ExchangeOrder]) -> list[ExchangeOrder]:
-    return [current(i) for i in order.legs if current(i).status == HELD]
+    # the dormant legs of an entry (an armed stop-loss is held too, but works)
+    return [current(i) for i in order.legs if current(i).status == HELD and not current(i).armed]
 
 
 def _on_leg_fill(order: ExchangeOrder, current: Callable[[str], ExchangeOrder], ts: int) -> list[ExchangeOrder]:
@@ -658,8 +663,12 @@ def _on_leg_fill(order: ExchangeOrder, current: Callable[[str], ExchangeOrder], 
     out: list[ExchangeOrder] = []
     if order.legs and order.order_class in ("bracket", "oto") and order.status == FILLED:
         for leg in _held_legs(order, current):
-            # the legs work from the next bar on (the entry filled on this one)
-            out.append(replace(_transition(leg, NEW, ts), eligible_after=ts))
+            # the legs work from the next bar on (the entry filled on this one): the take-profit
+            # as new, the stop-loss armed but still `held` (Alpaca gives the shares to one of them)
+            if leg.leg_role == "stop_loss":
+                out.append(replace(leg, armed=True, eligible_after=ts, updated_at=ts))
+            else:
+                out.append(replace(_transition(leg, NEW, ts), eligible_after=ts))
         return out
     # one-cancels-other: the first fill of an exit cancels the exits beside it
     if order.order_class == "oco" and order.parent_id is None:
@@ -673,7 +682,7 @@ def _on_leg_fill(order: ExchangeOrder, current: Callable[[str], ExchangeOrder], 
         return out
     for sid in siblings:
         sibling = current(sid)
-        if sibling.status in WORKING_STATUSES:
+        if sibling.works:
             out.append(_transition(sibling, CANCELED, ts))
     return out
 

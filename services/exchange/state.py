@@ -68,7 +68,8 @@ TRANSITIONS: dict[str, frozenset[str]] = {
     PARTIALLY_FILLED: frozenset({PARTIALLY_FILLED, FILLED, CANCELED, EXPIRED, REPLACED, REJECTED, *VENUE_HOLDS}),
     # held: a dormant bracket/OTO exit leg. It becomes new when its entry fills completely and
     # is canceled with its entry (canceled or expired unfilled) or when its OCO sibling fills.
-    HELD: frozenset({NEW, CANCELED}),
+    # held -> partially_filled / filled / expired: an armed stop-loss leg triggers, or its day ends.
+    HELD: frozenset({NEW, CANCELED, PARTIALLY_FILLED, FILLED, EXPIRED}),
     # No canceled -> filled edge here, although real markets have one: cancels and matching
     # run under one lock on one event clock, so a fill can never race a cancel.
     FILLED: frozenset(),
@@ -124,6 +125,10 @@ class ExchangeOrder(msgspec.Struct, frozen=True, kw_only=True):
     parent_id: str | None = None  # exit legs: their entry (bracket, oto) or take-profit (oco)
     leg_role: LegRole = ""
     legs: tuple[str, ...] = ()  # ids of this order's legs
+    # a stop-loss leg that works although its status reads `held`, as Alpaca shows it: the
+    # shares go to one exit order at a time (the take-profit), the stop-loss waits `held` for
+    # its trigger; armed once its entry filled (an oco's at once)
+    armed: bool = False
     replaces: str | None = None
     replaced_by: str | None = None
     replaced_at: int | None = None
@@ -144,6 +149,11 @@ class ExchangeOrder(msgspec.Struct, frozen=True, kw_only=True):
     # fills on bar t+1)
     eligible_after: int = 0
     fills: tuple[Fill, ...] = ()
+
+    @property
+    def works(self) -> bool:
+        """Tell whether the order may fill now (working, or an armed stop-loss leg)."""
+        return self.status in WORKING_STATUSES or (self.status == HELD and self.armed)
 
     @property
     def is_open(self) -> bool:

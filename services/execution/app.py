@@ -69,7 +69,15 @@ async def connect_broker(cfg: ExecConfig, mode: str) -> AlpacaBroker:
     return broker
 
 
-async def poll_once(processor: Processor, broker: AlpacaBroker, bus: Bus, live: consumers.Live) -> None:
+# Alpaca does not list `held` orders as open (a bracket's legs waiting for their entry, a
+# stop-loss leg waiting for its trigger), so each needs a GET of its own: while the stream carries
+# their changes, that GET goes at most this often per leg, so brackets do not eat the rate limit
+HELD_LOOKUP_SEC = 30.0
+
+
+async def poll_once(
+    processor: Processor, broker: AlpacaBroker, bus: Bus, live: consumers.Live, *, held_lookup_sec: float = 0.0
+) -> None:
     """Compare every order we hold with the broker and report what changed.
 
     An order of unknown status is resolved only by GET by client_order_id (broker.recover):
@@ -93,6 +101,8 @@ async def poll_once(processor: Processor, broker: AlpacaBroker, bus: Bus, live: 
                 await recover_one(processor, broker, live, cid, resend=not halted)
                 continue
             bo: BrokerOrder | None = open_orders.get(order.broker_cid)
+            if bo is None and order.broker_status == "held" and not live.due(cid, held_lookup_sec):
+                continue
             if bo is None or (order.legs_pending and not bo.legs):
                 # closed (not listed as open), or its exit legs not yet seen: ask for it by id,
                 # legs rolled up under it
@@ -102,6 +112,7 @@ async def poll_once(processor: Processor, broker: AlpacaBroker, bus: Bus, live: 
             if bo.status == order.broker_status and bo.filled_qty == order.cum_qty and not order.legs_pending:
                 continue
             await processor.commit(lambda s, cid=cid, bo=bo, ctx=ctx: handlers.on_broker_order(s, cid, bo, ctx))
+    live.looked_up = {c: t for c, t in live.looked_up.items() if c in processor.state.orders}
 
 
 async def recover_one(
@@ -142,11 +153,12 @@ async def poller(
     live: consumers.Live,
     interval: Callable[[], float],
     stop: asyncio.Event,
+    held_lookup_sec: Callable[[], float] = lambda: 0.0,
 ) -> None:
     """Poll the broker for fills and status changes until stopped; woken early by live.wake."""
     while not stop.is_set():
         try:
-            await poll_once(processor, broker, bus, live)
+            await poll_once(processor, broker, bus, live, held_lookup_sec=held_lookup_sec())
         except (APIError, requests.RequestException, OSError) as e:
             info = classify_exception(e, dependency="broker_open_orders")
             if processor.metrics:
@@ -272,7 +284,9 @@ async def build(deps: Deps) -> Service:
         metrics.observe(watch, processor.state, interval())
 
     tasks: list[Task] = [
-        lambda stop: poller(processor, broker, deps.bus, live, interval, stop),
+        lambda stop: poller(
+            processor, broker, deps.bus, live, interval, stop, lambda: HELD_LOOKUP_SEC if watch.trusted else 0.0
+        ),
         lambda stop: watchdog(processor, watch, live, observe, stop, stream=name),
     ]
     if stream is not None:

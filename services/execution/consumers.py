@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import defaultdict
 from collections.abc import AsyncIterator
 
@@ -40,6 +41,15 @@ class Live:
         self.inflight: set[str] = set()
         self.deferred: dict[str, list[st.BrokerOrder]] = defaultdict(list)
         self.wake = asyncio.Event()
+        self.looked_up: dict[str, float] = {}  # order -> when the poller last asked for it alone
+
+    def due(self, cid: str, every: float) -> bool:
+        """Tell whether an order may be asked for alone now (at most once per `every` seconds)."""
+        now = time.monotonic()  # operational pacing, never a decision
+        if now - self.looked_up.get(cid, float("-inf")) < every:
+            return False
+        self.looked_up[cid] = now
+        return True
 
     @contextlib.asynccontextmanager
     async def calling(self, cid: str) -> AsyncIterator[None]:

@@ -431,12 +431,13 @@ async def test_order_classes_when_entries_and_exits_fill_then_legs_activate_and_
         ]
         assert (D(tp.limit_price), D(sl.stop_price)) == (D("103.00"), D("97.00"))
 
-        # the entry fills at 100 * 1.0005 = 100.05; its legs become new
+        # the entry fills at 100 * 1.0005 = 100.05; its legs work: as Alpaca shows them, the
+        # take-profit new (it holds the shares), the stop-loss `held` until its trigger
         await v.bar("BRK", 2, "100")
         nested = await v.by_id(entry, nested=True)
         assert filled(nested) == (OrderStatus.FILLED, "10", D("100.05"))
         assert nested.legs is not None
-        assert [leg.status for leg in nested.legs] == [OrderStatus.NEW, OrderStatus.NEW]
+        assert [leg.status for leg in nested.legs] == [OrderStatus.NEW, OrderStatus.HELD]
 
         # a bar through the take-profit (mid 102: a sell taker would get 102 * 0.9995 -> 101.94 <
         # 103; high 103.50 > 103.00) fills it as maker at 103.00; the
@@ -466,8 +467,8 @@ async def test_order_classes_when_entries_and_exits_fill_then_legs_activate_and_
         )
         assert oco.order_class == OrderClass.OCO and oco.legs is not None
         (stop_leg,) = oco.legs
-        # both work at once
-        assert (oco.status, stop_leg.status, stop_leg.type) == (OrderStatus.NEW, OrderStatus.NEW, OrderType.STOP)
+        # both work at once (the stop-loss reads held: the take-profit holds the shares)
+        assert (oco.status, stop_leg.status, stop_leg.type) == (OrderStatus.NEW, OrderStatus.HELD, OrderType.STOP)
         # the low 97.50 reaches the stop 98.00 (open 99 above it): a taker sell from the stop,
         # 98 * 0.9995 = 97.951 -> down 97.95; the take-profit (high 99.50 < 105) is canceled
         await v.bar("OCO", 6, "99", high="99.50", low="97.50")
@@ -483,7 +484,7 @@ async def test_order_classes_when_entries_and_exits_fill_then_legs_activate_and_
         assert (oto.order_class, oto_leg.status, oto_leg.type) == (OrderClass.OTO, OrderStatus.HELD, OrderType.STOP)
         await v.bar("OTO", 8, "100")
         assert filled(await v.by_id(oto)) == (OrderStatus.FILLED, "10", D("100.05"))
-        assert (await v.by_id(oto_leg)).status == OrderStatus.NEW
+        assert (await v.by_id(oto_leg)).status == OrderStatus.HELD  # armed, waiting for its trigger
         # low 94.50 reaches the stop 95.00: 95 * 0.9995 = 94.9525 -> down 94.95
         await v.bar("OTO", 9, "96", low="94.50")
         assert filled(await v.by_id(oto_leg)) == (OrderStatus.FILLED, "10", D("94.95"))

@@ -178,10 +178,40 @@ def test_bracket_when_entry_fills_then_legs_activate_and_take_profit_cancels_sto
     assert (sl.status, sl.type, sl.stop_price) == ("held", "stop", D("97.00"))
     state = feed(state, bar(2, "100"))
     assert by_cid(state, "br").status == "filled"
-    assert [state.orders[i].status for i in entry.legs] == ["new", "new"]
+    # as Alpaca shows them: the take-profit new (it holds the shares), the stop-loss armed but `held`
+    assert [(state.orders[i].status, state.orders[i].armed) for i in entry.legs] == [("new", False), ("held", True)]
     state = feed(state, bar(3, "102", high="103.50"))
     assert [state.orders[i].status for i in entry.legs] == ["filled", "canceled"]
     assert "AAPL" not in state.positions
+
+
+def test_bracket_when_stop_loss_armed_held_and_price_falls_then_it_fills_and_take_profit_canceled() -> None:
+    state, entry = accept(
+        started(),
+        req("br", order_class="bracket", take_profit_limit_price="103.00", stop_loss_stop_price="97.00"),
+    )
+    state = feed(state, bar(2, "100"))
+
+    state = feed(state, bar(3, "96", high="96.50", low="95.50"))
+
+    assert [state.orders[i].status for i in entry.legs] == ["canceled", "filled"]
+    assert "AAPL" not in state.positions
+
+
+def test_held_legs_when_orders_listed_open_then_left_out_as_alpaca_lists_them() -> None:
+    from services.exchange.api import list_orders
+
+    state, entry = accept(
+        started(),
+        req("br", order_class="bracket", take_profit_limit_price="103.00", stop_loss_stop_price="97.00"),
+    )
+    before = [o.client_order_id for o in list_orders(state, {"status": "open"})]
+    state = feed(state, bar(2, "100"))
+    after = {o.leg_role or "entry" for o in list_orders(state, {"status": "open"})}
+    closed = {o.leg_role or "entry" for o in list_orders(state, {"status": "closed"})}
+
+    assert before == ["br"]  # the legs wait held: not listed as open
+    assert (after, closed) == ({"take_profit"}, {"entry", "stop_loss"})
 
 
 def test_bracket_when_entry_canceled_then_held_legs_are_canceled_with_it() -> None:
@@ -241,7 +271,8 @@ def test_oco_when_stop_leg_triggers_then_take_profit_is_canceled() -> None:
         ),
     )
     (stop_leg_id,) = oco.legs
-    assert (oco.status, state.orders[stop_leg_id].status) == ("new", "new")  # both work at once
+    # both work at once; the stop-loss reads `held` (the take-profit holds the shares), armed
+    assert (oco.status, state.orders[stop_leg_id].status, state.orders[stop_leg_id].armed) == ("new", "held", True)
     state = feed(state, bar(3, "99", low="97.50"))
     assert state.orders[stop_leg_id].status == "filled"
     assert by_cid(state, "oco").status == "canceled"
@@ -252,7 +283,9 @@ def test_oto_when_entry_fills_then_its_single_leg_works() -> None:
     state, entry = accept(started(), req("oto", order_class="oto", stop_loss_stop_price="95.00"))
     (leg,) = entry.legs
     state = feed(state, bar(2, "100"))
-    assert state.orders[leg].status == "new"
+    assert (state.orders[leg].status, state.orders[leg].armed) == ("held", True)
+    state = feed(state, bar(3, "94", high="94.50", low="93.50"))
+    assert state.orders[leg].status == "filled"
 
 
 # --- time in force and participation ----------------------------------------------------------
