@@ -142,8 +142,8 @@ def consumers(bus: Bus, processor: Processor, broker: AlpacaBroker, live: Live) 
                 ctx = processor.ctx()
                 refused = await refusal(d, ctx)
                 if not refused and filled:
-                    # an exit filled meanwhile: the position this order was sized for is gone
-                    why = f"exit {', '.join(filled)} filled while being canceled for this order; decide again"
+                    # an exit has filled: the position this order was sized on is not there any more
+                    why = f"exit {', '.join(filled)} has filled (part of) the position this order was sized on; decide again"
                     refused = handlers.blocked(d, handlers.EXIT_LEG_FILLED, why, ctx)
             if refused:
                 # answered at once, so the watermark behind it is not held up
@@ -176,7 +176,7 @@ def consumers(bus: Bus, processor: Processor, broker: AlpacaBroker, live: Live) 
         return handlers.unknown_block(processor.state, d, ctx)
 
     async def free_shares(d: PretradeDecision) -> list[str]:
-        """Cancel the exit orders holding the shares an order needs; return those that filled meanwhile.
+        """Cancel the exit orders holding the shares an order needs; return those that have filled.
 
         An order on the side of the exits resting on a position (it reduces the position) would
         be refused, so the exits are canceled first (alert EXIT_LEGS_CANCELED) and the order waits,
@@ -214,10 +214,12 @@ def consumers(bus: Bus, processor: Processor, broker: AlpacaBroker, live: Live) 
             pending = [o for o in exits if o.client_order_id in processor.state.orders]
             if pending:
                 await asyncio.sleep(0.05)
+        # an exit with any fill has moved the position, maybe after risk sized this order on it
+        # (an exit's fills reach risk only through the OMS, which may not have reported them yet)
         return [
             o.client_order_id
             for o in exits
-            if o.client_order_id in last and last[o.client_order_id].filled_qty > o.cum_qty
+            if max(o.cum_qty, last[o.client_order_id].filled_qty if o.client_order_id in last else 0) > 0
         ]
 
     async def apply_polled(cid: str, bo: st.BrokerOrder | None) -> None:
