@@ -56,6 +56,7 @@ class Bus:
         self.subjects = subjects
         self.service = service
         self._ctl_kv: KeyValue | None = None
+        self._brk_kv: KeyValue | None = None
 
     @classmethod
     async def connect(cls, url: str, subjects: sj.Subjects, *, service: str) -> Bus:
@@ -106,6 +107,16 @@ class Bus:
             except nats.js.errors.BucketNotFoundError:
                 self._ctl_kv = await self.js.create_key_value(bucket=bucket, history=16)
         return self._ctl_kv
+
+    async def breakers_kv(self) -> KeyValue:
+        """Return the bucket of the dependency circuit breakers, creating it if needed."""
+        if self._brk_kv is None:
+            bucket = self.subjects.kv(sj.KV_BREAKERS)
+            try:
+                self._brk_kv = await self.js.key_value(bucket)
+            except nats.js.errors.BucketNotFoundError:
+                self._brk_kv = await self.js.create_key_value(bucket=bucket, history=1)
+        return self._brk_kv
 
     async def halt_state(self) -> HaltState | None:
         """Read the halt flag; None when nobody has ever halted."""

@@ -79,6 +79,13 @@ class CommonConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     instance: str = ""
     config_file: str = ""
     var: str = "var"  # the keel CLI's state directory
+    # dependency circuit breakers (libs/errors/breakers.py), shared by every process
+    breaker_short_failures: int = 3
+    breaker_short_window_sec: float = 60.0
+    breaker_short_open_sec: float = 60.0
+    breaker_long_failures: int = 10
+    breaker_long_window_sec: float = 600.0
+    breaker_long_open_sec: float = 900.0
 
 
 class Section(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -52,6 +52,7 @@ H_DLQ_ERROR = "Keel-Dlq-Error"
 
 KV_CONTROL = "ctl"
 KV_HALT_KEY = "halt"
+KV_BREAKERS = "brk"  # dependency circuit breakers, one key per dependency (libs/errors/breakers.py)
 
 
 def subject_key(value: str) -> str:

@@ -29,6 +29,7 @@ from libs.contracts.ops import Heartbeat
 from libs.contracts.subjects import H_MSG_ID, Subjects
 from libs.db import Store, connect_pool, schema_name
 from libs.errors import DependencyUnavailable, classify_exception
+from libs.errors.breakers import Breakers, policy_of
 from libs.obs.logs import setup_logging
 from libs.obs.metrics import Metrics
 from libs.obs.tracing import setup_tracing
@@ -62,6 +63,10 @@ class Deps:
     def common(self):  # type: ignore[no-untyped-def]
         """Return the common config."""
         return self.loaded.common
+
+    async def breakers(self) -> Breakers:
+        """Return the deployment's dependency breakers: the shared bucket, on this process's clock."""
+        return Breakers(await self.bus.breakers_kv(), policy_of(self.common), self.clock.now_ns)
 
 
 @dataclass

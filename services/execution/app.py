@@ -16,6 +16,7 @@ from libs.bus import Bus
 from libs.config import ConfigError, load
 from libs.contracts import subjects as sj
 from libs.errors import DependencyUnavailable, classify_exception
+from libs.errors.breakers import Breakers
 from libs.obs import tracing
 from libs.runtime.processor import Processor
 from libs.runtime.runner import Deps, Service, Task, processor_for
@@ -76,7 +77,13 @@ HELD_LOOKUP_SEC = 30.0
 
 
 async def poll_once(
-    processor: Processor, broker: AlpacaBroker, bus: Bus, live: consumers.Live, *, held_lookup_sec: float = 0.0
+    processor: Processor,
+    broker: AlpacaBroker,
+    bus: Bus,
+    live: consumers.Live,
+    breakers: Breakers,
+    *,
+    held_lookup_sec: float = 0.0,
 ) -> None:
     """Compare every order we hold with the broker and report what changed.
 
@@ -88,8 +95,7 @@ async def poll_once(
     if not orders:
         return
     pre_ack = any(o.broker_status in PRE_ACK for o in orders.values())
-    halt = await bus.halt_state() if pre_ack else None
-    halted = halt is not None and halt.halted
+    resend = await consumers.resend_allowed(bus, breakers) if pre_ack else False
     acked = any(o.broker_status not in PRE_ACK for o in orders.values())
     open_orders = await broker.open_orders() if acked else {}
     for cid, order in orders.items():
@@ -98,7 +104,7 @@ async def poll_once(
         ctx = processor.ctx()
         with tracing.span("execution poll", parent_headers={sj.H_TRACEPARENT: order.traceparent}):
             if order.broker_status in PRE_ACK:
-                await recover_one(processor, broker, live, cid, resend=not halted)
+                await recover_one(processor, broker, live, breakers, cid, resend=resend)
                 continue
             bo: BrokerOrder | None = open_orders.get(order.broker_cid)
             if bo is None and order.broker_status == "held" and not live.due(cid, held_lookup_sec):
@@ -116,7 +122,7 @@ async def poll_once(
 
 
 async def recover_one(
-    processor: Processor, broker: AlpacaBroker, live: consumers.Live, cid: str, *, resend: bool
+    processor: Processor, broker: AlpacaBroker, live: consumers.Live, breakers: Breakers, cid: str, *, resend: bool
 ) -> None:
     """Resolve one order of unknown status by its client_order_id and record the answer."""
     async with live.calling(cid):
@@ -126,6 +132,7 @@ async def recover_one(
         outcome = await broker.recover(order, resend=resend)
         ctx = processor.ctx()
         await processor.commit(lambda s: handlers.on_outcome(s, cid, outcome, ctx))
+        await consumers.count_submit(processor, breakers, outcome)
     await consumers.after_call(processor, live, cid)
 
 
@@ -151,6 +158,7 @@ async def poller(
     broker: AlpacaBroker,
     bus: Bus,
     live: consumers.Live,
+    breakers: Breakers,
     interval: Callable[[], float],
     stop: asyncio.Event,
     held_lookup_sec: Callable[[], float] = lambda: 0.0,
@@ -158,9 +166,11 @@ async def poller(
     """Poll the broker for fills and status changes until stopped; woken early by live.wake."""
     while not stop.is_set():
         try:
-            await poll_once(processor, broker, bus, live, held_lookup_sec=held_lookup_sec())
+            await poll_once(processor, broker, bus, live, breakers, held_lookup_sec=held_lookup_sec())
         except (APIError, requests.RequestException, OSError) as e:
             info = classify_exception(e, dependency="broker_open_orders")
+            if info.retryable:
+                await breakers.record_failure("broker_open_orders", info.reason_code)
             if processor.metrics:
                 processor.metrics.errors.labels(processor.service, info.category.value, info.reason_code).inc()
             log.warning("broker poll failed", extra={"reason": info.reason_code, "error": str(e)[:300]})
@@ -269,6 +279,7 @@ async def build(deps: Deps) -> Service:
     check_order_policy(cfg)
     broker = await connect_broker(cfg, deps.common.execution_mode)
     processor = await processor_for(deps, ExecState())
+    breakers = await deps.breakers()
     live = consumers.Live()
     metrics = api.ExecMetrics(deps.metrics)
     watch = StreamWatch(cfg.stream_stale_sec, enabled=cfg.stream_enabled)
@@ -285,14 +296,21 @@ async def build(deps: Deps) -> Service:
 
     tasks: list[Task] = [
         lambda stop: poller(
-            processor, broker, deps.bus, live, interval, stop, lambda: HELD_LOOKUP_SEC if watch.trusted else 0.0
+            processor,
+            broker,
+            deps.bus,
+            live,
+            breakers,
+            interval,
+            stop,
+            lambda: HELD_LOOKUP_SEC if watch.trusted else 0.0,
         ),
         lambda stop: watchdog(processor, watch, live, observe, stop, stream=name),
     ]
     if stream is not None:
         tasks.append(stream.serve)
     return Service(
-        consumers=consumers.consumers(deps.bus, processor, broker, live),
+        consumers=consumers.consumers(deps.bus, processor, broker, live, breakers),
         tasks=tasks,
         router=api.router(processor, watch, name),
     )

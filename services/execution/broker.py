@@ -144,10 +144,11 @@ class AlpacaBroker:
             info = classify_exception(e, dependency="broker_submit", symbol=order.symbol)
             if info.retryable:
                 # 5xx / 429: the venue may or may not have taken it; only a lookup can tell
-                return handlers.Unknown(message=f"POST /v2/orders: {e}"[:300])
+                return handlers.Unknown(message=f"POST /v2/orders: {e}"[:300], failure=info.reason_code)
             return handlers.Rejected(code=api_error_code(e) or str(e.status_code), message=str(e)[:300])
         except (requests.RequestException, OSError) as e:
-            return handlers.Unknown(message=f"POST /v2/orders: {type(e).__name__}: {e}"[:300])
+            info = classify_exception(e, dependency="broker_submit", symbol=order.symbol)
+            return handlers.Unknown(message=f"POST /v2/orders: {type(e).__name__}: {e}"[:300], failure=info.reason_code)
         return handlers.Accepted(order=to_broker_order(placed))
 
     async def resolve(self, cid: str, why: str) -> handlers.Outcome:

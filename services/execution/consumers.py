@@ -20,6 +20,7 @@ from libs.contracts.execution import SubmitFailed
 from libs.contracts.oms import OmsEvent, PretradeDecision
 from libs.contracts.ops import Watermark
 from libs.decide import Ctx
+from libs.errors.breakers import Breakers, circuit_open_code
 from libs.obs import tracing
 from libs.runtime.processor import Processor
 from services.execution import handlers
@@ -91,7 +92,48 @@ async def after_call(processor: Processor, live: Live, cid: str) -> None:
         await on_trade_update(processor, live, bo)
 
 
-def consumers(bus: Bus, processor: Processor, broker: AlpacaBroker, live: Live) -> list[tuple[ConsumerSpec, OnBatch]]:
+SUBMIT = "broker_submit"  # the dependency of every order sent
+
+
+async def resend_allowed(bus: Bus, breakers: Breakers) -> bool:
+    """Tell whether an order the broker proved absent may be sent again now.
+
+    Not while trading is halted, and not while broker_submit's breaker is open (the venue is
+    failing: another POST would only add to it); the order stays unknown and is asked about again.
+    """
+    halt = await bus.halt_state()
+    if halt is not None and halt.halted:
+        return False
+    return not await breakers.open_reason(SUBMIT)
+
+
+async def count_submit(processor: Processor, breakers: Breakers, outcome: handlers.Outcome | None) -> None:
+    """Count a failed broker call against broker_submit's breaker; alert when it opens."""
+    if not isinstance(outcome, handlers.Unknown) or not outcome.failure:
+        return
+    state, opened = await breakers.record_failure(SUBMIT, outcome.failure)
+    if not opened:
+        return
+    ctx = processor.ctx()
+    code = circuit_open_code(SUBMIT)
+    alert = handlers.alert(
+        "CIRCUIT_OPEN",
+        "critical",
+        f"{SUBMIT} breaker open for {(state.open_until_ns - state.opened_at_ns) / 1e9:g}s after "
+        f"{len(state.failures)} failures ({outcome.failure}); new orders are blocked with {code}",
+        f"circuit:{SUBMIT}:{state.opened_at_ns}",
+        ctx,
+        dependency=SUBMIT,
+        reason=outcome.failure,
+        open_until_ns=str(state.open_until_ns),
+    )
+    await processor.commit(lambda s: (s, [alert]))
+    log.warning(code, extra={"reason": code, "failure": outcome.failure, "open_until_ns": state.open_until_ns})
+
+
+def consumers(
+    bus: Bus, processor: Processor, broker: AlpacaBroker, live: Live, breakers: Breakers
+) -> list[tuple[ConsumerSpec, OnBatch]]:
     """Return execution's durable consumers; `live` holds the orders whose broker call is under way."""
     subjects = bus.subjects
     decisions = ConsumerSpec(
@@ -159,9 +201,9 @@ def consumers(bus: Bus, processor: Processor, broker: AlpacaBroker, live: Live) 
             outcome = await broker.submit(order)
         elif order is not None and order.broker_status in st.PRE_ACK:
             # handed over before a crash, answer unknown: look it up before sending again
-            halt = await bus.halt_state()
-            outcome = await broker.recover(order, resend=halt is None or not halt.halted)
+            outcome = await broker.recover(order, resend=await resend_allowed(bus, breakers))
         # else: resolved (or finished) by a poll before this redelivery
+        await count_submit(processor, breakers, outcome)
         await processor.apply(
             decisions.durable,
             [inbound],
@@ -173,6 +215,10 @@ def consumers(bus: Bus, processor: Processor, broker: AlpacaBroker, live: Live) 
         halt = await bus.halt_state()
         if halt is not None and halt.halted:
             return handlers.blocked(d, handlers.KILL_SWITCH_BLOCK, f"halted: {halt.reason}", ctx)
+        why = await breakers.open_reason(SUBMIT)
+        if why:
+            message = f"{SUBMIT} breaker open after repeated failures ({why}); not sent"
+            return handlers.blocked(d, circuit_open_code(SUBMIT), message, ctx, category="TRANSIENT_NETWORK")
         return handlers.unknown_block(processor.state, d, ctx)
 
     async def free_shares(d: PretradeDecision) -> list[str]:

@@ -56,6 +56,9 @@ class Unknown(msgspec.Struct, frozen=True, kw_only=True):
     """The outcome is not known (timeout, lost response, 5xx): resolve by client_order_id later."""
 
     message: str
+    # set when the broker call itself failed (libs.errors reason code: NET_RETRY, RATE_LIMIT_RETRY):
+    # a failure of the broker_submit dependency, counted by its circuit breaker
+    failure: str = ""
 
 
 Outcome = Accepted | Rejected | Unknown
@@ -151,12 +154,14 @@ def submitted_event_id(cid: str) -> str:
     return derive_id("exec.order_submitted.v1", cid)
 
 
-def blocked(d: PretradeDecision, reason_code: str, message: str, ctx: Ctx) -> list[SubmitFailed]:
+def blocked(
+    d: PretradeDecision, reason_code: str, message: str, ctx: Ctx, *, category: str = "BROKER_STATE"
+) -> list[SubmitFailed]:
     """Refuse to submit an approved order (e.g. the halt flag went up after approval), legs and all."""
     return [
         SubmitFailed(
             **_envelope("submit_failed", o, d.ts_event, ctx),  # type: ignore[arg-type]
-            category="BROKER_STATE",
+            category=category,
             reason_code=reason_code,
             message=message,
         )

@@ -297,6 +297,10 @@ async def test_submit_when_each_broker_fault_injected_then_oms_outcome_as_expect
         KEEL_EXEC_API_SECRET_KEY=SECRET,
         KEEL_EXEC_HTTP_TIMEOUT_SEC=str(HTTP_TIMEOUT_SEC),
         KEEL_EXEC_POLL_INTERVAL_SEC="0.2",
+        # each case is one fault on its own order: the broker_submit breaker, which would open
+        # after three of them in a minute, is proven in test_breakers_pipeline.py
+        KEEL_BREAKER_SHORT_FAILURES="1000",
+        KEEL_BREAKER_LONG_FAILURES="1000",
     )
     await cluster.start("exchange")
     cluster.env["KEEL_EXEC_BASE_URL"] = cluster["exchange"].url

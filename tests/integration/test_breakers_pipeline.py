@@ -1,0 +1,115 @@
+"""A 429 storm opens the broker_submit breaker for every process; orders are blocked, then trade again.
+
+One cluster of real processes: the local exchange (admin API on, every POST /v2/orders answered
+429 while the storm lasts), the OMS and execution on it (alpaca-py); real NATS and Postgres, the
+breaker state in the deployment's JetStream key-value bucket. The short window opens the breaker
+after 3 failures; its open time is shortened to OPEN_SEC so the recovery fits in a test. The
+breaker is a wall-clock matter (real dependencies fail in real time), read here as any process would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx
+import nats
+import pytest
+
+from libs.bus import Bus
+from libs.contracts.subjects import Subjects
+from libs.errors.breakers import BreakerPolicy, Breakers
+from services.oms import state as oms
+from tests.factories import Events
+from tests.support.exchange import AUTH_HEADERS, KEY, SECRET, add_fault, clear_faults, list_faults
+from tests.support.pipeline import Seen, settle
+from tests.support.processes import Cluster
+from tests.support.servers import Namespace
+
+pytestmark = pytest.mark.timeout(120)
+
+OPEN_SEC = 3.0
+SETTLE_SEC = 15.0
+PRICE = "50"
+STORM, BLOCKED, AFTER = "AAPL", "AMZN", "META"
+
+
+async def posts_refused(exchange) -> int:  # type: ignore[no-untyped-def]
+    """The POST /v2/orders the venue answered with the injected 429 so far (its fault counter)."""
+    rules = await list_faults(exchange)
+    return sum(r["fired"] for r in rules)
+
+
+async def test_breaker_when_429_storm_then_orders_blocked_circuit_open_and_trading_resumes_after(
+    cluster: Cluster, namespace: Namespace, nats_url: str, nc: nats.NATS
+):
+    cluster.env.update(
+        KEEL_EXCHANGE_API_KEY_ID=KEY,
+        KEEL_EXCHANGE_API_SECRET_KEY=SECRET,
+        KEEL_EXCHANGE_ADMIN_ENABLED="true",
+        KEEL_EXEC_API_KEY_ID=KEY,
+        KEEL_EXEC_API_SECRET_KEY=SECRET,
+        KEEL_EXEC_POLL_INTERVAL_SEC="0.2",
+        KEEL_BREAKER_SHORT_OPEN_SEC=str(OPEN_SEC),
+    )
+    await cluster.start("exchange")
+    exchange = cluster["exchange"]
+    cluster.env["KEEL_EXEC_BASE_URL"] = exchange.url
+    await cluster.start("oms", "execution")
+    seen = Seen()
+    await nc.subscribe(f"{namespace.prefix}.exec.>", cb=seen.on_report)
+    await nc.subscribe(f"{namespace.prefix}.ops.alert_raised.>", cb=seen.on_alert)
+    bus = await Bus.connect(nats_url, Subjects(namespace.prefix), service="risk")
+    f = Events(seed=131)
+
+    async def statuses() -> dict[str, str]:
+        rows = await cluster["oms"].get_json("/intents?limit=1000")
+        return {r["symbol"]: r["status"] for r in rows}  # type: ignore[union-attr]
+
+    breakers = Breakers(await bus.breakers_kv(), BreakerPolicy(), time.time_ns)  # as another process sees it
+
+    try:
+        for s in (STORM, BLOCKED, AFTER):
+            await bus.publish(f.bar(s, 1, PRICE))
+        storm = await add_fault(exchange, kind="status", status=429, method="POST", path="/v2/orders", count=0)
+        # one order: its POST gets 429 (unknown), the lookup proves it absent, the re-send gets
+        # 429 again... the third failure within a minute opens the breaker, and re-sends stop
+        await bus.publish(f.intent(STORM, "buy", 10, PRICE, n=1))
+        opened = await settle(lambda: breakers.state("broker_submit"), lambda b: b.is_open(time.time_ns()), SETTLE_SEC)
+        unknown = await statuses()
+        await bus.publish(f.intent(BLOCKED, "buy", 10, PRICE, n=1))
+        blocked = await settle(statuses, lambda st: st.get(BLOCKED) == oms.FAILED, SETTLE_SEC)
+        posts_while_open = await posts_refused(exchange)
+        await asyncio.sleep(1.0)
+        no_resend_while_open = await posts_refused(exchange) == posts_while_open
+
+        await clear_faults(exchange)
+        # the open time runs out; the poller then sends the unknown order again (the venue never
+        # had it: every POST was refused) and it is accepted
+        resumed = await settle(statuses, lambda st: st.get(STORM) == oms.ACKED, OPEN_SEC + SETTLE_SEC)
+        await bus.publish(f.intent(AFTER, "buy", 10, PRICE, n=1))
+        after = await settle(statuses, lambda st: st.get(AFTER) == oms.ACKED, SETTLE_SEC)
+        for s in (STORM, AFTER):
+            await bus.publish(f.bar(s, 2, PRICE))
+        filled = await settle(statuses, lambda st: st.get(STORM) == st.get(AFTER) == oms.FILLED, SETTLE_SEC)
+        async with httpx.AsyncClient(base_url=exchange.url, headers=AUTH_HEADERS, timeout=5) as http:
+            venue = (await http.get("/v2/orders", params={"status": "all", "limit": 500})).json()
+    finally:
+        await bus.close()
+
+    assert storm["kind"] == "status"
+    assert unknown.get(STORM) == oms.UNKNOWN
+    assert opened.is_open(opened.opened_at_ns) and opened.reason == "RATE_LIMIT_RETRY"
+    assert len(opened.failures) == 3  # it opened on the third, and nothing was sent after
+    assert no_resend_while_open
+    # the next order never left: refused before hand-over with the seed's reason code
+    assert blocked.get(BLOCKED) == oms.FAILED
+    (refusal,) = [r for r in seen.reports if r["symbol"] == BLOCKED and r["type"] == "exec.submit_failed.v1"]
+    assert (refusal["reason_code"], refusal["category"]) == ("CIRCUIT_OPEN_broker_submit", "TRANSIENT_NETWORK")
+    circuit = [a for a in seen.alerts if a["code"] == "CIRCUIT_OPEN"]
+    assert [(a["severity"], a["details"]["dependency"]) for a in circuit] == [("critical", "broker_submit")]
+    # recovered: the stormed order and a new one trade, each exactly once at the venue
+    assert (resumed.get(STORM), after.get(AFTER)) == (oms.ACKED, oms.ACKED)
+    assert (filled.get(STORM), filled.get(AFTER)) == (oms.FILLED, oms.FILLED)
+    cids = [o["client_order_id"] for o in venue]
+    assert sorted(o["symbol"] for o in venue) == sorted((STORM, AFTER)) and len(cids) == len(set(cids))
