@@ -22,6 +22,7 @@ import logging
 from collections.abc import Callable
 
 import msgspec
+import nats.errors
 import nats.js.errors
 from nats.js.kv import KeyValue
 
@@ -142,6 +143,28 @@ class Breakers:
                 continue
             return after, after.is_open(now) and not before.is_open(now)
         raise RuntimeError(f"expected to record a {dependency} failure within {CAS_ATTEMPTS} attempts, was raced out")
+
+    async def watch(self, on_state: Callable[[BreakerState], None], stop: asyncio.Event, *, tick: float = 1.0) -> None:
+        """Call on_state with every breaker as it stands, on every write and every tick, until stopped.
+
+        For /metrics: an open breaker closes by the clock, with no write, so the last states are
+        offered again every tick.
+        """
+        watcher = await self.kv.watchall()
+        states: dict[str, BreakerState] = {}
+        try:
+            while not stop.is_set():
+                try:
+                    entry = await watcher.updates(timeout=tick)
+                except nats.errors.TimeoutError:
+                    entry = None
+                if entry is not None and entry.value:
+                    state = _decoder.decode(entry.value)
+                    states[state.dependency] = state
+                for state in states.values():
+                    on_state(state)
+        finally:
+            await watcher.stop()
 
     async def _read(self, dependency: str) -> tuple[BreakerState, int]:
         try:

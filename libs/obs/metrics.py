@@ -44,6 +44,18 @@ class Metrics:
             "keel_outbox_pending", "Outbox rows not yet published", labels, registry=self.registry
         )
         self.halted = Gauge("keel_halted", "1 while trading is halted", labels, registry=self.registry)
+        self.breaker_open = Gauge(
+            "keel_breaker_open",
+            "1 while a dependency's circuit breaker is open (shared by every process)",
+            labels + ["dependency"],
+            registry=self.registry,
+        )
+        self.breaker_failures = Gauge(
+            "keel_breaker_failures",
+            "Failures of a dependency within its breaker's long window",
+            labels + ["dependency"],
+            registry=self.registry,
+        )
 
     def decision(self, kind: str, reason: str) -> None:
         """Count one decision."""

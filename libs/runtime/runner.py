@@ -29,7 +29,7 @@ from libs.contracts.ops import Heartbeat
 from libs.contracts.subjects import H_MSG_ID, Subjects
 from libs.db import Store, connect_pool, schema_name
 from libs.errors import DependencyUnavailable, classify_exception
-from libs.errors.breakers import Breakers, policy_of
+from libs.errors.breakers import NS, Breakers, BreakerState, policy_of
 from libs.obs.logs import setup_logging
 from libs.obs.metrics import Metrics
 from libs.obs.tracing import setup_tracing
@@ -151,6 +151,20 @@ async def heartbeats(deps: Deps, stop: asyncio.Event) -> None:
             continue
 
 
+async def breaker_gauges(deps: Deps, stop: asyncio.Event) -> None:
+    """Show every dependency breaker of the deployment on this process's /metrics."""
+    breakers = await deps.breakers()
+
+    def show(state: BreakerState) -> None:
+        now = deps.clock.now_ns()
+        window = breakers.policy.long_window_sec * NS
+        deps.metrics.breaker_open.labels(deps.name, state.dependency).set(1 if state.is_open(now) else 0)
+        recent = sum(1 for t in state.failures if now - t < window)
+        deps.metrics.breaker_failures.labels(deps.name, state.dependency).set(recent)
+
+    await breakers.watch(show, stop, tick=deps.common.heartbeat_sec)
+
+
 async def connect(name: str, loaded: Loaded, clock: Clock | None = None) -> Deps:
     """Connect the real adapters or raise DependencyUnavailable naming the missing one."""
     common = loaded.common
@@ -200,7 +214,7 @@ async def serve(name: str, build: Build, loaded: Loaded) -> None:
     async def api(_: asyncio.Event) -> None:
         await server.serve()
 
-    runners: list[Task] = [api, lambda s: heartbeats(deps, s), deps.relay.run]
+    runners: list[Task] = [api, lambda s: heartbeats(deps, s), lambda s: breaker_gauges(deps, s), deps.relay.run]
     for spec, on_batch in service.consumers:
         runners.append(
             lambda s, spec=spec, on_batch=on_batch: run_consumer(deps.bus, spec, on_batch, stop=s, metrics=deps.metrics)

@@ -17,6 +17,7 @@ from libs.config import ConfigError, load
 from libs.contracts import subjects as sj
 from libs.errors import DependencyUnavailable, classify_exception
 from libs.errors.breakers import Breakers
+from libs.errors.retry import CircuitOpen, retry_idempotent
 from libs.obs import tracing
 from libs.runtime.processor import Processor
 from libs.runtime.runner import Deps, Service, Task, processor_for
@@ -97,7 +98,23 @@ async def poll_once(
     pre_ack = any(o.broker_status in PRE_ACK for o in orders.values())
     resend = await consumers.resend_allowed(bus, breakers) if pre_ack else False
     acked = any(o.broker_status not in PRE_ACK for o in orders.values())
-    open_orders = await broker.open_orders() if acked else {}
+    open_orders: dict[str, BrokerOrder] | None = {}
+    if acked:
+        try:
+            open_orders = await retry_idempotent(
+                broker.open_orders,
+                dep="broker_open_orders",
+                breakers=breakers,
+                jitter=live.jitter,
+                max_attempts=2,
+                max_total_seconds=2.0,
+            )
+        except CircuitOpen as e:
+            # the listing's breaker is open: acknowledged orders wait for a later round (the
+            # stream still carries them); orders of unknown status are still looked up below
+            open_orders = None
+            if processor.metrics:
+                processor.metrics.decision("poll_listing_skipped", e.reason_code)
     for cid, order in orders.items():
         if cid in live.inflight:
             continue  # a submit took it while this poll was under way
@@ -105,6 +122,8 @@ async def poll_once(
         with tracing.span("execution poll", parent_headers={sj.H_TRACEPARENT: order.traceparent}):
             if order.broker_status in PRE_ACK:
                 await recover_one(processor, broker, live, breakers, cid, resend=resend)
+                continue
+            if open_orders is None:
                 continue
             bo: BrokerOrder | None = open_orders.get(order.broker_cid)
             if bo is None and order.broker_status == "held" and not live.due(cid, held_lookup_sec):
@@ -168,9 +187,8 @@ async def poller(
         try:
             await poll_once(processor, broker, bus, live, breakers, held_lookup_sec=held_lookup_sec())
         except (APIError, requests.RequestException, OSError) as e:
+            # counted against the breaker by retry_idempotent already
             info = classify_exception(e, dependency="broker_open_orders")
-            if info.retryable:
-                await breakers.record_failure("broker_open_orders", info.reason_code)
             if processor.metrics:
                 processor.metrics.errors.labels(processor.service, info.category.value, info.reason_code).inc()
             log.warning("broker poll failed", extra={"reason": info.reason_code, "error": str(e)[:300]})

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator
@@ -15,6 +16,7 @@ import msgspec
 from libs.bus import Bus, ConsumerSpec
 from libs.bus.consumer import Inbound, OnBatch
 from libs.contracts import subjects as sj
+from libs.contracts.base import derive_id
 from libs.contracts.control import CancelAllOrders, HaltTrading
 from libs.contracts.execution import SubmitFailed
 from libs.contracts.oms import OmsEvent, PretradeDecision
@@ -43,6 +45,8 @@ class Live:
         self.deferred: dict[str, list[st.BrokerOrder]] = defaultdict(list)
         self.wake = asyncio.Event()
         self.looked_up: dict[str, float] = {}  # order -> when the poller last asked for it alone
+        # the backoff jitter of the poller's retried reads: seeded, never the global RNG
+        self.jitter = random.Random(int(derive_id("execution", "poll-jitter"), 16))
 
     def due(self, cid: str, every: float) -> bool:
         """Tell whether an order may be asked for alone now (at most once per `every` seconds)."""

@@ -15,6 +15,7 @@ import time
 import httpx
 import nats
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from libs.bus import Bus
 from libs.contracts.subjects import Subjects
@@ -38,6 +39,19 @@ async def posts_refused(exchange) -> int:  # type: ignore[no-untyped-def]
     """The POST /v2/orders the venue answered with the injected 429 so far (its fault counter)."""
     rules = await list_faults(exchange)
     return sum(r["fired"] for r in rules)
+
+
+async def breaker_gauges(cluster: Cluster) -> dict[str, float]:
+    """keel_breaker_open{dependency="broker_submit"} on the OMS's and execution's /metrics."""
+    shown: dict[str, float] = {}
+    async with httpx.AsyncClient(timeout=5) as http:
+        for name in ("oms", "execution"):
+            text = (await http.get(f"{cluster[name].url}/metrics")).text
+            for family in text_string_to_metric_families(text):
+                for sample in family.samples:
+                    if sample.name == "keel_breaker_open" and sample.labels.get("dependency") == "broker_submit":
+                        shown[name] = sample.value
+    return shown
 
 
 async def test_breaker_when_429_storm_then_orders_blocked_circuit_open_and_trading_resumes_after(
@@ -77,6 +91,8 @@ async def test_breaker_when_429_storm_then_orders_blocked_circuit_open_and_tradi
         await bus.publish(f.intent(STORM, "buy", 10, PRICE, n=1))
         opened = await settle(lambda: breakers.state("broker_submit"), lambda b: b.is_open(time.time_ns()), SETTLE_SEC)
         unknown = await statuses()
+        # every process shows the shared breaker on its /metrics, the OMS too (it never failed)
+        shown = await settle(lambda: breaker_gauges(cluster), lambda g: g == {"oms": 1.0, "execution": 1.0}, SETTLE_SEC)
         await bus.publish(f.intent(BLOCKED, "buy", 10, PRICE, n=1))
         blocked = await settle(statuses, lambda st: st.get(BLOCKED) == oms.FAILED, SETTLE_SEC)
         posts_while_open = await posts_refused(exchange)
@@ -92,6 +108,9 @@ async def test_breaker_when_429_storm_then_orders_blocked_circuit_open_and_tradi
         for s in (STORM, AFTER):
             await bus.publish(f.bar(s, 2, PRICE))
         filled = await settle(statuses, lambda st: st.get(STORM) == st.get(AFTER) == oms.FILLED, SETTLE_SEC)
+        closed = await settle(
+            lambda: breaker_gauges(cluster), lambda g: g == {"oms": 0.0, "execution": 0.0}, SETTLE_SEC
+        )
         async with httpx.AsyncClient(base_url=exchange.url, headers=AUTH_HEADERS, timeout=5) as http:
             venue = (await http.get("/v2/orders", params={"status": "all", "limit": 500})).json()
     finally:
@@ -102,6 +121,7 @@ async def test_breaker_when_429_storm_then_orders_blocked_circuit_open_and_tradi
     assert opened.is_open(opened.opened_at_ns) and opened.reason == "RATE_LIMIT_RETRY"
     assert len(opened.failures) == 3  # it opened on the third, and nothing was sent after
     assert no_resend_while_open
+    assert (shown, closed) == ({"oms": 1.0, "execution": 1.0}, {"oms": 0.0, "execution": 0.0})
     # the next order never left: refused before hand-over with the seed's reason code
     assert blocked.get(BLOCKED) == oms.FAILED
     (refusal,) = [r for r in seen.reports if r["symbol"] == BLOCKED and r["type"] == "exec.submit_failed.v1"]
