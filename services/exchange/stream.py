@@ -24,6 +24,7 @@ import msgspec
 from fastapi import WebSocket
 from msgspec.structs import replace
 
+from libs.errors import classify_exception
 from services.exchange.api import iso_utc, order_view, plain
 from services.exchange.handlers import AVG_PRICE_QUANTUM, signed_qty
 from services.exchange.state import ExchangeOrder, ExchangeState, Fill
@@ -286,8 +287,10 @@ class Hub:
         await self.disconnect(listener)
         try:
             await asyncio.wait_for(listener.socket.close(code=code, reason=reason), CLOSE_TIMEOUT_SEC)
-        except Exception as e:  # the peer may be gone already; the listener is dropped either way
-            log.debug("closing a listener failed", extra={"peer": listener.peer, "error": repr(e)})
+        except Exception as e:  # classified: the peer may be gone already; the listener is dropped either way
+            info = classify_exception(e, dependency="trade_updates_listener")
+            log.debug("closing a listener failed", extra={"peer": listener.peer, "reason": info.reason_code,
+                                                          "error": repr(e)})  # fmt: skip
 
     async def _send_loop(self, listener: Listener) -> None:
         try:
@@ -296,8 +299,10 @@ class Hub:
                 await listener.socket.send_bytes(data)
         except asyncio.CancelledError:
             raise
-        except Exception as e:  # the peer went away: the endpoint sees the disconnect too
-            log.info("trade_updates listener send failed", extra={"peer": listener.peer, "error": repr(e)})
+        except Exception as e:  # classified: the peer went away; the endpoint sees the disconnect too
+            info = classify_exception(e, dependency="trade_updates_listener")
+            log.info("trade_updates listener send failed", extra={"peer": listener.peer, "reason": info.reason_code,
+                                                                  "error": repr(e)})  # fmt: skip
             listener.open = False
             self._listeners.pop(id(listener), None)
 

@@ -1,0 +1,95 @@
+"""The classification table (seed 000 §B): one case per mapping row, with real exception objects.
+
+alpaca-py APIErrors are built the way alpaca-py raises them (the body, and the requests
+HTTPError carrying the response); tests/integration/test_classify_faults.py takes the same rows
+from the local exchange's fault injection.
+"""
+
+from __future__ import annotations
+
+import socket
+
+import asyncpg
+import httpx
+import msgspec
+import nats.errors
+import pytest
+import requests
+from alpaca.common.exceptions import APIError
+
+from libs.errors import ErrorAction, ErrorCategory, ErrorScope, InvariantViolation, classify_exception
+
+
+def api_error(status: int, code: int) -> APIError:
+    response = requests.Response()
+    response.status_code = status
+    return APIError(f'{{"code":{code},"message":"m"}}', requests.HTTPError(response=response))
+
+
+class Bar(msgspec.Struct):
+    close: float
+
+
+def validation_error() -> Exception:
+    try:
+        msgspec.json.decode(b'{"close": "x"}', type=Bar)
+    except msgspec.ValidationError as e:
+        return e
+    raise AssertionError("expected a ValidationError")
+
+
+def decode_error() -> Exception:
+    try:
+        msgspec.json.decode(b"{not json")
+    except msgspec.DecodeError as e:
+        return e
+    raise AssertionError("expected a DecodeError")
+
+
+C, S, A = ErrorCategory, ErrorScope, ErrorAction
+ROWS = [
+    # alpaca-py APIError by HTTP status
+    ("401", api_error(401, 40110000), C.AUTH, S.GLOBAL, A.HALT_TRADING, "AUTH_HALT"),
+    ("403", api_error(403, 40310000), C.AUTH, S.GLOBAL, A.HALT_TRADING, "AUTH_HALT"),
+    ("429", api_error(429, 42910000), C.RATE_LIMIT, S.PROVIDER, A.RETRY, "RATE_LIMIT_RETRY"),
+    ("500", api_error(500, 50010000), C.TRANSIENT_NETWORK, S.PROVIDER, A.RETRY, "NET_RETRY"),
+    ("503", api_error(503, 50010000), C.TRANSIENT_NETWORK, S.PROVIDER, A.RETRY, "NET_RETRY"),
+    ("504", api_error(504, 50010000), C.TRANSIENT_NETWORK, S.PROVIDER, A.RETRY, "NET_RETRY"),
+    ("422", api_error(422, 40010001), C.ORDER_REJECTED, S.SYMBOL, A.SKIP_SYMBOL, "ORDER_REJECTED"),
+    # timeouts and connection errors of every client keel uses
+    ("requests timeout", requests.Timeout("t"), C.TRANSIENT_NETWORK, S.PROVIDER, A.RETRY, "NET_RETRY"),
+    ("requests connection", requests.ConnectionError("c"), C.TRANSIENT_NETWORK, S.PROVIDER, A.RETRY, "NET_RETRY"),
+    ("httpx timeout", httpx.ConnectTimeout("t"), C.TRANSIENT_NETWORK, S.PROVIDER, A.RETRY, "NET_RETRY"),
+    ("asyncio timeout", TimeoutError(), C.TRANSIENT_NETWORK, S.PROVIDER, A.RETRY, "NET_RETRY"),
+    ("dns", socket.gaierror("no host"), C.TRANSIENT_NETWORK, S.PROVIDER, A.RETRY, "NET_RETRY"),
+    ("asyncpg connection", asyncpg.PostgresConnectionError("gone"), C.TRANSIENT_NETWORK, S.PROVIDER, A.RETRY, "NET_RETRY"),
+    ("asyncpg serialization", asyncpg.exceptions.SerializationError("s"), C.TRANSIENT_NETWORK, S.PROVIDER, A.RETRY, "NET_RETRY"),
+    ("nats timeout", nats.errors.TimeoutError(), C.TRANSIENT_NETWORK, S.PROVIDER, A.RETRY, "NET_RETRY"),
+    ("nats no servers", nats.errors.NoServersError(), C.TRANSIENT_NETWORK, S.PROVIDER, A.RETRY, "NET_RETRY"),
+    # bad data at the edge
+    ("msgspec validation", validation_error(), C.BAD_DATA, S.SYMBOL, A.SKIP_SYMBOL, "BAD_DATA"),
+    ("msgspec decode", decode_error(), C.BAD_DATA, S.SYMBOL, A.SKIP_SYMBOL, "BAD_DATA"),
+    # impossible values and bugs in the decision pipeline halt, in paper too
+    ("NaN price", InvariantViolation("expected a finite close, was NaN"), C.INVARIANT_VIOLATION, S.GLOBAL, A.HALT_TRADING, "INVARIANT_HALT"),
+    ("TypeError", TypeError("unsupported operand"), C.PROGRAMMING_ERROR, S.GLOBAL, A.HALT_TRADING, "PROGRAMMING_HALT"),
+    ("KeyError", KeyError("AAPL"), C.PROGRAMMING_ERROR, S.GLOBAL, A.HALT_TRADING, "PROGRAMMING_HALT"),
+    # anything else is not guessed at: it halts
+    ("unknown", RuntimeError("?"), C.UNKNOWN, S.GLOBAL, A.HALT_TRADING, "UNKNOWN_HALT"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("exc", "category", "scope", "action", "reason"), [r[1:] for r in ROWS], ids=[r[0] for r in ROWS]
+)
+def test_classify_when_real_exception_then_category_scope_action_and_reason_code(
+    exc: BaseException, category: ErrorCategory, scope: ErrorScope, action: ErrorAction, reason: str
+) -> None:
+    info = classify_exception(exc, dependency="broker_submit", symbol="AAPL")
+
+    assert (info.category, info.scope, info.action, info.reason_code) == (category, scope, action, reason)
+    assert info.retryable is (action is ErrorAction.RETRY)
+    assert (info.dependency, info.details["symbol"], info.details["type"]) == (
+        "broker_submit",
+        "AAPL",
+        type(exc).__name__,
+    )
