@@ -79,6 +79,23 @@ def _http_status(exc: BaseException) -> int | None:
     return code if isinstance(code, int) else None
 
 
+# what Alpaca's 403 refusals of an order say when the account, not the keys, is the reason
+_BUSINESS_403 = (
+    "insufficient buying power",
+    "insufficient qty",
+    "not allowed to short",
+    "cannot open a",
+    "wash trade",
+    "day trading",
+    "not shortable",
+)
+
+
+def _business_refusal(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return any(phrase in text for phrase in _BUSINESS_403)
+
+
 def _is_network(exc: BaseException) -> bool:
     import asyncpg
     import httpx
@@ -131,6 +148,10 @@ def classify_exception(
     status = _http_status(exc)
     if status is not None:
         details["status"] = str(status)
+        if status == 403 and _business_refusal(exc):
+            # Alpaca answers 403 to an order it refuses on the account's state (buying power,
+            # shares held by other orders, shorting): the keys work, the order does not
+            return info(ErrorCategory.ORDER_REJECTED, ErrorScope.SYMBOL, ErrorAction.SKIP_SYMBOL, "ORDER_REJECTED")
         if status in (401, 403):
             return info(ErrorCategory.AUTH, ErrorScope.GLOBAL, ErrorAction.HALT_TRADING, "AUTH_HALT")
         if status == 429:

@@ -121,7 +121,7 @@ async def poll_once(
         ctx = processor.ctx()
         with tracing.span("execution poll", parent_headers={sj.H_TRACEPARENT: order.traceparent}):
             if order.broker_status in PRE_ACK:
-                await recover_one(processor, broker, live, breakers, cid, resend=resend)
+                await recover_one(processor, broker, bus, live, breakers, cid, resend=resend)
                 continue
             if open_orders is None:
                 continue
@@ -141,7 +141,14 @@ async def poll_once(
 
 
 async def recover_one(
-    processor: Processor, broker: AlpacaBroker, live: consumers.Live, breakers: Breakers, cid: str, *, resend: bool
+    processor: Processor,
+    broker: AlpacaBroker,
+    bus: Bus,
+    live: consumers.Live,
+    breakers: Breakers,
+    cid: str,
+    *,
+    resend: bool,
 ) -> None:
     """Resolve one order of unknown status by its client_order_id and record the answer."""
     async with live.calling(cid):
@@ -152,6 +159,7 @@ async def recover_one(
         ctx = processor.ctx()
         await processor.commit(lambda s: handlers.on_outcome(s, cid, outcome, ctx))
         await consumers.count_submit(processor, breakers, outcome)
+        await consumers.halt_if_needed(bus, processor, cid, outcome)
     await consumers.after_call(processor, live, cid)
 
 

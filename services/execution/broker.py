@@ -28,7 +28,7 @@ from alpaca.trading.models import Order, TradeUpdate
 from alpaca.trading.requests import GetOrderByIdRequest, GetOrdersRequest
 from alpaca.trading.stream import TradingStream
 
-from libs.errors import classify_exception
+from libs.errors import ErrorAction, classify_exception
 from services.execution import handlers
 from services.execution.orders import build_request
 from services.execution.state import BrokerOrder, ExecOrder
@@ -145,7 +145,8 @@ class AlpacaBroker:
             if info.retryable:
                 # 5xx / 429: the venue may or may not have taken it; only a lookup can tell
                 return handlers.Unknown(message=f"POST /v2/orders: {e}"[:300], failure=info.reason_code)
-            return handlers.Rejected(code=api_error_code(e) or str(e.status_code), message=str(e)[:300])
+            halt = info.reason_code if info.action is ErrorAction.HALT_TRADING else ""
+            return handlers.Rejected(code=api_error_code(e) or str(e.status_code), message=str(e)[:300], halt=halt)
         except (requests.RequestException, OSError) as e:
             info = classify_exception(e, dependency="broker_submit", symbol=order.symbol)
             return handlers.Unknown(message=f"POST /v2/orders: {type(e).__name__}: {e}"[:300], failure=info.reason_code)

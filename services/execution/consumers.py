@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import random
 import time
@@ -111,6 +112,23 @@ async def resend_allowed(bus: Bus, breakers: Breakers) -> bool:
     return not await breakers.open_reason(SUBMIT)
 
 
+async def halt_if_needed(bus: Bus, processor: Processor, cid: str, outcome: handlers.Outcome | None) -> None:
+    """Halt trading everywhere when the broker's refusal means no order can go (AUTH_HALT).
+
+    Published as an operator would (`keel.ctl.kill`), so the OMS records it in the halt flag and
+    every service stops new orders; a resume needs an operator and a reason.
+    """
+    if not isinstance(outcome, handlers.Rejected) or not outcome.halt:
+        return
+    reason = f"{outcome.halt}: the broker refused {cid} ({outcome.code}); check the keys and the account"
+    body = json.dumps({"reason": reason}).encode()
+    msg_id = derive_id("execution.halt", outcome.halt, cid)
+    await bus.js.publish(bus.subjects.ctl(sj.CTL_KILL), body, headers={sj.H_MSG_ID: msg_id})
+    log.critical("trading halted by execution", extra={"reason": outcome.halt, "client_order_id": cid})
+    if processor.metrics:
+        processor.metrics.decision("halt", outcome.halt)
+
+
 async def count_submit(processor: Processor, breakers: Breakers, outcome: handlers.Outcome | None) -> None:
     """Count a failed broker call against broker_submit's breaker; alert when it opens."""
     if not isinstance(outcome, handlers.Unknown) or not outcome.failure:
@@ -208,6 +226,7 @@ def consumers(
             outcome = await broker.recover(order, resend=await resend_allowed(bus, breakers))
         # else: resolved (or finished) by a poll before this redelivery
         await count_submit(processor, breakers, outcome)
+        await halt_if_needed(bus, processor, cid, outcome)
         await processor.apply(
             decisions.durable,
             [inbound],

@@ -50,6 +50,9 @@ class Rejected(msgspec.Struct, frozen=True, kw_only=True):
 
     code: str
     message: str
+    # set when the refusal means no order can go (libs.errors action HALT_TRADING, e.g. AUTH_HALT:
+    # the broker refused the keys): execution halts trading everywhere with this reason code
+    halt: str = ""
 
 
 class Unknown(msgspec.Struct, frozen=True, kw_only=True):

@@ -15,6 +15,7 @@ Every case runs before anything is asserted, so one failure shows the outcome of
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -28,7 +29,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from libs.bus import Bus
 from libs.contracts.risk import OrderIntent
-from libs.contracts.subjects import Subjects
+from libs.contracts.subjects import CTL_RESUME, Subjects
 from services.oms import state as oms
 from tests.factories import Events
 from tests.support import pipeline
@@ -90,6 +91,8 @@ class Case:
             # case never counts, so its one acceptance is the re-send after the lookup's 404
             "venue": {"accepted": 1 if filled else 0, "duplicate_refused": 0},
             "fault_fired": True,
+            # the broker refusing the keys (401/403) halts trading everywhere (AUTH_HALT)
+            "halted": "AUTH_HALT" if self.fault.get("status") in (401, 403) else "",
         }
 
 
@@ -200,6 +203,16 @@ class Run:
     def new_intent(self, symbol: str, minute: int, qty: int = QTY) -> OrderIntent:
         return self.f.intent(symbol, "buy", qty, PRICE, n=minute)
 
+    async def resume_if_halted(self) -> str:
+        """Return the reason code of a halt execution raised (resumed here, as an operator would), or ''."""
+        halt = await settle(self.bus.halt_state, lambda h: h is not None and h.halted, timeout=1.0)
+        if halt is None or not halt.halted:
+            return ""
+        body = json.dumps({"reason": "test: keys checked"}).encode()
+        await self.bus.js.publish(self.bus.subjects.ctl(CTL_RESUME), body)
+        await settle(self.bus.halt_state, lambda h: h is not None and not h.halted)
+        return halt.reason.split(":", 1)[0]
+
     async def fill_when_acked(self, intent: OrderIntent, minute: int) -> dict | None:
         """Wait for the broker's verdict; once acknowledged, send the bar it fills on; return the end."""
         row = await self.until(intent.client_order_id, settled)
@@ -227,6 +240,7 @@ async def run_case(run: Run, case: Case) -> tuple[str, dict[str, object]]:
     still_armed = any(r["id"] == rule["id"] for r in await list_faults(run.exchange))
     await clear_faults(run.exchange)  # an unfired rule must not hit the next case
     after = await run.venue_decisions()
+    halted = await run.resume_if_halted()
     return cid, {
         "oms": status_of(row),
         "position": await run.position(case.symbol),
@@ -236,6 +250,7 @@ async def run_case(run: Run, case: Case) -> tuple[str, dict[str, object]]:
             "duplicate_refused": after[DUPLICATE] - before[DUPLICATE],
         },
         "fault_fired": not still_armed,
+        "halted": halted,
     }
 
 
@@ -359,4 +374,7 @@ async def test_submit_when_each_broker_fault_injected_then_oms_outcome_as_expect
     assert (venue["accepted"], venue[DUPLICATE]) == (len(placed), 0)
     # nothing left unresolved at execution, and the OMS applied every report as a valid transition
     assert held_by_execution == {}
-    assert [(a["code"], a["message"]) for a in seen.alerts if a["source"] == "oms"] == []
+    oms_alerts = [a for a in seen.alerts if a["source"] == "oms"]
+    assert [a["code"] for a in oms_alerts if a["code"] not in ("TRADING_HALTED", "TRADING_RESUMED")] == []
+    # two halts, each by a refusal of the keys (401, 403), each resumed by the test as an operator
+    assert [a["code"] for a in oms_alerts] == ["TRADING_HALTED", "TRADING_RESUMED"] * 2

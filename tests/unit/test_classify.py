@@ -20,10 +20,10 @@ from alpaca.common.exceptions import APIError
 from libs.errors import ErrorAction, ErrorCategory, ErrorScope, InvariantViolation, classify_exception
 
 
-def api_error(status: int, code: int) -> APIError:
+def api_error(status: int, code: int, message: str = "m") -> APIError:
     response = requests.Response()
     response.status_code = status
-    return APIError(f'{{"code":{code},"message":"m"}}', requests.HTTPError(response=response))
+    return APIError(f'{{"code":{code},"message":"{message}"}}', requests.HTTPError(response=response))
 
 
 class Bar(msgspec.Struct):
@@ -56,6 +56,10 @@ ROWS = [
     ("503", api_error(503, 50010000), C.TRANSIENT_NETWORK, S.PROVIDER, A.RETRY, "NET_RETRY"),
     ("504", api_error(504, 50010000), C.TRANSIENT_NETWORK, S.PROVIDER, A.RETRY, "NET_RETRY"),
     ("422", api_error(422, 40010001), C.ORDER_REJECTED, S.SYMBOL, A.SKIP_SYMBOL, "ORDER_REJECTED"),
+    # a 403 refusing the order on the account's state is not an auth failure: no halt
+    ("403 buying power", api_error(403, 40310000, "insufficient buying power"), C.ORDER_REJECTED, S.SYMBOL, A.SKIP_SYMBOL, "ORDER_REJECTED"),
+    ("403 qty held", api_error(403, 40310000, "insufficient qty available for order (requested: 7, available: 6)"), C.ORDER_REJECTED, S.SYMBOL, A.SKIP_SYMBOL, "ORDER_REJECTED"),
+    ("403 side", api_error(403, 40310000, "cannot open a short sell while a long buy order is open"), C.ORDER_REJECTED, S.SYMBOL, A.SKIP_SYMBOL, "ORDER_REJECTED"),
     # timeouts and connection errors of every client keel uses
     ("requests timeout", requests.Timeout("t"), C.TRANSIENT_NETWORK, S.PROVIDER, A.RETRY, "NET_RETRY"),
     ("requests connection", requests.ConnectionError("c"), C.TRANSIENT_NETWORK, S.PROVIDER, A.RETRY, "NET_RETRY"),
