@@ -91,6 +91,13 @@ def record_failure(state: BreakerState, now_ns: int, reason: str, policy: Breake
     )
 
 
+def hold_open(state: BreakerState, now_ns: int, seconds: float, reason: str) -> BreakerState:
+    """Return the breaker held open for at least `seconds` from now_ns (a venue's Retry-After; pure)."""
+    until = max(state.open_until_ns, now_ns + int(seconds * NS))
+    opened_at = now_ns if not state.is_open(now_ns) else state.opened_at_ns
+    return msgspec.structs.replace(state, open_until_ns=until, opened_at_ns=opened_at, reason=reason)
+
+
 def policy_of(common: CommonConfig) -> BreakerPolicy:
     """Return the breaker policy of the `KEEL_BREAKER_*` keys."""
     return BreakerPolicy(
@@ -124,12 +131,19 @@ class Breakers:
         state = await self.state(dependency)
         return state.reason or "open" if state.is_open(self.now_ns()) else ""
 
-    async def record_failure(self, dependency: str, reason: str) -> tuple[BreakerState, bool]:
-        """Count a failure; return the breaker after it and whether this failure opened it."""
+    async def record_failure(
+        self, dependency: str, reason: str, *, retry_after_sec: float = 0.0
+    ) -> tuple[BreakerState, bool]:
+        """Count a failure; return the breaker after it and whether this failure opened it.
+
+        A venue that said when to come back (Retry-After) keeps the breaker open at least that long.
+        """
         for attempt in range(CAS_ATTEMPTS):
             before, revision = await self._read(dependency)
             now = self.now_ns()
             after = record_failure(before, now, reason, self.policy)
+            if retry_after_sec > 0:
+                after = hold_open(after, now, retry_after_sec, reason)
             try:
                 if revision:
                     await self.kv.update(dependency, msgspec.json.encode(after), last=revision)

@@ -77,6 +77,16 @@ def _value(member: object) -> str:
     return str(member.value) if isinstance(member, Enum) else str(member)
 
 
+def retry_after(e: APIError) -> float:
+    """Return the seconds of an answer's Retry-After header (RFC 9110, delay-seconds form), or 0."""
+    response = getattr(e, "response", None)
+    value = response.headers.get("Retry-After", "") if response is not None else ""
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        return 0.0  # absent, or an HTTP date: the breaker's own windows decide
+
+
 def api_error_code(e: APIError) -> str:
     """Return Alpaca's error code from an APIError body, or ''."""
     try:
@@ -144,7 +154,9 @@ class AlpacaBroker:
             info = classify_exception(e, dependency="broker_submit", symbol=order.symbol)
             if info.retryable:
                 # 5xx / 429: the venue may or may not have taken it; only a lookup can tell
-                return handlers.Unknown(message=f"POST /v2/orders: {e}"[:300], failure=info.reason_code)
+                return handlers.Unknown(
+                    message=f"POST /v2/orders: {e}"[:300], failure=info.reason_code, retry_after_sec=retry_after(e)
+                )
             halt = info.reason_code if info.action is ErrorAction.HALT_TRADING else ""
             return handlers.Rejected(code=api_error_code(e) or str(e.status_code), message=str(e)[:300], halt=halt)
         except (requests.RequestException, OSError) as e:

@@ -133,7 +133,7 @@ async def count_submit(processor: Processor, breakers: Breakers, outcome: handle
     """Count a failed broker call against broker_submit's breaker; alert when it opens."""
     if not isinstance(outcome, handlers.Unknown) or not outcome.failure:
         return
-    state, opened = await breakers.record_failure(SUBMIT, outcome.failure)
+    state, opened = await breakers.record_failure(SUBMIT, outcome.failure, retry_after_sec=outcome.retry_after_sec)
     if not opened:
         return
     ctx = processor.ctx()

@@ -62,6 +62,7 @@ class Unknown(msgspec.Struct, frozen=True, kw_only=True):
     # set when the broker call itself failed (libs.errors reason code: NET_RETRY, RATE_LIMIT_RETRY):
     # a failure of the broker_submit dependency, counted by its circuit breaker
     failure: str = ""
+    retry_after_sec: float = 0.0  # the venue's Retry-After on a 429/503, 0 when it gave none
 
 
 Outcome = Accepted | Rejected | Unknown

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from libs.errors.breakers import NS, BreakerPolicy, BreakerState, circuit_open_code, record_failure
+from libs.errors.breakers import NS, BreakerPolicy, BreakerState, circuit_open_code, hold_open, record_failure
 
 POLICY = BreakerPolicy()  # 3 in 60 s -> 60 s; 10 in 600 s -> 900 s
 T0 = 1_700_000_000 * NS
@@ -71,3 +71,13 @@ def test_failures_when_reopened_after_expiry_then_opened_at_is_the_new_start() -
 @pytest.mark.parametrize("dependency", ["broker_submit", "data_primary", "bus"])
 def test_circuit_open_code_when_dependency_then_seed_vocabulary(dependency: str) -> None:
     assert circuit_open_code(dependency) == f"CIRCUIT_OPEN_{dependency}"
+
+
+def test_hold_open_when_venue_says_retry_after_then_open_at_least_that_long_never_shorter() -> None:
+    closed = BreakerState(dependency="broker_submit")
+
+    held = hold_open(closed, T0, 5.0, "RATE_LIMIT_RETRY")
+    longer = hold_open(fail_at(0, 1, 2), T0 + 3 * NS, 5.0, "RATE_LIMIT_RETRY")  # already open until 62
+
+    assert (held.opened_at_ns, held.open_until_ns, held.reason) == (T0, T0 + 5 * NS, "RATE_LIMIT_RETRY")
+    assert (longer.opened_at_ns, longer.open_until_ns) == (T0 + 2 * NS, T0 + 62 * NS)

@@ -24,7 +24,7 @@ from alpaca.trading.requests import (
 )
 
 from services.execution import handlers
-from services.execution.broker import AlpacaBroker, is_duplicate_client_order_id
+from services.execution.broker import AlpacaBroker, is_duplicate_client_order_id, retry_after
 from services.execution.orders import build_request
 from services.execution.state import ExecOrder, ExecState
 from tests.factories import Events, ctx
@@ -248,3 +248,16 @@ def test_is_duplicate_client_order_id_when_broker_refuses_then_only_the_unique_i
     body: str, duplicate: bool
 ):
     assert is_duplicate_client_order_id(APIError(body)) is duplicate
+
+
+@pytest.mark.parametrize(
+    ("header", "seconds"), [("3", 3.0), ("0", 0.0), (None, 0.0), ("Wed, 21 Oct 2015 07:28:00 GMT", 0.0)]
+)
+def test_retry_after_when_venue_answers_429_then_delay_seconds_read_else_zero(header: str | None, seconds: float):
+    response = requests.Response()
+    response.status_code = 429
+    if header is not None:
+        response.headers["Retry-After"] = header
+    error = APIError('{"code":42910000,"message":"rate limit exceeded"}', requests.HTTPError(response=response))
+
+    assert retry_after(error) == seconds
