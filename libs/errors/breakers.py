@@ -129,7 +129,7 @@ class Breakers:
     async def open_reason(self, dependency: str) -> str:
         """Return why a dependency's breaker is open (its last failure's reason), or '' when closed."""
         state = await self.state(dependency)
-        return state.reason or "open" if state.is_open(self.now_ns()) else ""
+        return (state.reason or "open") if state.is_open(self.now_ns()) else ""
 
     async def record_failure(
         self, dependency: str, reason: str, *, retry_after_sec: float = 0.0

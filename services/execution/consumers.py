@@ -272,24 +272,20 @@ def consumers(
         if processor.metrics:
             processor.metrics.decision("exit_legs_canceled", "EXIT_LEGS_CANCELED")
         deadline = asyncio.get_running_loop().time() + LEGS_CANCEL_WAIT_SEC
-        last: dict[str, st.BrokerOrder] = {}
+        filled = {o.client_order_id: o.cum_qty for o in exits}  # the most each is known to have filled
         pending = exits
         while pending and asyncio.get_running_loop().time() < deadline:
             for o in pending:
                 bo = await broker.order(o.broker_order_id)
                 if bo is not None:
-                    last[o.client_order_id] = bo
+                    filled[o.client_order_id] = max(filled[o.client_order_id], bo.filled_qty)
                 await apply_polled(o.client_order_id, bo)
             pending = [o for o in exits if o.client_order_id in processor.state.orders]
             if pending:
                 await asyncio.sleep(0.05)
         # an exit with any fill has moved the position, maybe after risk sized this order on it
         # (an exit's fills reach risk only through the OMS, which may not have reported them yet)
-        return [
-            o.client_order_id
-            for o in exits
-            if max(o.cum_qty, last[o.client_order_id].filled_qty if o.client_order_id in last else 0) > 0
-        ]
+        return [cid for cid, qty in filled.items() if qty > 0]
 
     async def apply_polled(cid: str, bo: st.BrokerOrder | None) -> None:
         ctx = processor.ctx()

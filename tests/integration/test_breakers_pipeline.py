@@ -22,8 +22,8 @@ from libs.contracts.subjects import Subjects
 from libs.errors.breakers import BreakerPolicy, Breakers
 from services.oms import state as oms
 from tests.factories import Events
-from tests.support.exchange import AUTH_HEADERS, KEY, SECRET, add_fault, clear_faults, list_faults
-from tests.support.pipeline import Seen, settle
+from tests.support.exchange import AUTH_HEADERS, add_fault, clear_faults, list_faults
+from tests.support.pipeline import settle, start_pipeline
 from tests.support.processes import Cluster
 from tests.support.servers import Namespace
 
@@ -57,22 +57,14 @@ async def breaker_gauges(cluster: Cluster) -> dict[str, float]:
 async def test_breaker_when_429_storm_then_orders_blocked_circuit_open_and_trading_resumes_after(
     cluster: Cluster, namespace: Namespace, nats_url: str, nc: nats.NATS
 ):
-    cluster.env.update(
-        KEEL_EXCHANGE_API_KEY_ID=KEY,
-        KEEL_EXCHANGE_API_SECRET_KEY=SECRET,
-        KEEL_EXCHANGE_ADMIN_ENABLED="true",
-        KEEL_EXEC_API_KEY_ID=KEY,
-        KEEL_EXEC_API_SECRET_KEY=SECRET,
+    seen = await start_pipeline(
+        cluster,
+        namespace,
+        nc,
         KEEL_EXEC_POLL_INTERVAL_SEC="0.2",
         KEEL_BREAKER_SHORT_OPEN_SEC=str(OPEN_SEC),
     )
-    await cluster.start("exchange")
     exchange = cluster["exchange"]
-    cluster.env["KEEL_EXEC_BASE_URL"] = exchange.url
-    await cluster.start("oms", "execution")
-    seen = Seen()
-    await nc.subscribe(f"{namespace.prefix}.exec.>", cb=seen.on_report)
-    await nc.subscribe(f"{namespace.prefix}.ops.alert_raised.>", cb=seen.on_alert)
     bus = await Bus.connect(nats_url, Subjects(namespace.prefix), service="risk")
     f = Events(seed=131)
 

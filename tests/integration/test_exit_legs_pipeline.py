@@ -30,8 +30,8 @@ from libs.contracts.subjects import Subjects
 from services.oms import state as oms
 from tests.factories import Events
 from tests.support import pipeline
-from tests.support.exchange import AUTH_HEADERS, KEY, SECRET, add_fault
-from tests.support.pipeline import Seen
+from tests.support.exchange import AUTH_HEADERS, add_fault
+from tests.support.pipeline import start_pipeline
 from tests.support.processes import Cluster
 from tests.support.servers import Namespace
 
@@ -216,20 +216,12 @@ async def test_exit_legs_when_bracket_oto_oco_trade_then_leg_fills_reach_the_oms
     cluster: Cluster, namespace: Namespace, nats_url: str, nc: nats.NATS
 ):
     # Arrange: the exchange, then the OMS and execution on it
-    cluster.env.update(
-        KEEL_EXCHANGE_API_KEY_ID=KEY,
-        KEEL_EXCHANGE_API_SECRET_KEY=SECRET,
-        KEEL_EXEC_API_KEY_ID=KEY,
-        KEEL_EXEC_API_SECRET_KEY=SECRET,
-        KEEL_EXCHANGE_ADMIN_ENABLED="true",
+    seen = await start_pipeline(
+        cluster,
+        namespace,
+        nc,
         KEEL_EXEC_POLL_INTERVAL_SEC="0.2",
     )
-    await cluster.start("exchange")
-    cluster.env["KEEL_EXEC_BASE_URL"] = cluster["exchange"].url
-    await cluster.start("oms", "execution")
-    seen = Seen()
-    await nc.subscribe(f"{namespace.prefix}.exec.>", cb=seen.on_report)
-    await nc.subscribe(f"{namespace.prefix}.ops.alert_raised.>", cb=seen.on_alert)
     bus = await Bus.connect(nats_url, Subjects(namespace.prefix), service="risk")
     run = Run(cluster, bus)
 
@@ -328,21 +320,13 @@ async def test_exit_legs_when_a_leg_filled_unseen_before_a_close_then_the_close_
 ):
     # execution hears nothing from the stream (ws_silent) and polls rarely, so it still holds the
     # take-profit as working when it has already filled at the venue and a close arrives
-    cluster.env.update(
-        KEEL_EXCHANGE_API_KEY_ID=KEY,
-        KEEL_EXCHANGE_API_SECRET_KEY=SECRET,
-        KEEL_EXCHANGE_ADMIN_ENABLED="true",
-        KEEL_EXEC_API_KEY_ID=KEY,
-        KEEL_EXEC_API_SECRET_KEY=SECRET,
+    seen = await start_pipeline(
+        cluster,
+        namespace,
+        nc,
         KEEL_EXEC_STREAM_POLL_INTERVAL_SEC="60",
         KEEL_EXEC_STREAM_STALE_SEC="60",
     )
-    await cluster.start("exchange")
-    cluster.env["KEEL_EXEC_BASE_URL"] = cluster["exchange"].url
-    await cluster.start("oms", "execution")
-    seen = Seen()
-    await nc.subscribe(f"{namespace.prefix}.exec.>", cb=seen.on_report)
-    await nc.subscribe(f"{namespace.prefix}.ops.alert_raised.>", cb=seen.on_alert)
     bus = await Bus.connect(nats_url, Subjects(namespace.prefix), service="risk")
     run = Run(cluster, bus)
     symbol, m = "AAPL", 2

@@ -33,8 +33,8 @@ from libs.contracts.subjects import CTL_RESUME, Subjects
 from services.oms import state as oms
 from tests.factories import Events
 from tests.support import pipeline
-from tests.support.exchange import AUTH_HEADERS, KEY, SECRET, add_fault, clear_faults, list_faults
-from tests.support.pipeline import Seen
+from tests.support.exchange import AUTH_HEADERS, add_fault, clear_faults, list_faults
+from tests.support.pipeline import Seen, start_pipeline
 from tests.support.processes import Cluster, ServiceProcess
 from tests.support.servers import Namespace
 
@@ -304,12 +304,10 @@ async def test_submit_when_each_broker_fault_injected_then_oms_outcome_as_expect
     cluster: Cluster, namespace: Namespace, nats_url: str, nc: nats.NATS
 ):
     # Arrange: the exchange (admin on), then the OMS and execution on it
-    cluster.env.update(
-        KEEL_EXCHANGE_API_KEY_ID=KEY,
-        KEEL_EXCHANGE_API_SECRET_KEY=SECRET,
-        KEEL_EXCHANGE_ADMIN_ENABLED="true",
-        KEEL_EXEC_API_KEY_ID=KEY,
-        KEEL_EXEC_API_SECRET_KEY=SECRET,
+    seen = await start_pipeline(
+        cluster,
+        namespace,
+        nc,
         KEEL_EXEC_HTTP_TIMEOUT_SEC=str(HTTP_TIMEOUT_SEC),
         KEEL_EXEC_POLL_INTERVAL_SEC="0.2",
         # each case is one fault on its own order: the broker_submit breaker, which would open
@@ -317,12 +315,6 @@ async def test_submit_when_each_broker_fault_injected_then_oms_outcome_as_expect
         KEEL_BREAKER_SHORT_FAILURES="1000",
         KEEL_BREAKER_LONG_FAILURES="1000",
     )
-    await cluster.start("exchange")
-    cluster.env["KEEL_EXEC_BASE_URL"] = cluster["exchange"].url
-    await cluster.start("oms", "execution")
-    seen = Seen()
-    await nc.subscribe(f"{namespace.prefix}.exec.>", cb=seen.on_report)
-    await nc.subscribe(f"{namespace.prefix}.ops.alert_raised.>", cb=seen.on_alert)
     stream = await settle(lambda: cluster["execution"].get_json("/stream"), lambda v: v["connected"])  # type: ignore[index]
     assert stream["connected"], f"execution's trade_updates stream did not connect: {stream}"  # type: ignore[index]
     # publishes intents as risk would and bars as marketdata would

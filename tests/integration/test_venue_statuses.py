@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
+import httpx
 import nats
 import pytest
 
@@ -20,8 +21,8 @@ from libs.contracts.subjects import Subjects
 from services.exchange.state import VENUE_HOLDS
 from services.oms import state as oms
 from tests.factories import Events
-from tests.support.exchange import KEY, SECRET, set_venue_status
-from tests.support.pipeline import Seen, settle
+from tests.support.exchange import AUTH_HEADERS, set_venue_status
+from tests.support.pipeline import settle, start_pipeline
 from tests.support.processes import Cluster
 from tests.support.servers import Namespace
 
@@ -41,21 +42,13 @@ async def test_venue_status_when_each_is_set_then_execution_follows_it_and_the_o
     cluster: Cluster, namespace: Namespace, nats_url: str, nc: nats.NATS
 ):
     assert len(SYMBOLS) == len(HOLDS)
-    cluster.env.update(
-        KEEL_EXCHANGE_API_KEY_ID=KEY,
-        KEEL_EXCHANGE_API_SECRET_KEY=SECRET,
-        KEEL_EXCHANGE_ADMIN_ENABLED="true",
-        KEEL_EXEC_API_KEY_ID=KEY,
-        KEEL_EXEC_API_SECRET_KEY=SECRET,
+    seen = await start_pipeline(
+        cluster,
+        namespace,
+        nc,
         # the stream carries every status: the poller stays slow, so it cannot be what saw them
         KEEL_EXEC_STREAM_POLL_INTERVAL_SEC="30",
     )
-    await cluster.start("exchange")
-    cluster.env["KEEL_EXEC_BASE_URL"] = cluster["exchange"].url
-    await cluster.start("oms", "execution")
-    seen = Seen()
-    await nc.subscribe(f"{namespace.prefix}.exec.>", cb=seen.on_report)
-    await nc.subscribe(f"{namespace.prefix}.ops.alert_raised.>", cb=seen.on_alert)
     bus = await Bus.connect(nats_url, Subjects(namespace.prefix), service="risk")
     f = Events(seed=97)
     exchange, execution = cluster["exchange"], cluster["execution"]
@@ -87,6 +80,19 @@ async def test_venue_status_when_each_is_set_then_execution_follows_it_and_the_o
         # Act: the venue's own statuses, then a bar (no fill while held), then release and a bar
         for s, hold in zip(SYMBOLS, HOLDS, strict=True):
             await set_venue_status(exchange, broker_ids[s], hold)
+        # bad requests are refused with Alpaca's 422 and change nothing
+        async with httpx.AsyncClient(base_url=exchange.url, headers=AUTH_HEADERS, timeout=5) as http:
+            target = f"/admin/orders/{broker_ids[REJECTED_SYMBOL]}/status"
+            refused = [
+                (r.status_code, r.json()["code"])
+                for r in [
+                    await http.post(target, json={"status": "filled"}),
+                    await http.post(target, json={"state": "suspended"}),
+                    await http.post(target, content=b"{not json"),
+                    await http.post("/admin/orders/no-such-order/status", json={"status": "suspended"}),
+                ]
+            ]
+        untouched = (await held_by_execution())[orders[REJECTED_SYMBOL].client_order_id]["broker_status"]
         await set_venue_status(exchange, broker_ids[REJECTED_SYMBOL], "rejected")
         want_held = {orders[s].client_order_id: hold for s, hold in zip(SYMBOLS, HOLDS, strict=True)}
         followed = await until(
@@ -120,4 +126,6 @@ async def test_venue_status_when_each_is_set_then_execution_follows_it_and_the_o
     rejected = seen.about(orders[REJECTED_SYMBOL].client_order_id, REJECTED)
     assert [r["reason"] for r in rejected] == ["broker status rejected"]
     assert held_at_end == {}
+    assert refused == [(422, 40010001), (422, 40010001), (422, 40010001), (404, 40410000)]
+    assert untouched == "new"
     assert [(a["code"], a["message"]) for a in seen.alerts if a["source"] == "oms"] == []

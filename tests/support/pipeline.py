@@ -1,4 +1,5 @@
-"""What pipeline tests share: every execution report and alert seen on NATS, and a settle loop."""
+"""What pipeline tests share: a cluster of exchange + OMS + execution, every execution report and
+alert seen on NATS, and a settle loop."""
 
 from __future__ import annotations
 
@@ -7,6 +8,12 @@ import json
 import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
+
+import nats
+
+from tests.support.exchange import KEY, SECRET
+from tests.support.processes import Cluster
+from tests.support.servers import Namespace
 
 T = TypeVar("T")
 
@@ -48,3 +55,25 @@ async def settle(probe: Callable[[], Awaitable[T]], done: Callable[[T], bool], t
         if done(result) or time.monotonic() > deadline:
             return result
         await asyncio.sleep(0.05)
+
+
+async def start_pipeline(cluster: Cluster, namespace: Namespace, nc: nats.NATS, **env: str) -> Seen:
+    """Start the local exchange (admin API on), then the OMS and execution on it; return what they report.
+
+    `env` adds or overrides KEEL_ keys (poll intervals, breaker thresholds ...) for all three.
+    """
+    cluster.env.update(
+        KEEL_EXCHANGE_API_KEY_ID=KEY,
+        KEEL_EXCHANGE_API_SECRET_KEY=SECRET,
+        KEEL_EXCHANGE_ADMIN_ENABLED="true",
+        KEEL_EXEC_API_KEY_ID=KEY,
+        KEEL_EXEC_API_SECRET_KEY=SECRET,
+        **env,
+    )
+    await cluster.start("exchange")
+    cluster.env["KEEL_EXEC_BASE_URL"] = cluster["exchange"].url
+    await cluster.start("oms", "execution")
+    seen = Seen()
+    await nc.subscribe(f"{namespace.prefix}.exec.>", cb=seen.on_report)
+    await nc.subscribe(f"{namespace.prefix}.ops.alert_raised.>", cb=seen.on_alert)
+    return seen
