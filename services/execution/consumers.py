@@ -200,8 +200,9 @@ def consumers(
                     extra={"client_order_id": cid, "bar_ts": d.bar_ts},
                 )
             refused = await refusal(d, ctx)
-            if not refused:
-                filled = await free_shares(d)
+            exits = [] if refused else handlers.exits_in_the_way(processor.state, d.symbol, d.side)
+            if exits:
+                filled = await free_shares(d, exits)
                 # the cancels may have taken seconds: the halt flag is read again before hand-over
                 ctx = processor.ctx()
                 refused = await refusal(d, ctx)
@@ -235,16 +236,15 @@ def consumers(
 
     async def refusal(d: PretradeDecision, ctx: Ctx) -> list[SubmitFailed]:
         # the checks that stop an order not yet handed over: the halt flag, an order of unknown status
-        halt = await bus.halt_state()
+        halt, why = await asyncio.gather(bus.halt_state(), breakers.open_reason(SUBMIT))
         if halt is not None and halt.halted:
             return handlers.blocked(d, handlers.KILL_SWITCH_BLOCK, f"halted: {halt.reason}", ctx)
-        why = await breakers.open_reason(SUBMIT)
         if why:
             message = f"{SUBMIT} breaker open after repeated failures ({why}); not sent"
             return handlers.blocked(d, circuit_open_code(SUBMIT), message, ctx, category="TRANSIENT_NETWORK")
         return handlers.unknown_block(processor.state, d, ctx)
 
-    async def free_shares(d: PretradeDecision) -> list[str]:
+    async def free_shares(d: PretradeDecision, exits: list[st.ExecOrder]) -> list[str]:
         """Cancel the exit orders holding the shares an order needs; return those that have filled.
 
         An order on the side of the exits resting on a position (it reduces the position) would
@@ -252,9 +252,6 @@ def consumers(
         up to LEGS_CANCEL_WAIT_SEC, for the broker to confirm; the rest of the position is then
         unprotected until a new entry brings new legs.
         """
-        exits = handlers.exits_in_the_way(processor.state, d.symbol, d.side)
-        if not exits:
-            return []
         refused = [await broker.cancel(o.broker_order_id) for o in exits]
         names = ", ".join(o.client_order_id for o in exits)
         ctx = processor.ctx()
