@@ -57,6 +57,7 @@ class Bus:
         self.service = service
         self._ctl_kv: KeyValue | None = None
         self._brk_kv: KeyValue | None = None
+        self._rl_kv: KeyValue | None = None
 
     @classmethod
     async def connect(cls, url: str, subjects: sj.Subjects, *, service: str) -> Bus:
@@ -117,6 +118,16 @@ class Bus:
             except nats.js.errors.BucketNotFoundError:
                 self._brk_kv = await self.js.create_key_value(bucket=bucket, history=1)
         return self._brk_kv
+
+    async def limits_kv(self) -> KeyValue:
+        """Return the bucket of the broker rate limits (one key per account), creating it if needed."""
+        if self._rl_kv is None:
+            bucket = self.subjects.kv(sj.KV_LIMITS)
+            try:
+                self._rl_kv = await self.js.key_value(bucket)
+            except nats.js.errors.BucketNotFoundError:
+                self._rl_kv = await self.js.create_key_value(bucket=bucket, history=1)
+        return self._rl_kv
 
     async def halt_state(self) -> HaltState | None:
         """Read the halt flag; None when nobody has ever halted."""

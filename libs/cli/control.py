@@ -31,6 +31,7 @@ COUNTED = {
     "partial_fills": (sj.EXEC, "order_partially_filled"),
     "rejects": (sj.EXEC, "order_rejected"),
     "submit_failed": (sj.EXEC, "submit_failed"),
+    "skipped": (sj.EXEC, "submit_skipped"),
     "tca_records": (sj.TCA, "tca_recorded"),
     "alerts": (sj.OPS, "alert_raised"),
     "dead_letters": (sj.DLQ, ""),

@@ -337,6 +337,7 @@ async def _supervise(
                         "fills": delta["fills"],
                         "partial_fills": delta["partial_fills"],
                         "rejects": delta["rejects"] + delta["submit_failed"],
+                        "skipped": delta["skipped"],
                         "halts": delta["halts"],
                         "halted_at_end": bool(halt and halt.halted),
                         "tca_records": delta["tca_records"],
@@ -361,7 +362,7 @@ def _progress_text(progress: dict[str, Any] | None, d: dict[str, int], halt: Any
     halted = f"HALTED ({halt.reason})" if halt is not None and halt.halted else "trading"
     return (
         f"{session} bars {d['bars']} intents {d['intents']} orders {d['orders']} "
-        f"fills {d['fills'] + d['partial_fills']} rejects {d['rejects'] + d['submit_failed']} "
+        f"fills {d['fills'] + d['partial_fills']} rejects {d['rejects'] + d['submit_failed']} skipped {d['skipped']} "
         f"alerts {d['alerts']} | {halted}"
     )
 

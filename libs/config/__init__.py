@@ -86,6 +86,9 @@ class CommonConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     breaker_long_failures: int = 10
     breaker_long_window_sec: float = 600.0
     breaker_long_open_sec: float = 900.0
+    # marketdata may serve bars from its fallback provider while the primary's breaker is open;
+    # then an open data_primary breaker no longer blocks new orders (data_fallback's does)
+    data_fallback_allowed: bool = False
 
 
 class Section(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

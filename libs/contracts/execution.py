@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from decimal import Decimal
+from typing import Literal
 
 from libs.contracts.base import ClientOrderId, Event, IntentId, Price, Shares, Side, Symbol
 
@@ -69,12 +70,33 @@ class OrderExpired(_OrderEvent, kw_only=True, tag="exec.order_expired.v1"):
     cum_qty: int = 0
 
 
+class SubmitSkipped(_OrderEvent, kw_only=True, tag="exec.submit_skipped.v1"):
+    """The order was not sent, on purpose: a check refused it (its reason code says which).
+
+    One of the three outcomes of an intent (seed 002 B-DIAG-01): OrderSubmitted, SubmitSkipped
+    or SubmitFailed. `stage` says who refused it: "oms" echoes a pre-trade denial (the OMS has
+    decided it already), "execution" a check at the hand-over (halt, breaker, rate limit, ...).
+    """
+
+    qty: Shares
+    stage: Literal["oms", "execution"]
+    reason_code: str
+    message: str
+    details: dict[str, str] = {}
+
+
 class SubmitFailed(_OrderEvent, kw_only=True, tag="exec.submit_failed.v1"):
-    """The submit failed before the broker could decide; error fields name the category."""
+    """The submit failed before the broker could decide; error fields name the category.
+
+    The fields are libs.errors.ErrorInfo's: category, reason code, and (when known) the failing
+    dependency and the action keel took.
+    """
 
     category: str
     reason_code: str
     message: str
+    dependency: str = ""
+    action: str = ""
 
 
 class OrderStatusUnknown(_OrderEvent, kw_only=True, tag="exec.order_status_unknown.v1"):
@@ -92,6 +114,7 @@ ExecutionEvent = (
     | OrderCanceled
     | OrderRejected
     | OrderExpired
+    | SubmitSkipped
     | SubmitFailed
     | OrderStatusUnknown
 )

@@ -36,4 +36,24 @@ class Watermark(Event, kw_only=True, tag="ops.watermark.v1"):
     final: bool = False
 
 
-OpsEvent = AlertRaised | Heartbeat | Watermark
+class CycleSummary(Event, kw_only=True, tag="ops.cycle_summary.v1"):
+    """What became of one bar timestamp's orders, and why the rest did not go (seed 002 B-DIAG-02/03).
+
+    Emitted by execution when it has finished the bar: every intent of the bar is counted once,
+    as submitted, skipped (by reason code) or failed (by reason code). `breakers` holds every
+    dependency breaker open at that moment (dependency -> the reason code of its last failure)
+    and `broker_locked_until_ns` / `broker_lock_reason` say until when the broker may not be
+    called and why (a Retry-After, an open broker breaker); 0 and "" when it may.
+    """
+
+    source: str
+    bar_ts: NanoTime
+    submitted: int = 0
+    skipped: dict[str, int] = {}
+    failed: dict[str, int] = {}
+    breakers: dict[str, str] = {}
+    broker_locked_until_ns: int = 0
+    broker_lock_reason: str = ""
+
+
+OpsEvent = AlertRaised | Heartbeat | Watermark | CycleSummary

@@ -53,6 +53,7 @@ H_DLQ_ERROR = "Keel-Dlq-Error"
 KV_CONTROL = "ctl"
 KV_HALT_KEY = "halt"
 KV_BREAKERS = "brk"  # dependency circuit breakers, one key per dependency (libs/errors/breakers.py)
+KV_LIMITS = "rl"  # broker rate limits, one token bucket per account (libs/errors/ratelimit.py)
 
 
 def subject_key(value: str) -> str:
@@ -85,7 +86,7 @@ class Subjects:
             return self.event(SERVICE_FAMILY[ev.source], name, subject_key(ev.source))  # type: ignore[attr-defined]
         if name == "heartbeat":
             return self.event(HB, name, subject_key(ev.service))  # type: ignore[attr-defined]
-        if name == "alert_raised":
+        if name in ("alert_raised", "cycle_summary"):
             return self.event(OPS, name, subject_key(ev.source))  # type: ignore[attr-defined]
         return self.event(family, name, subject_key(ev.symbol))
 

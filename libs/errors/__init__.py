@@ -1,16 +1,21 @@
 """Error taxonomy: every failure is classified once, at the boundary, into a category and action.
 
-This is the first cut (issue 2). Dependency breakers, bounded retries and rate limits land on
-top of `classify_exception` later (seed 000 §B).
+Dependency breakers (breakers.py), bounded retries (retry.py), the shared rate limit
+(ratelimit.py) and the one error handler (handle.py) build on `classify_exception` (seed 000 §B-C).
 """
 
 from __future__ import annotations
 
 import asyncio
+import decimal
 import enum
 import socket
+from collections.abc import Awaitable
+from typing import TypeVar
 
 import msgspec
+
+T = TypeVar("T")
 
 
 class ErrorCategory(enum.Enum):
@@ -67,6 +72,42 @@ class DependencyUnavailable(KeelError):
 
 class InvariantViolation(KeelError):
     """A value the decision path relies on is impossible (NaN, negative price, ...)."""
+
+
+class DependencyFailed(KeelError):
+    """A call to a named dependency failed; the original exception is its `cause`.
+
+    `counted`: the failure was counted against the dependency's breaker already (retry_idempotent).
+    """
+
+    def __init__(self, dependency: str, cause: BaseException, *, counted: bool = False) -> None:
+        super().__init__(f"{dependency}: {type(cause).__name__}: {cause}")
+        self.dependency = dependency
+        self.cause = cause
+        self.counted = counted
+
+
+async def calling(dependency: str, call: Awaitable[T]) -> T:
+    """Await a call to a dependency; a failure comes out as DependencyFailed naming it.
+
+    So one `except DependencyFailed` around several calls still knows which dependency to blame.
+    """
+    try:
+        return await call
+    except KeelError:
+        raise
+    except Exception as e:  # classified by whoever catches DependencyFailed (ErrorHandler.handle)
+        raise DependencyFailed(dependency, e) from e
+
+
+def dependency_of(exc: BaseException, default: str) -> str:
+    """Return the dependency an exception came from when its type says so (db, bus), else default."""
+    module = type(exc).__module__
+    if module.startswith("asyncpg"):
+        return "db"
+    if module.startswith("nats"):
+        return "bus"
+    return default
 
 
 def _http_status(exc: BaseException) -> int | None:
@@ -162,7 +203,10 @@ def classify_exception(
             return info(ErrorCategory.ORDER_REJECTED, ErrorScope.SYMBOL, ErrorAction.SKIP_SYMBOL, "ORDER_REJECTED")
     if isinstance(exc, msgspec.ValidationError | msgspec.DecodeError):
         return info(ErrorCategory.BAD_DATA, ErrorScope.SYMBOL, ErrorAction.SKIP_SYMBOL, "BAD_DATA")
-    if isinstance(exc, InvariantViolation):
+    if isinstance(exc, decimal.ConversionSyntax):
+        return info(ErrorCategory.BAD_DATA, ErrorScope.SYMBOL, ErrorAction.SKIP_SYMBOL, "BAD_DATA")
+    if isinstance(exc, InvariantViolation | decimal.InvalidOperation | FloatingPointError):
+        # NaN or inf met in price maths (a signaling Decimal operation, a float trap)
         return info(ErrorCategory.INVARIANT_VIOLATION, ErrorScope.GLOBAL, ErrorAction.HALT_TRADING, "INVARIANT_HALT")
     if _is_network(exc):
         return info(ErrorCategory.TRANSIENT_NETWORK, ErrorScope.PROVIDER, ErrorAction.RETRY, "NET_RETRY")

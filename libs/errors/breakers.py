@@ -98,6 +98,29 @@ def hold_open(state: BreakerState, now_ns: int, seconds: float, reason: str) -> 
     return msgspec.structs.replace(state, open_until_ns=until, opened_at_ns=opened_at, reason=reason)
 
 
+def order_block(
+    states: dict[str, BreakerState], now_ns: int, *, fallback_allowed: bool
+) -> tuple[str, str] | None:
+    """Return (dependency, reason) of the open breaker that blocks new orders, or None (pure).
+
+    Every dependency blocks while its breaker is open, except the data providers: an open
+    data_primary blocks only when no fallback may serve instead (not allowed, or its breaker open
+    too), and data_fallback alone never blocks (the primary serves). The first in DEPENDENCIES
+    order wins, so the reason is stable.
+    """
+    def is_open(dep: str) -> bool:
+        state = states.get(dep)
+        return state is not None and state.is_open(now_ns)
+
+    for dep in DEPENDENCIES:
+        if not is_open(dep) or dep == "data_fallback":
+            continue
+        if dep == "data_primary" and fallback_allowed and not is_open("data_fallback"):
+            continue
+        return dep, states[dep].reason or "open"
+    return None
+
+
 def policy_of(common: CommonConfig) -> BreakerPolicy:
     """Return the breaker policy of the `KEEL_BREAKER_*` keys."""
     return BreakerPolicy(
@@ -125,6 +148,20 @@ class Breakers:
         """Return a dependency's breaker (closed and clean when never written)."""
         state, _ = await self._read(dependency)
         return state
+
+    async def states(self) -> dict[str, BreakerState]:
+        """Return every dependency's breaker, read together."""
+        read = await asyncio.gather(*(self.state(dep) for dep in DEPENDENCIES))
+        return {state.dependency: state for state in read}
+
+    async def open_now(self) -> dict[str, str]:
+        """Return every open breaker: dependency -> the reason code of its last failure."""
+        now = self.now_ns()
+        return {dep: s.reason or "open" for dep, s in (await self.states()).items() if s.is_open(now)}
+
+    async def order_block(self, *, fallback_allowed: bool) -> tuple[str, str] | None:
+        """Return (dependency, reason) of the open breaker that blocks new orders now, or None."""
+        return order_block(await self.states(), self.now_ns(), fallback_allowed=fallback_allowed)
 
     async def open_reason(self, dependency: str) -> str:
         """Return why a dependency's breaker is open (its last failure's reason), or '' when closed."""

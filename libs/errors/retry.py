@@ -17,7 +17,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from libs.errors import ErrorInfo, KeelError, classify_exception
+from libs.errors import DependencyFailed, ErrorInfo, KeelError, classify_exception
 from libs.errors.breakers import Breakers, circuit_open_code
 
 T = TypeVar("T")
@@ -48,7 +48,11 @@ async def retry_idempotent(
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     clock: Callable[[], float] = time.monotonic,
 ) -> T:
-    """Call an idempotent read, retrying retryable failures within the bounds; raise the last failure."""
+    """Call an idempotent read, retrying retryable failures within the bounds.
+
+    The last failure comes out as DependencyFailed(dep) with `counted` set when it was counted
+    against dep's breaker here (retryable failures are), so a handler never counts it twice.
+    """
     if dep in NON_IDEMPOTENT:
         raise ValueError(
             f"expected an idempotent dependency, was {dep!r}: an order is re-sent only after a lookup by "
@@ -70,5 +74,5 @@ async def retry_idempotent(
                 await breakers.record_failure(dep, info.reason_code)
             delay = base_delay * 2 ** (attempt - 1) * (1 + jitter.random())
             if not info.retryable or attempt >= max_attempts or clock() - started + delay > max_total_seconds:
-                raise
+                raise DependencyFailed(dep, e, counted=breakers is not None and info.retryable) from e
         await sleep(delay)

@@ -25,11 +25,12 @@ from libs.bus.consumer import OnBatch
 from libs.config import ConfigError, Loaded, Section, load
 from libs.contracts.base import derive_id
 from libs.contracts.codec import encode
-from libs.contracts.ops import Heartbeat
+from libs.contracts.ops import AlertRaised, Heartbeat
 from libs.contracts.subjects import H_MSG_ID, Subjects
 from libs.db import Store, connect_pool, schema_name
 from libs.errors import DependencyUnavailable, classify_exception
 from libs.errors.breakers import NS, Breakers, BreakerState, policy_of
+from libs.errors.handle import ErrorHandler
 from libs.obs.logs import setup_logging
 from libs.obs.metrics import Metrics
 from libs.obs.tracing import setup_tracing
@@ -67,6 +68,21 @@ class Deps:
     async def breakers(self) -> Breakers:
         """Return the deployment's dependency breakers: the shared bucket, on this process's clock."""
         return Breakers(await self.bus.breakers_kv(), policy_of(self.common), self.clock.now_ns)
+
+    async def errors(self) -> ErrorHandler:
+        """Return this process's error handler (libs/errors/handle.py): classify, count, act."""
+
+        async def alert(event: AlertRaised) -> None:
+            await self.bus.publish(event)  # Msg-Id = event_id: the same alert is stored once
+
+        return ErrorHandler(
+            service=self.name,
+            bus=self.bus,
+            breakers=await self.breakers(),
+            alert=alert,
+            now_ns=self.clock.now_ns,
+            metrics=self.metrics,
+        )
 
 
 @dataclass

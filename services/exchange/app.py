@@ -7,7 +7,9 @@ handler computes the next state, the store commits it (with tracking rows for ba
 then does the in-memory state move and the HTTP answer or the ack go out. Right after each
 commit, still under the lock, `_announce` derives the commit's trade updates and hands them to
 the `/stream` hub (services/exchange/stream.py), so frames go out in commit order; the hub never
-blocks. Fault injection (services/exchange/faults.py) exists only with `admin_enabled`.
+blocks. Fault injection (services/exchange/faults.py) and bad market data (/admin/bars) exist
+only with `admin_enabled`. The Market Data API (services/exchange/bars.py) reads its own bar
+source (none, synthetic or a file), never the trading state, so it needs no lock.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from libs.contracts.marketdata import BarClosed
 from libs.errors import classify_exception
 from libs.obs.metrics import Metrics
 from libs.runtime.runner import Deps, Service
-from services.exchange import api, faults, handlers, stream
+from services.exchange import api, bars, faults, handlers, stream
 from services.exchange.config import ExchangeConfig
 from services.exchange.consumers import BARS_CONSUMER, bars_consumer
 from services.exchange.state import ExchangeOrder, ExchangeState, Rejection, ReplaceOrder, SubmitOrder
@@ -209,10 +211,16 @@ async def build(deps: Deps, *, ctx: handlers.Ctx | None = None) -> Service:
         ctx=ctx,
     )
     await service.start()
+    # a file source reads and checks its whole file here: a bad row stops the exchange at start
+    market_data = bars.MarketData(bars.source_for(config), clock=deps.clock.now_ns, page_max=config.data_page_max)
+    log.info("market data source ready", extra={"data_source": config.data_source})
 
     def configure(app: FastAPI) -> None:
         # fault middleware first: api.configure's key check, added after it, wraps it
         faults.install(app, service.faults, service.config, service.set_venue_status)
+        if config.admin_enabled:
+            app.include_router(bars.admin_router(market_data, config))
+        app.include_router(bars.router(market_data))
         api.configure(app, service.config)
         app.add_api_websocket_route("/stream", stream.endpoint(service.hub, service.config))
 

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import hmac
+from datetime import date
 from decimal import Decimal
+from typing import Annotated, Literal
 
-from libs import fillsim
+import msgspec
+
+from libs import fillsim, synth
 from libs.config import Section
 
 SECTION_PREFIX = "KEEL_EXCHANGE_"
+DATA_PAGE_MAX = 10_000  # Alpaca's cap on one page of market data (alpaca-py DATA_V2_MAX_LIMIT)
 
 
 class ExchangeConfig(Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -36,6 +41,21 @@ class ExchangeConfig(Section, frozen=True, kw_only=True, forbid_unknown_fields=T
     sec_fee_per_million: Decimal = Decimal("27.80")
     taf_per_share: Decimal = Decimal("0.000166")
     taf_max: Decimal = Decimal("8.30")
+    # Market Data API (GET /v2/stocks/bars, services/exchange/bars.py): where its bars come from.
+    # "none" answers every request with no bars; "synthetic" serves libs/synth's path with the
+    # data_* parameters below (the same values as marketdata's KEEL_MD_* keys give the same
+    # bars); "file" serves a bar file (libs/barfile format, what marketdata's file feed reads)
+    data_source: Literal["none", "synthetic", "file"] = "none"
+    data_symbols: tuple[str, ...] = ("AAPL", "MSFT", "SPY")
+    data_start_date: str = "2026-01-05"  # first session of the synthetic path, YYYY-MM-DD
+    data_minutes: Annotated[int, msgspec.Meta(ge=0)] = 0  # bar timestamps in the path; 0 = unbounded
+    data_seed: int = 7
+    data_initial_price: Annotated[float, msgspec.Meta(gt=0)] = 100.0
+    data_annual_vol: Annotated[float, msgspec.Meta(ge=0)] = 0.25
+    data_annual_drift: float = 0.05
+    data_base_volume: Annotated[int, msgspec.Meta(ge=1)] = 200_000
+    data_file_path: str = ""
+    data_page_max: Annotated[int, msgspec.Meta(ge=1, le=DATA_PAGE_MAX)] = DATA_PAGE_MAX  # bars per page at most
 
     def __post_init__(self) -> None:
         # msgspec has no bounds for Decimal: check here so a bad value fails at start
@@ -46,6 +66,31 @@ class ExchangeConfig(Section, frozen=True, kw_only=True, forbid_unknown_fields=T
         if not self.account_id:
             raise ValueError("expected a non-empty account_id, was empty")
         self.cost_model()  # the simulator checks its own bounds
+        self.data_start  # noqa: B018 - parses data_start_date so a bad one fails at start
+        if self.data_source == "file" and not self.data_file_path:
+            raise ValueError("KEEL_EXCHANGE_DATA_FILE_PATH: expected a path when data_source is 'file', was empty")
+        if self.data_source == "synthetic" and not self.data_symbols:
+            raise ValueError("KEEL_EXCHANGE_DATA_SYMBOLS: expected at least one symbol for data_source 'synthetic'")
+        if len(set(self.data_symbols)) != len(self.data_symbols):
+            raise ValueError(f"KEEL_EXCHANGE_DATA_SYMBOLS: expected distinct symbols, was {self.data_symbols}")
+
+    @property
+    def data_start(self) -> date:
+        """Return data_start_date as a date."""
+        try:
+            return date.fromisoformat(self.data_start_date)
+        except ValueError as e:
+            raise ValueError(f"KEEL_EXCHANGE_DATA_START_DATE: expected YYYY-MM-DD, was {self.data_start_date!r}") from e
+
+    def synth_params(self) -> synth.SynthParams:
+        """Return the synthetic generator's parameters (spread is not served, so it keeps its default)."""
+        return synth.SynthParams(
+            seed=self.data_seed,
+            initial_price=self.data_initial_price,
+            annual_vol=self.data_annual_vol,
+            annual_drift=self.data_annual_drift,
+            base_volume=self.data_base_volume,
+        )
 
     def cost_model(self) -> fillsim.CostModel:
         """Return the fill simulator's parameters."""

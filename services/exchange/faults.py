@@ -8,7 +8,9 @@ the current plan, logs and counts every firing; the HTTP middleware and the trad
 (services/exchange/stream.py) act on what it decides.
 
 Kinds:
-- HTTP, on matching /v2/ requests (method and path; a path ending in `*` is a prefix):
+- HTTP, on matching /v2/ requests (method and path; a path ending in `*` is a prefix; an
+  optional `query` object matches only requests whose query parameters equal every listed
+  value, e.g. `{"feed": "sip"}` fails the primary market data feed while `iex` still answers):
   `status` answers `status` with Alpaca's error body without processing the request (429 also
   sends `Retry-After: retry_after_sec`, default 1; 503 only when retry_after_sec is given); `delay` sleeps `delay_sec` then processes normally; `timeout` sleeps
   `delay_sec` then answers 504 without processing (the request never reached the venue);
@@ -19,6 +21,9 @@ Kinds:
   it has swallowed `count` frames.
 A rule fires `count` times (HTTP kinds, ws_silent) or on `frames` frames (ws_drop, ws_duplicate);
 0 means until cleared. When several rules match, the oldest fires.
+
+Bad market data: `POST /admin/bars` (services/exchange/bars.py, also admin only) replaces raw
+fields of one served bar (`NaN`, infinities, negative prices) until `DELETE /admin/bars`.
 
 Venue statuses: `POST /admin/orders/{order_id}/status` with `{"status": ...}` does what a live
 venue does on its own and the local one never would: puts an accepted order in pending_cancel,
@@ -31,7 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Annotated, Literal
 
 import msgspec
@@ -94,6 +99,7 @@ class FaultRule(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     retry_after_sec: Annotated[int, msgspec.Meta(ge=0)] | None = None
     delay_sec: Annotated[float, msgspec.Meta(ge=0, le=MAX_DELAY_SEC)] | None = None
     frames: Annotated[int, msgspec.Meta(ge=0)] | None = None  # default 1; 0 = until cleared
+    query: dict[str, str] | None = None  # fires only when every listed query parameter has this value
 
     def __post_init__(self) -> None:
         # msgspec turns these ValueErrors into a ValidationError naming the body (422)
@@ -106,6 +112,8 @@ class FaultRule(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
             raise ValueError(f"path: expected '*' or a path starting with '/', was {self.path!r}")
         if kind in WS_KINDS and (self.method != "*" or self.path != "*"):
             raise ValueError(f"method/path: do not apply to {kind} (it acts on trade_update frames)")
+        if self.query is not None and kind not in HTTP_KINDS:
+            raise ValueError(f"query: only valid for HTTP kinds {sorted(HTTP_KINDS)}, was given for {kind}")
         if kind == "status":
             if self.status not in STATUS_ANSWERS:
                 raise ValueError(f"status: expected one of {sorted(STATUS_ANSWERS)} for kind status, was {self.status}")
@@ -129,11 +137,13 @@ class FaultRule(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
         n = 1 if n is None else n
         return n or None
 
-    def matches(self, method: str, path: str) -> bool:
+    def matches(self, method: str, path: str, query: Mapping[str, str] | None = None) -> bool:
         """Tell whether an HTTP request is one this rule targets."""
         if self.kind not in HTTP_KINDS:
             return False
         if self.method != "*" and self.method.upper() != method.upper():
+            return False
+        if self.query and any((query or {}).get(k) != v for k, v in self.query.items()):
             return False
         if self.path == "*":
             return True
@@ -171,10 +181,12 @@ class FaultPlan(msgspec.Struct, frozen=True, kw_only=True):
         """Drop every rule (ids keep counting up)."""
         return FaultPlan(next_id=self.next_id)
 
-    def take_http(self, method: str, path: str) -> tuple[FaultPlan, ActiveFault | None]:
+    def take_http(
+        self, method: str, path: str, query: Mapping[str, str] | None = None
+    ) -> tuple[FaultPlan, ActiveFault | None]:
         """Fire the oldest HTTP rule matching a request; return the new plan and what fired."""
         for i, active in enumerate(self.faults):
-            if active.rule.matches(method, path):
+            if active.rule.matches(method, path, query):
                 return self._fire(i)
         return self, None
 
@@ -223,11 +235,11 @@ class Faults:
         log.warning("fault rules cleared", extra={"cleared": cleared})
         return cleared
 
-    def take_http(self, method: str, path: str) -> ActiveFault | None:
+    def take_http(self, method: str, path: str, query: Mapping[str, str] | None = None) -> ActiveFault | None:
         """Fire the rule for an HTTP request, if any."""
         if not self.enabled or not self.plan.faults:
             return None
-        self.plan, fired = self.plan.take_http(method, path)
+        self.plan, fired = self.plan.take_http(method, path, query)
         if fired is not None:
             self._count(fired, method=method, path=path)
         return fired
@@ -265,8 +277,8 @@ def _fault_answer(status: int, retry_after_sec: int | None = None) -> Response:
     return response
 
 
-def _check_keys(request: Request, config: ExchangeConfig) -> None:
-    # the same APCA key headers as /v2/ (api.configure checks only /v2/ paths)
+def check_keys(request: Request, config: ExchangeConfig) -> None:
+    """Require the account's APCA key headers on an admin route (api.configure checks only /v2/)."""
     if not config.accepts(request.headers.get(H_KEY_ID, ""), request.headers.get(H_SECRET_KEY, "")):
         raise ApiError(401, CODE_UNAUTHORIZED, "request is not authorized")
 
@@ -300,7 +312,7 @@ def admin_router(faults: Faults, config: ExchangeConfig, set_status: SetVenueSta
     async def venue_status(order_id: str, request: Request) -> Response:
         # what a live venue does on its own (a halt, a pending cancel, done for the day, a
         # rejection after acceptance): committed and streamed like any other change
-        _check_keys(request, config)
+        check_keys(request, config)
         try:
             body = _status_decoder.decode(await request.body())
         except (msgspec.DecodeError, msgspec.ValidationError) as e:
@@ -313,18 +325,18 @@ def admin_router(faults: Faults, config: ExchangeConfig, set_status: SetVenueSta
 
     @r.post(ADMIN_PATH)
     async def add_fault(request: Request) -> Response:
-        _check_keys(request, config)
+        check_keys(request, config)
         active = faults.add(parse_rule(await request.body()))
         return json_response(active.view(), 201)
 
     @r.get(ADMIN_PATH)
     async def list_faults(request: Request) -> Response:
-        _check_keys(request, config)
+        check_keys(request, config)
         return json_response([a.view() for a in faults.plan.faults])
 
     @r.delete(ADMIN_PATH)
     async def clear_faults(request: Request) -> Response:
-        _check_keys(request, config)
+        check_keys(request, config)
         return json_response({"cleared": faults.clear()})
 
     return r
@@ -345,7 +357,7 @@ def install(app: FastAPI, faults: Faults, config: ExchangeConfig, set_status: Se
         path = request.url.path
         if not path.startswith("/v2/"):
             return await call_next(request)
-        fired = faults.take_http(request.method, path)
+        fired = faults.take_http(request.method, path, request.query_params)
         if fired is None:
             return await call_next(request)
         rule = fired.rule
@@ -372,6 +384,7 @@ __all__ = [
     "HTTP_KINDS",
     "STATUS_ANSWERS",
     "WS_KINDS",
+    "check_keys",
     "ActiveFault",
     "FaultKind",
     "FaultPlan",

@@ -15,8 +15,9 @@ from alpaca.common.exceptions import APIError
 from libs.bus import Bus
 from libs.config import ConfigError, load
 from libs.contracts import subjects as sj
-from libs.errors import DependencyUnavailable, classify_exception
+from libs.errors import DependencyFailed, DependencyUnavailable, calling, classify_exception
 from libs.errors.breakers import Breakers
+from libs.errors.handle import ErrorHandler
 from libs.errors.retry import CircuitOpen, retry_idempotent
 from libs.obs import tracing
 from libs.runtime.processor import Processor
@@ -66,7 +67,16 @@ async def connect_broker(cfg: ExecConfig, mode: str) -> AlpacaBroker:
     )
     try:
         await broker.check()
-    except (APIError, requests.RequestException, OSError) as e:
+    except APIError as e:
+        if e.status_code in (401, 403):
+            raise DependencyUnavailable(
+                f"broker at {broker.name} refused the keys KEEL_EXEC_API_KEY_ID / KEEL_EXEC_API_SECRET_KEY: "
+                f"GET /v2/account answered {e.status_code} {e}"
+            ) from e
+        raise DependencyUnavailable(
+            f"broker at {broker.name} answered GET /v2/account with {e.status_code}: {e}"
+        ) from e
+    except (requests.RequestException, OSError) as e:
         raise DependencyUnavailable(f"broker at {broker.name} did not answer GET /v2/account: {e}") from e
     return broker
 
@@ -83,6 +93,7 @@ async def poll_once(
     bus: Bus,
     live: consumers.Live,
     breakers: Breakers,
+    errors: ErrorHandler,
     *,
     held_lookup_sec: float = 0.0,
 ) -> None:
@@ -121,7 +132,7 @@ async def poll_once(
         ctx = processor.ctx()
         with tracing.span("execution poll", parent_headers={sj.H_TRACEPARENT: order.traceparent}):
             if order.broker_status in PRE_ACK:
-                await recover_one(processor, broker, bus, live, breakers, cid, resend=resend)
+                await recover_one(processor, broker, bus, live, breakers, errors, cid, resend=resend)
                 continue
             if open_orders is None:
                 continue
@@ -131,7 +142,7 @@ async def poll_once(
             if bo is None or (order.legs_pending and not bo.legs):
                 # closed (not listed as open), or its exit legs not yet seen: ask for it by id,
                 # legs rolled up under it
-                bo = await broker.order(order.broker_order_id)
+                bo = await calling("broker_open_orders", broker.order(order.broker_order_id))
                 if bo is None:
                     continue  # the broker cannot tell: ask again next poll
             if bo.status == order.broker_status and bo.filled_qty == order.cum_qty and not order.legs_pending:
@@ -146,6 +157,7 @@ async def recover_one(
     bus: Bus,
     live: consumers.Live,
     breakers: Breakers,
+    errors: ErrorHandler,
     cid: str,
     *,
     resend: bool,
@@ -158,7 +170,7 @@ async def recover_one(
         outcome = await broker.recover(order, resend=resend)
         ctx = processor.ctx()
         await processor.commit(lambda s: handlers.on_outcome(s, cid, outcome, ctx))
-        await consumers.count_submit(processor, breakers, outcome)
+        await consumers.count_submit(processor, breakers, errors, outcome)
         await consumers.halt_if_needed(bus, processor, cid, outcome)
     await consumers.after_call(processor, live, cid)
 
@@ -186,6 +198,7 @@ async def poller(
     bus: Bus,
     live: consumers.Live,
     breakers: Breakers,
+    errors: ErrorHandler,
     interval: Callable[[], float],
     stop: asyncio.Event,
     held_lookup_sec: Callable[[], float] = lambda: 0.0,
@@ -193,13 +206,10 @@ async def poller(
     """Poll the broker for fills and status changes until stopped; woken early by live.wake."""
     while not stop.is_set():
         try:
-            await poll_once(processor, broker, bus, live, breakers, held_lookup_sec=held_lookup_sec())
-        except (APIError, requests.RequestException, OSError) as e:
-            # counted against the breaker by retry_idempotent already
-            info = classify_exception(e, dependency="broker_open_orders")
-            if processor.metrics:
-                processor.metrics.errors.labels(processor.service, info.category.value, info.reason_code).inc()
-            log.warning("broker poll failed", extra={"reason": info.reason_code, "error": str(e)[:300]})
+            await poll_once(processor, broker, bus, live, breakers, errors, held_lookup_sec=held_lookup_sec())
+        except DependencyFailed as e:
+            # the poll is tried again next round; the error handler counts and acts on the failure
+            await errors.handle(e, dependency=e.dependency, context="broker poll")
         await _wait_any(interval(), stop, live.wake)
         live.wake.clear()
 
@@ -306,6 +316,7 @@ async def build(deps: Deps) -> Service:
     broker = await connect_broker(cfg, deps.common.execution_mode)
     processor = await processor_for(deps, ExecState())
     breakers = await deps.breakers()
+    errors = await deps.errors()
     live = consumers.Live()
     metrics = api.ExecMetrics(deps.metrics)
     watch = StreamWatch(cfg.stream_stale_sec, enabled=cfg.stream_enabled)
@@ -327,6 +338,7 @@ async def build(deps: Deps) -> Service:
             deps.bus,
             live,
             breakers,
+            errors,
             interval,
             stop,
             lambda: HELD_LOOKUP_SEC if watch.trusted else 0.0,
@@ -336,7 +348,9 @@ async def build(deps: Deps) -> Service:
     if stream is not None:
         tasks.append(stream.serve)
     return Service(
-        consumers=consumers.consumers(deps.bus, processor, broker, live, breakers),
+        consumers=consumers.consumers(
+            deps.bus, processor, broker, live, breakers, errors, fallback_allowed=deps.common.data_fallback_allowed
+        ),
         tasks=tasks,
         router=api.router(processor, watch, name),
     )

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import random
 import time
@@ -19,11 +18,11 @@ from libs.bus.consumer import Inbound, OnBatch
 from libs.contracts import subjects as sj
 from libs.contracts.base import derive_id
 from libs.contracts.control import CancelAllOrders, HaltTrading
-from libs.contracts.execution import SubmitFailed
 from libs.contracts.oms import OmsEvent, PretradeDecision
 from libs.contracts.ops import Watermark
-from libs.decide import Ctx
+from libs.errors import DependencyFailed, calling
 from libs.errors.breakers import Breakers, circuit_open_code
+from libs.errors.handle import ErrorHandler, publish_halt
 from libs.obs import tracing
 from libs.runtime.processor import Processor
 from services.execution import handlers
@@ -121,40 +120,45 @@ async def halt_if_needed(bus: Bus, processor: Processor, cid: str, outcome: hand
     if not isinstance(outcome, handlers.Rejected) or not outcome.halt:
         return
     reason = f"{outcome.halt}: the broker refused {cid} ({outcome.code}); check the keys and the account"
-    body = json.dumps({"reason": reason}).encode()
-    msg_id = derive_id("execution.halt", outcome.halt, cid)
-    await bus.js.publish(bus.subjects.ctl(sj.CTL_KILL), body, headers={sj.H_MSG_ID: msg_id})
-    log.critical("trading halted by execution", extra={"reason": outcome.halt, "client_order_id": cid})
+    await publish_halt(bus, processor.service, reason, f"{outcome.halt}:{cid}")
     if processor.metrics:
         processor.metrics.decision("halt", outcome.halt)
 
 
-async def count_submit(processor: Processor, breakers: Breakers, outcome: handlers.Outcome | None) -> None:
+async def count_submit(
+    processor: Processor, breakers: Breakers, errors: ErrorHandler, outcome: handlers.Outcome | None
+) -> None:
     """Count a failed broker call against broker_submit's breaker; alert when it opens."""
     if not isinstance(outcome, handlers.Unknown) or not outcome.failure:
         return
     state, opened = await breakers.record_failure(SUBMIT, outcome.failure, retry_after_sec=outcome.retry_after_sec)
-    if not opened:
-        return
-    ctx = processor.ctx()
-    code = circuit_open_code(SUBMIT)
-    alert = handlers.alert(
-        "CIRCUIT_OPEN",
-        "critical",
-        f"{SUBMIT} breaker open for {(state.open_until_ns - state.opened_at_ns) / 1e9:g}s after "
-        f"{len(state.failures)} failures ({outcome.failure}); new orders are blocked with {code}",
-        f"circuit:{SUBMIT}:{state.opened_at_ns}",
-        ctx,
-        dependency=SUBMIT,
-        reason=outcome.failure,
-        open_until_ns=str(state.open_until_ns),
+    if opened:
+        await errors.circuit_opened(state)
+
+
+async def health(breakers: Breakers) -> st.Health:
+    """Read what a cycle summary says of the broker: open breakers, and until when it is locked."""
+    states = await breakers.states()
+    now = breakers.now_ns()
+    open_ = {dep: s.reason or "open" for dep, s in states.items() if s.is_open(now)}
+    broker = [s for dep, s in states.items() if dep.startswith("broker_") and s.is_open(now)]
+    if not broker:
+        return st.Health(breakers=open_)
+    last = max(broker, key=lambda s: s.open_until_ns)
+    return st.Health(
+        breakers=open_, locked_until_ns=last.open_until_ns, lock_reason=f"{circuit_open_code(last.dependency)}: {last.reason}"
     )
-    await processor.commit(lambda s: (s, [alert]))
-    log.warning(code, extra={"reason": code, "failure": outcome.failure, "open_until_ns": state.open_until_ns})
 
 
 def consumers(
-    bus: Bus, processor: Processor, broker: AlpacaBroker, live: Live, breakers: Breakers
+    bus: Bus,
+    processor: Processor,
+    broker: AlpacaBroker,
+    live: Live,
+    breakers: Breakers,
+    errors: ErrorHandler,
+    *,
+    fallback_allowed: bool = False,
 ) -> list[tuple[ConsumerSpec, OnBatch]]:
     """Return execution's durable consumers; `live` holds the orders whose broker call is under way."""
     subjects = bus.subjects
@@ -189,33 +193,28 @@ def consumers(
 
     async def submit_or_refuse(inbound: Inbound, d: PretradeDecision) -> None:
         cid = d.client_order_id
-        ctx = processor.ctx()
         # an order handed over before a crash is resolved, never refused: the halt flag and the
-        # unknown-order block only stop orders that have not yet left for the broker
+        # other checks only stop orders that have not yet left for the broker
         fresh = not await processor.store.has_outbox_event(handlers.submitted_event_id(cid))
         if fresh:
-            if not await broker.wait_for_clock(d.bar_ts):
-                log.warning(
-                    "broker clock behind the decision bar; submitting anyway",
-                    extra={"client_order_id": cid, "bar_ts": d.bar_ts},
-                )
-            refused = await refusal(d, ctx)
-            exits = [] if refused else handlers.exits_in_the_way(processor.state, d.symbol, d.side)
-            if exits:
-                filled = await free_shares(d, exits)
-                # the cancels may have taken seconds: the halt flag is read again before hand-over
-                ctx = processor.ctx()
-                refused = await refusal(d, ctx)
-                if not refused and filled:
-                    # an exit has filled: the position this order was sized on is not there any more
-                    why = f"exit {', '.join(filled)} has filled (part of) the position this order was sized on; decide again"
-                    refused = handlers.blocked(d, handlers.EXIT_LEG_FILLED, why, ctx)
-            if refused:
-                # answered at once, so the watermark behind it is not held up
-                if processor.metrics:
-                    processor.metrics.decision("submit_blocked", refused[0].reason_code)
-                await processor.apply(decisions.durable, [inbound], lambda s, _e, _c: (s, list(refused)))
+            try:
+                refused = await checks(d)
+            except DependencyFailed as e:
+                # a check could not run (the bus, the broker's clock, a cancel): not sent, and said
+                info = await errors.handle(e, dependency=e.dependency, context=f"checks before sending {cid}",
+                                           symbol=d.symbol, key=cid)  # fmt: skip
+                await processor.apply(decisions.durable, [inbound], lambda s, _e, c: handlers.fail(s, d, info, c))
                 return
+            if refused is not None:
+                # answered at once, so the watermark behind it is not held up
+                reason, message, details = refused
+                if processor.metrics:
+                    processor.metrics.decision("submit_skipped", reason)
+                await processor.apply(
+                    decisions.durable, [inbound], lambda s, _e, c: handlers.skip(s, d, reason, message, c, **details)
+                )
+                return
+            ctx = processor.ctx()
             traceparent = tracing.inject({}).get(sj.H_TRACEPARENT, "")
             await processor.commit(lambda s: handlers.hand_over(s, d, broker.name, traceparent, ctx))
         order = processor.state.orders.get(cid)
@@ -226,7 +225,7 @@ def consumers(
             # handed over before a crash, answer unknown: look it up before sending again
             outcome = await broker.recover(order, resend=await resend_allowed(bus, breakers))
         # else: resolved (or finished) by a poll before this redelivery
-        await count_submit(processor, breakers, outcome)
+        await count_submit(processor, breakers, errors, outcome)
         await halt_if_needed(bus, processor, cid, outcome)
         await processor.apply(
             decisions.durable,
@@ -234,15 +233,44 @@ def consumers(
             lambda s, _e, c: handlers.on_outcome(s, cid, outcome, c) if outcome is not None else (s, []),
         )
 
-    async def refusal(d: PretradeDecision, ctx: Ctx) -> list[SubmitFailed]:
-        # the checks that stop an order not yet handed over: the halt flag, an order of unknown status
-        halt, why = await asyncio.gather(bus.halt_state(), breakers.open_reason(SUBMIT))
+    async def checks(d: PretradeDecision) -> tuple[str, str, dict[str, str]] | None:
+        """Return why an approved order may not go now (reason code, message, details), or None.
+
+        The halt flag, an open dependency breaker, an order of unknown status of the symbol, exit
+        legs that filled while being canceled for it; a failing dependency raises DependencyFailed.
+        """
+        if not await calling("broker_submit", broker.wait_for_clock(d.bar_ts)):
+            log.warning(
+                "broker clock behind the decision bar; submitting anyway",
+                extra={"client_order_id": d.client_order_id, "bar_ts": d.bar_ts},
+            )
+        refused = await gate(d)
+        exits = [] if refused else handlers.exits_in_the_way(processor.state, d.symbol, d.side)
+        if exits:
+            filled = await calling("broker_submit", free_shares(d, exits))
+            # the cancels may have taken seconds: the halt flag and breakers are read again
+            refused = await gate(d)
+            if refused is None and filled:
+                # an exit has filled: the position this order was sized on is not there any more
+                why = f"exit {', '.join(filled)} has filled (part of) the position this order was sized on; decide again"
+                refused = handlers.EXIT_LEG_FILLED, why, {"exits": ",".join(filled)}
+        return refused
+
+    async def gate(d: PretradeDecision) -> tuple[str, str, dict[str, str]] | None:
+        halt, block = await calling(
+            "bus",
+            asyncio.gather(bus.halt_state(), breakers.order_block(fallback_allowed=fallback_allowed)),
+        )
         if halt is not None and halt.halted:
-            return handlers.blocked(d, handlers.KILL_SWITCH_BLOCK, f"halted: {halt.reason}", ctx)
-        if why:
-            message = f"{SUBMIT} breaker open after repeated failures ({why}); not sent"
-            return handlers.blocked(d, circuit_open_code(SUBMIT), message, ctx, category="TRANSIENT_NETWORK")
-        return handlers.unknown_block(processor.state, d, ctx)
+            return handlers.KILL_SWITCH_BLOCK, f"halted: {halt.reason}", {"halt_reason": halt.reason}
+        if block is not None:
+            dep, why = block
+            message = f"{dep} breaker open after repeated failures ({why}); not sent"
+            return circuit_open_code(dep), message, {"dependency": dep, "failure": why}
+        unknown = handlers.unknown_order_block(processor.state, d)
+        if unknown:
+            return handlers.UNKNOWN_ORDER_BLOCK, unknown, {}
+        return None
 
     async def free_shares(d: PretradeDecision, exits: list[st.ExecOrder]) -> list[str]:
         """Cancel the exit orders holding the shares an order needs; return those that have filled.
@@ -314,7 +342,14 @@ def consumers(
             elif isinstance(ev, Watermark):
                 await submit_all(approved)
                 approved = []
-                await processor.apply(decisions.durable, [*passive, inbound], handlers.step)
+                now = await health(breakers)
+                await processor.apply(
+                    decisions.durable,
+                    [*passive, inbound],
+                    lambda s, e, c, now=now: handlers.on_watermark(s, e, now, c)
+                    if isinstance(e, Watermark)
+                    else handlers.step(s, e, c),
+                )
                 passive = []
             else:
                 passive.append(inbound)

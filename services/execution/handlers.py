@@ -24,15 +24,18 @@ from libs.contracts.execution import (
     OrderStatusUnknown,
     OrderSubmitted,
     SubmitFailed,
+    SubmitSkipped,
 )
 from libs.contracts.oms import PretradeDecision
-from libs.contracts.ops import AlertRaised, Watermark
+from libs.contracts.ops import AlertRaised, CycleSummary, Watermark
 from libs.decide import Ctx, forward_watermark
+from libs.errors import ErrorInfo
 from services.execution import state as st
 
 _PX = Decimal("0.0001")
 UPSTREAM = "oms"
 KILL_SWITCH_BLOCK = "KILL_SWITCH_BLOCK"
+DUPLICATE_ORDER_BLOCK = "DUPLICATE_ORDER_BLOCK"  # the OMS refused an intent sent again
 UNKNOWN_ORDER_BLOCK = "UNKNOWN_ORDER_BLOCK"
 BROKER_REJECTED = "BROKER_REJECTED"  # the broker rejected an order it had accepted
 EXIT_LEG_FILLED = "EXIT_LEG_FILLED"  # an exit leg filled while being canceled for the order
@@ -144,12 +147,14 @@ def hand_over(
 
     From here on the order is never refused or forgotten: whatever happens to the call, the
     order is resolved by its client_order_id (state.UNKNOWN). Its exit legs go in the same call.
+    OrderSubmitted is the intent's outcome (one of three, with SubmitSkipped and SubmitFailed).
     """
     order = exec_order(d, traceparent)
     events: list[Event] = [
         OrderSubmitted(**_envelope("order_submitted", o, d.ts_event, ctx), qty=o.qty, broker=broker)  # type: ignore[arg-type]
         for o in family(order)
     ]
+    state = count(state, d.bar_ts, submitted=True)
     return msgspec.structs.replace(state, orders={**state.orders, d.client_order_id: order}), events
 
 
@@ -158,19 +163,74 @@ def submitted_event_id(cid: str) -> str:
     return derive_id("exec.order_submitted.v1", cid)
 
 
-def blocked(
-    d: PretradeDecision, reason_code: str, message: str, ctx: Ctx, *, category: str = "BROKER_STATE"
-) -> list[SubmitFailed]:
-    """Refuse to submit an approved order (e.g. the halt flag went up after approval), legs and all."""
-    return [
-        SubmitFailed(
-            **_envelope("submit_failed", o, d.ts_event, ctx),  # type: ignore[arg-type]
-            category=category,
+def count(state: st.ExecState, bar_ts: int, *, submitted: bool = False, skipped: str = "", failed: str = "") -> st.ExecState:
+    """Count one intent's outcome in its bar's cycle."""
+    cycle = state.cycles.get(bar_ts, st.Cycle())
+    if submitted:
+        cycle = msgspec.structs.replace(cycle, submitted=cycle.submitted + 1)
+    if skipped:
+        cycle = msgspec.structs.replace(cycle, skipped={**cycle.skipped, skipped: cycle.skipped.get(skipped, 0) + 1})
+    if failed:
+        cycle = msgspec.structs.replace(cycle, failed={**cycle.failed, failed: cycle.failed.get(failed, 0) + 1})
+    return msgspec.structs.replace(state, cycles={**state.cycles, bar_ts: cycle})
+
+
+def skip(
+    state: st.ExecState,
+    d: PretradeDecision,
+    reason_code: str,
+    message: str,
+    ctx: Ctx,
+    *,
+    stage: str = "execution",
+    **details: str,
+) -> tuple[st.ExecState, list[Event]]:
+    """Do not send an order, on purpose (a check refused it): SubmitSkipped for it and each leg.
+
+    stage "oms" echoes the OMS's pre-trade denial, so every intent has its outcome here; stage
+    "execution" is a check at the hand-over (the halt flag went up after approval, a breaker, ...).
+    """
+    order = exec_order(d)
+    events: list[Event] = [
+        SubmitSkipped(
+            **_envelope("submit_skipped", o, d.ts_event, ctx),  # type: ignore[arg-type]
+            qty=o.qty,
+            stage=stage,  # type: ignore[arg-type]
             reason_code=reason_code,
             message=message,
+            details=details,
+        )
+        for o in (family(order) if stage == "execution" else [order])
+    ]
+    return count(state, d.bar_ts, skipped=reason_code), events
+
+
+def fail(state: st.ExecState, d: PretradeDecision, info: ErrorInfo, ctx: Ctx) -> tuple[st.ExecState, list[Event]]:
+    """An order could not be handed over: a failure, classified (SubmitFailed for it and each leg)."""
+    events: list[Event] = [
+        SubmitFailed(
+            **_envelope("submit_failed", o, d.ts_event, ctx),  # type: ignore[arg-type]
+            category=info.category.value,
+            reason_code=info.reason_code,
+            message=info.details.get("message", "")[:300],
+            dependency=info.dependency,
+            action=info.action.value,
         )
         for o in family(exec_order(d))
     ]
+    return count(state, d.bar_ts, failed=info.reason_code), events
+
+
+def on_denied(state: st.ExecState, d: PretradeDecision, ctx: Ctx) -> tuple[st.ExecState, list[Event]]:
+    """Give a denied intent its outcome: SubmitSkipped with the OMS's reason code.
+
+    A DUPLICATE_ORDER_BLOCK is the refusal of an intent sent again: the intent (same id) had its
+    outcome the first time, so it gets none now.
+    """
+    if d.approved or d.reason == DUPLICATE_ORDER_BLOCK:
+        return state, []
+    message = f"denied by the OMS pre-trade checks: {d.reason}"
+    return skip(state, d, d.reason, message, ctx, stage="oms", **d.details)
 
 
 def exits_in_the_way(state: st.ExecState, symbol: str, side: str) -> list[st.ExecOrder]:
@@ -200,17 +260,16 @@ def unknown_order_for(state: st.ExecState, symbol: str) -> str:
     )
 
 
-def unknown_block(state: st.ExecState, d: PretradeDecision, ctx: Ctx) -> list[SubmitFailed]:
-    """Refuse a new order while another of its symbol has an unknown status, else [].
+def unknown_order_block(state: st.ExecState, d: PretradeDecision) -> str:
+    """Return why a new order must wait for an order of unknown status of its symbol, or ''.
 
     The order of unknown status may be working at the broker: a second one could double the
     position, so the symbol waits until the lookup by client_order_id has resolved the first.
     """
     cid = unknown_order_for(state, d.symbol)
     if not cid:
-        return []
-    why = f"expected no order of unknown status for {d.symbol}, was {cid} (resolving it by client_order_id)"
-    return blocked(d, UNKNOWN_ORDER_BLOCK, why, ctx)
+        return ""
+    return f"expected no order of unknown status for {d.symbol}, was {cid} (resolving it by client_order_id)"
 
 
 def on_outcome(state: st.ExecState, cid: str, outcome: Outcome, ctx: Ctx) -> tuple[st.ExecState, list[Event]]:
@@ -451,9 +510,53 @@ def alert(code: str, severity: str, message: str, key: str, ctx: Ctx, **details:
     )
 
 
+def on_watermark(
+    state: st.ExecState, wm: Watermark, health: st.Health, ctx: Ctx
+) -> tuple[st.ExecState, list[Event]]:
+    """End a bar: forward the watermark and summarize the bar's intents (seed 002 B-DIAG-02/03).
+
+    The OMS's watermark for bar t comes after every decision of bar t, and each decision has had
+    its outcome by then, so the summary counts them all. Outcomes of earlier bars not summarized
+    yet (none, unless a watermark was lost) are folded into it.
+    """
+    if wm.source != UPSTREAM:
+        return state, []
+    last, events = forward_watermark(state.last_watermark, wm, ctx)
+    if not events or wm.bar_ts <= state.last_watermark:
+        # a watermark again (forwarded again, idempotent by id): its summary went out the first time
+        return msgspec.structs.replace(state, last_watermark=last), list(events)
+    done = [ts for ts in state.cycles if ts <= wm.bar_ts]
+    cycle = st.Cycle()
+    for ts in sorted(done):
+        c = state.cycles[ts]
+        cycle = st.Cycle(
+            submitted=cycle.submitted + c.submitted,
+            skipped={k: cycle.skipped.get(k, 0) + c.skipped.get(k, 0) for k in sorted({*cycle.skipped, *c.skipped})},
+            failed={k: cycle.failed.get(k, 0) + c.failed.get(k, 0) for k in sorted({*cycle.failed, *c.failed})},
+        )
+    summary = CycleSummary(
+        event_id=derive_id("ops.cycle_summary.v1", ctx.service, wm.bar_ts),
+        correlation_id=wm.correlation_id,
+        causation_id=wm.event_id,
+        ts_event=wm.ts_event,
+        ts_init=ctx.now_ns,
+        source=ctx.service,
+        bar_ts=wm.bar_ts,
+        submitted=cycle.submitted,
+        skipped=cycle.skipped,
+        failed=cycle.failed,
+        breakers=health.breakers,
+        broker_locked_until_ns=health.locked_until_ns,
+        broker_lock_reason=health.lock_reason,
+    )
+    cycles = {ts: c for ts, c in state.cycles.items() if ts > wm.bar_ts}
+    return msgspec.structs.replace(state, last_watermark=last, cycles=cycles), [*events, summary]
+
+
 def step(state: st.ExecState, event: object, ctx: Ctx) -> tuple[st.ExecState, Sequence[Event]]:
-    """Handle the OMS-stream messages that need no broker call (watermarks, denials)."""
-    if isinstance(event, Watermark) and event.source == UPSTREAM:
-        last, events = forward_watermark(state.last_watermark, event, ctx)
-        return msgspec.structs.replace(state, last_watermark=last), events
+    """Handle the OMS-stream messages that need no broker call (denials; watermarks without health)."""
+    if isinstance(event, PretradeDecision):
+        return on_denied(state, event, ctx)
+    if isinstance(event, Watermark):
+        return on_watermark(state, event, st.Health(), ctx)
     return state, []

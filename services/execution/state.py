@@ -122,10 +122,27 @@ class ExecOrder(msgspec.Struct, frozen=True, kw_only=True):
         return self.broker_client_order_id or self.client_order_id
 
 
+class Cycle(msgspec.Struct, frozen=True, kw_only=True):
+    """The outcomes of one bar timestamp's intents so far (its cycle summary, once the bar ends)."""
+
+    submitted: int = 0
+    skipped: dict[str, int] = {}  # reason code -> intents
+    failed: dict[str, int] = {}  # reason code -> intents
+
+
+class Health(msgspec.Struct, frozen=True, kw_only=True):
+    """What the edges know of the broker when a bar ends: open breakers and the broker's lock."""
+
+    breakers: dict[str, str] = {}  # open dependency breaker -> reason code of its last failure
+    locked_until_ns: int = 0
+    lock_reason: str = ""
+
+
 class ExecState(msgspec.Struct, frozen=True, kw_only=True):
-    """Open orders by client_order_id."""
+    """Open orders by client_order_id, and the outcomes of the bars not yet summarized."""
 
     orders: dict[str, ExecOrder] = {}
+    cycles: dict[int, Cycle] = {}  # bar_ts -> its intents' outcomes until its watermark
     # exit legs: the broker's client_order_id -> keel's (stream frames carry the broker's)
     aliases: dict[str, str] = {}
     last_watermark: int = 0

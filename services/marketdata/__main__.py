@@ -1,8 +1,6 @@
 """Run marketdata: `python -m services.marketdata`."""
 
-from libs.runtime.runner import main
-from services.marketdata.app import build
-from services.marketdata.config import MdConfig
+from libs.runtime.entry import run
 
 if __name__ == "__main__":
-    main("marketdata", build, MdConfig, "KEEL_MD_")
+    run("marketdata", "MdConfig", "KEEL_MD_")

@@ -1,8 +1,6 @@
 """Run the OMS: `python -m services.oms`."""
 
-from libs.runtime.runner import main
-from services.oms.app import build
-from services.oms.config import SECTION_PREFIX, OmsConfig
+from libs.runtime.entry import run
 
 if __name__ == "__main__":
-    main("oms", build, OmsConfig, SECTION_PREFIX)
+    run("oms", "OmsConfig")

@@ -9,7 +9,7 @@ import msgspec
 
 from libs.contracts.base import Event, derive_id, exit_legs, intent_id_for, leg_client_order_id, tag_of
 from libs.contracts.control import CancelAllOrders, HaltTrading, ResumeTrading
-from libs.contracts.execution import ExecutionEvent, OrderAccepted, OrderFilled, OrderPartiallyFilled
+from libs.contracts.execution import ExecutionEvent, OrderAccepted, OrderFilled, OrderPartiallyFilled, SubmitSkipped
 from libs.contracts.oms import APPROVED as APPROVED_REASON
 from libs.contracts.oms import PositionChanged, PretradeDecision
 from libs.contracts.ops import AlertRaised, Watermark
@@ -222,6 +222,8 @@ def on_report(state: st.OmsState, ev: ExecutionEvent, ctx: Ctx) -> tuple[st.OmsS
     not have happened (a fill on a FAILED order) or the order is no longer tracked; the anomaly
     is alerted, the money is not lost. Fills are de-duplicated by execution_id for a day.
     """
+    if isinstance(ev, SubmitSkipped) and ev.stage == "oms":
+        return state, []  # the outcome of the OMS's own denial: decided here already
     fill = ev if isinstance(ev, OrderPartiallyFilled | OrderFilled) else None
     if fill is not None and fill.execution_id in state.recent_fills:
         return state, []  # the same fill reported twice, whatever the status now

@@ -38,6 +38,7 @@ CANCELED_EV = "exec.order_canceled"
 REJECTED_EV = "exec.order_rejected"
 EXPIRED_EV = "exec.order_expired"
 FAILED_EV = "exec.submit_failed"
+SKIPPED_EV = "exec.submit_skipped"
 UNKNOWN_EV = "exec.order_status_unknown"
 
 TRANSITIONS: dict[tuple[str, str], str] = {
@@ -48,6 +49,8 @@ TRANSITIONS: dict[tuple[str, str], str] = {
     (SUBMITTING, ACCEPTED_EV): ACKED,
     (SUBMITTING, REJECTED_EV): REJECTED,
     (SUBMITTING, FAILED_EV): FAILED,
+    # approved, then refused by execution's own checks at the hand-over (halt, breaker, ...)
+    (SUBMITTING, SKIPPED_EV): REJECTED,
     (SUBMITTED, ACCEPTED_EV): ACKED,
     (SUBMITTED, REJECTED_EV): REJECTED,
     (SUBMITTED, FAILED_EV): FAILED,

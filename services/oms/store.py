@@ -20,6 +20,7 @@ from libs.contracts.execution import (
     OrderStatusUnknown,
     OrderSubmitted,
     SubmitFailed,
+    SubmitSkipped,
 )
 from libs.contracts.oms import PretradeDecision
 from libs.contracts.risk import OrderIntent
@@ -36,6 +37,7 @@ _REPORTS = (
     OrderExpired,
     OrderStatusUnknown,
     SubmitFailed,
+    SubmitSkipped,
 )
 
 

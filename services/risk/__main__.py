@@ -1,8 +1,6 @@
 """Run the risk service: `python -m services.risk`."""
 
-from libs.runtime.runner import main
-from services.risk.app import build
-from services.risk.config import SECTION_PREFIX, RiskConfig
+from libs.runtime.entry import run
 
 if __name__ == "__main__":
-    main("risk", build, RiskConfig, SECTION_PREFIX)
+    run("risk", "RiskConfig")

@@ -1,8 +1,6 @@
 """Run TCA: `python -m services.tca`."""
 
-from libs.runtime.runner import main
-from services.tca.app import build
-from services.tca.config import SECTION_PREFIX, TcaConfig
+from libs.runtime.entry import run
 
 if __name__ == "__main__":
-    main("tca", build, TcaConfig, SECTION_PREFIX)
+    run("tca", "TcaConfig")

@@ -28,10 +28,11 @@ from libs.contracts.execution import (
     OrderStatusUnknown,
     OrderSubmitted,
     SubmitFailed,
+    SubmitSkipped,
 )
 from libs.contracts.marketdata import BarClosed
 from libs.contracts.oms import PositionChanged, PretradeDecision
-from libs.contracts.ops import AlertRaised, Heartbeat, Watermark
+from libs.contracts.ops import AlertRaised, CycleSummary, Heartbeat, Watermark
 from libs.contracts.risk import OrderIntent, SleeveShare
 from libs.contracts.signal import TargetProposed
 from libs.contracts.tca import TcaRecorded
@@ -177,6 +178,14 @@ def examples() -> list[msgspec.Struct]:
             reason_code="BROKER_TIMEOUT",
             message="expected a reply within 5.0 s, was none",
         ),
+        SubmitSkipped(
+            **order("exec.submit_skipped.v1"),
+            qty=200,
+            stage="execution",
+            reason_code="CIRCUIT_OPEN_broker_submit",
+            message="broker_submit breaker open after repeated failures (RATE_LIMIT_RETRY); not sent",
+            details={"dependency": "broker_submit"},
+        ),
         TcaRecorded(
             **envelope("tca.tca_recorded.v1"),
             client_order_id=CID,
@@ -205,6 +214,17 @@ def examples() -> list[msgspec.Struct]:
             api_url="http://127.0.0.1:8003",
         ),
         Watermark(**envelope("ops.watermark.v1"), source="marketdata", bar_ts=BAR_TS, final=True),
+        CycleSummary(
+            **envelope("ops.cycle_summary.v1"),
+            source="execution",
+            bar_ts=BAR_TS,
+            submitted=3,
+            skipped={"KILL_SWITCH_BLOCK": 1, "ORDER_SIZE_BLOCK": 2},
+            failed={"NET_RETRY": 1},
+            breakers={"broker_submit": "RATE_LIMIT_RETRY"},
+            broker_locked_until_ns=BAR_TS + 60_000_000_000,
+            broker_lock_reason="RATE_LIMIT_RETRY",
+        ),
         HaltTrading(
             **envelope("ctl.halt_trading.v1"),
             operator="ops@desk",

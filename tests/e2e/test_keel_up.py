@@ -322,7 +322,9 @@ async def test_keel_up_when_killed_mid_run_then_every_later_intent_is_blocked_an
     refused = [
         json.loads(e["payload"])
         for e in led["events"]
-        if e["event_type"] == "exec.submit_failed.v1" and json.loads(e["payload"])["reason_code"] == "KILL_SWITCH_BLOCK"
+        if e["event_type"] == "exec.submit_skipped.v1"
+        and json.loads(e["payload"])["stage"] == "execution"
+        and json.loads(e["payload"])["reason_code"] == "KILL_SWITCH_BLOCK"
     ]
     approved = sum(r == "APPROVED" for r in reasons)
     assert approved - len(refused) == summary["orders"] == len(led["ex_orders"])

@@ -92,7 +92,7 @@ async def test_breaker_when_429_storm_then_orders_blocked_circuit_open_and_tradi
         # every process shows the shared breaker on its /metrics, the OMS too (it never failed)
         shown = await settle(lambda: breaker_gauges(cluster), lambda g: g == {"oms": 1.0, "execution": 1.0}, SETTLE_SEC)
         await bus.publish(f.intent(BLOCKED, "buy", 10, PRICE, n=1))
-        blocked = await settle(statuses, lambda st: st.get(BLOCKED) == oms.FAILED, SETTLE_SEC)
+        blocked = await settle(statuses, lambda st: st.get(BLOCKED) == oms.REJECTED, SETTLE_SEC)
         posts_while_open = await posts_refused(exchange)
         await asyncio.sleep(1.0)
         no_resend_while_open = await posts_refused(exchange) == posts_while_open
@@ -124,9 +124,10 @@ async def test_breaker_when_429_storm_then_orders_blocked_circuit_open_and_tradi
     assert no_resend_while_open
     assert (shown, closed) == ({"oms": 1.0, "execution": 1.0}, {"oms": 0.0, "execution": 0.0})
     # the next order never left: refused before hand-over with the seed's reason code
-    assert blocked.get(BLOCKED) == oms.FAILED
-    (refusal,) = [r for r in seen.reports if r["symbol"] == BLOCKED and r["type"] == "exec.submit_failed.v1"]
-    assert (refusal["reason_code"], refusal["category"]) == ("CIRCUIT_OPEN_broker_submit", "TRANSIENT_NETWORK")
+    assert blocked.get(BLOCKED) == oms.REJECTED
+    (refusal,) = [r for r in seen.reports if r["symbol"] == BLOCKED and r["type"] == "exec.submit_skipped.v1"]
+    assert (refusal["reason_code"], refusal["stage"]) == ("CIRCUIT_OPEN_broker_submit", "execution")
+    assert refusal["details"]["dependency"] == "broker_submit"
     circuit = [a for a in seen.alerts if a["code"] == "CIRCUIT_OPEN"]
     # one alert per open episode (each Retry-After hold, then the window's opening), none twice
     assert circuit and {(a["severity"], a["details"]["dependency"]) for a in circuit} == {("critical", "broker_submit")}

@@ -84,7 +84,11 @@ async def test_submit_when_halt_flag_is_up_then_kill_switch_block_and_nothing_at
     finally:
         await bus.close()
 
-    assert (refused["type"], refused["reason_code"]) == ("exec.submit_failed.v1", "KILL_SWITCH_BLOCK")
+    assert (refused["type"], refused["stage"], refused["reason_code"]) == (
+        "exec.submit_skipped.v1",
+        "execution",
+        "KILL_SWITCH_BLOCK",
+    )
     assert "test kill" in refused["message"]
     assert accepted["type"] == "exec.order_accepted.v1"
     at_broker = [o["client_order_id"] for o in await exchange_orders(cluster["exchange"].url)]

@@ -239,7 +239,7 @@ async def test_submit_when_response_lost_then_unknown_symbol_blocked_until_looku
         other = f.decision(f.intent("MSFT", "buy", 5, "50", n=2))
         await bus.publish(second)
         await bus.publish(other)
-        (refused,) = await reports.wait(lambda: reports.about(second.client_order_id, "exec.submit_failed.v1"))
+        (refused,) = await reports.wait(lambda: reports.about(second.client_order_id, "exec.submit_skipped.v1"))
         await reports.wait(lambda: reports.about(other.client_order_id, ACCEPTED))
         await asyncio.sleep(1.0)  # several fast polls: their lookups fail, the order stays unknown
         still = (await cluster["execution"].get_json("/state"))["orders"][lost.client_order_id]  # type: ignore[index]
@@ -256,7 +256,7 @@ async def test_submit_when_response_lost_then_unknown_symbol_blocked_until_looku
     assert "504" in unknown["reason"]
     assert (held["broker_status"], still["broker_status"]) == ("unknown", "unknown")
     assert lookups_failed and lookups_failed[0] >= 2
-    assert (refused["reason_code"], refused["category"]) == ("UNKNOWN_ORDER_BLOCK", "BROKER_STATE")
+    assert (refused["reason_code"], refused["stage"]) == ("UNKNOWN_ORDER_BLOCK", "execution")
     assert lost.client_order_id in refused["message"]
     assert adopted["broker_order_id"]
     assert [r["type"] for r in reports.about(lost.client_order_id)] == ["exec.order_submitted.v1", UNKNOWN, ACCEPTED]

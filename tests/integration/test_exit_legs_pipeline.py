@@ -351,7 +351,7 @@ async def test_exit_legs_when_a_leg_filled_unseen_before_a_close_then_the_close_
         still_working = await run.statuses(cids)
         close = run.intent(symbol, "sell", m + 2)
         await run.bus.publish(close)
-        ended = await run.until([*cids, close.client_order_id], (oms.FILLED, oms.FILLED, oms.CANCELED, oms.FAILED))
+        ended = await run.until([*cids, close.client_order_id], (oms.FILLED, oms.FILLED, oms.CANCELED, oms.REJECTED))
         rows = await run.intents()
         venue = await run.venue_orders(symbol)
         position = await run.position(symbol)
@@ -363,7 +363,7 @@ async def test_exit_legs_when_a_leg_filled_unseen_before_a_close_then_the_close_
     assert any(o["status"] == "filled" and o["order_type"] == "limit" for o in filled_at_venue)
     assert still_working == (oms.FILLED, oms.ACKED, oms.ACKED)  # the OMS had not heard either
     # the close found the take-profit filled while canceling it: refused, never sent
-    assert ended == (oms.FILLED, oms.FILLED, oms.CANCELED, oms.FAILED)
+    assert ended == (oms.FILLED, oms.FILLED, oms.CANCELED, oms.REJECTED)
     assert rows[close.client_order_id]["reason"] == "EXIT_LEG_FILLED"
     assert close.client_order_id not in [o["client_order_id"] for o in venue]
     assert position[0] == 0  # flat: no short opened by a close of shares already sold

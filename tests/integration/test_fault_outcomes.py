@@ -60,7 +60,7 @@ UNKNOWN = "exec.order_status_unknown.v1"
 ACCEPTED = "exec.order_accepted.v1"
 FILLED = "exec.order_filled.v1"
 REJECTED = "exec.order_rejected.v1"
-SUBMIT_FAILED = "exec.submit_failed.v1"
+SUBMIT_SKIPPED = "exec.submit_skipped.v1"
 
 # unknown, then found at the broker (adopted) or proved absent (404) and sent once more: the
 # reports read the same; the venue's counters tell which (see `venue` in the table)
@@ -287,12 +287,12 @@ async def run_blocked_symbol(run: Run) -> dict[str, object]:
     ended = await run.fill_when_acked(first, minute)
 
     at_venue = [o["client_order_id"] for o in await run.venue_orders(symbol)]
-    failed = run.seen.about(second.client_order_id, SUBMIT_FAILED)
+    failed = run.seen.about(second.client_order_id, SUBMIT_SKIPPED)
     return {
         "cids": (first.client_order_id, second.client_order_id),
         "first while lookups fail": (status_of(held), status_of(still), failed_lookups >= 3),
         "second at the OMS": (status_of(refused), (refused or {}).get("reason")),
-        "second refused by execution": [(r["reason_code"], r["category"]) for r in failed],
+        "second refused by execution": [(r["reason_code"], r["stage"]) for r in failed],
         "refusal names the unknown order": bool(failed) and first.client_order_id in failed[0]["message"],
         "first after the fault cleared": status_of(ended),
         "orders at venue": (at_venue.count(first.client_order_id), at_venue.count(second.client_order_id)),
@@ -349,13 +349,13 @@ async def test_submit_when_each_broker_fault_injected_then_oms_outcome_as_expect
     blocked["reports"] = (seen.kinds(first), seen.kinds(second))
     assert blocked == {
         "first while lookups fail": (oms.UNKNOWN, oms.UNKNOWN, True),
-        "second at the OMS": (oms.FAILED, "UNKNOWN_ORDER_BLOCK"),
-        "second refused by execution": [("UNKNOWN_ORDER_BLOCK", "BROKER_STATE")],
+        "second at the OMS": (oms.REJECTED, "UNKNOWN_ORDER_BLOCK"),
+        "second refused by execution": [("UNKNOWN_ORDER_BLOCK", "execution")],
         "refusal names the unknown order": True,
         "first after the fault cleared": oms.FILLED,
         "orders at venue": (1, 0),
         "position": QTY,
-        "reports": (RESOLVED_AND_FILLED, (SUBMIT_FAILED,)),
+        "reports": (RESOLVED_AND_FILLED, (SUBMIT_SKIPPED,)),
     }
 
     # zero duplicates across the whole run: every client_order_id at most once at the venue, the

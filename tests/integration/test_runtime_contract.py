@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.exchange import KEY, SECRET, exchange_env, running_exchange
 from tests.support.servers import Namespace, migrate
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -198,6 +199,114 @@ async def test_start_execution_when_order_policy_unsupported_by_broker_then_exit
     line = result.stderr_lines[0]
     assert line.startswith("keel execution: cannot start: "), line
     assert expected in line
+
+
+@pytest.mark.parametrize("service", ["oms", "execution"])
+async def test_start_when_postgres_port_is_closed_then_exits_fast_with_one_line_naming_postgres(
+    namespace: Namespace, nats_url: str, service: str
+):
+    port = closed_port()
+    # a password in the URL must never reach the log line
+    url = f"postgresql://keel:not-this-secret@127.0.0.1:{port}/keel"
+    env = service_env(namespace, nats_url, url, KEEL_EXEC_API_KEY_ID="k", KEEL_EXEC_API_SECRET_KEY="s")
+
+    result = await asyncio.to_thread(run_service, f"services.{service}", env)
+
+    assert result.code is not None, f"services.{service} still running with {url} (closed port): {result.stderr!r}"
+    assert result.code != 0
+    assert len(result.stderr_lines) == 1, result.stderr
+    line = result.stderr_lines[0]
+    assert line.startswith(f"keel {service}: cannot start: Postgres at 127.0.0.1:{port}"), line
+    assert "not-this-secret" not in result.stderr + result.stdout
+
+
+# the execution keys reach the broker: KEEL_EXEC_BROKER stays at its default (alpaca), whose
+# capabilities take the default order policy, so the start stops at the broker and nowhere before
+@pytest.mark.parametrize("mode", ["paper", "live"])
+async def test_start_execution_when_broker_port_is_closed_then_exits_with_one_line_naming_the_broker_url(
+    namespace: Namespace, nats_url: str, database_url: str, mode: str
+):
+    await asyncio.to_thread(migrate, database_url, namespace.schema_prefix)
+    broker_url = f"http://127.0.0.1:{closed_port()}"
+    env = service_env(
+        namespace,
+        nats_url,
+        database_url,
+        KEEL_EXECUTION_MODE=mode,
+        KEEL_EXEC_BASE_URL=broker_url,
+        KEEL_EXEC_API_KEY_ID=KEY,
+        KEEL_EXEC_API_SECRET_KEY=SECRET,
+    )
+
+    result = await asyncio.to_thread(run_service, "services.execution", env, 15.0)
+
+    assert result.code is not None, f"execution still running with the broker at {broker_url} (closed port)"
+    assert result.code != 0
+    assert len(result.stderr_lines) == 1, result.stderr
+    line = result.stderr_lines[0]
+    assert line.startswith(f"keel execution: cannot start: broker at {broker_url} "), line
+    assert SECRET not in result.stderr + result.stdout
+
+
+@pytest.mark.parametrize(
+    ("key_id", "secret"), [(KEY, "not-the-secret"), ("not-the-key", SECRET)], ids=["secret", "key"]
+)
+async def test_start_execution_when_broker_refuses_the_keys_then_exits_with_one_line_saying_so(
+    namespace: Namespace, nats_url: str, database_url: str, tmp_path: Path, key_id: str, secret: str
+):
+    exchange = await exchange_env(namespace, nats_url, database_url)
+    async with running_exchange(exchange, tmp_path / "exchange.log") as venue:
+        env = service_env(
+            namespace,
+            nats_url,
+            database_url,
+            KEEL_EXEC_BASE_URL=venue.url,
+            KEEL_EXEC_API_KEY_ID=key_id,
+            KEEL_EXEC_API_SECRET_KEY=secret,
+        )
+
+        result = await asyncio.to_thread(run_service, "services.execution", env, 15.0)
+
+    assert result.code is not None, f"execution still running with keys the broker refuses: {result.stderr!r}"
+    assert result.code != 0
+    assert len(result.stderr_lines) == 1, result.stderr
+    line = result.stderr_lines[0]
+    assert line.startswith(f"keel execution: cannot start: broker at {venue.url} refused the keys"), line
+    assert "KEEL_EXEC_API_KEY_ID" in line and "401" in line
+    assert secret not in result.stderr + result.stdout
+
+
+def shadow_package(root: Path, package: str) -> Path:
+    """Write a package named `package` under root whose import fails as an uninstalled one does."""
+    (root / package).mkdir(parents=True)
+    (root / package / "__init__.py").write_text(
+        f"raise ModuleNotFoundError(\"No module named '{package}'\", name={package!r})\n"
+    )
+    return root
+
+
+@pytest.mark.parametrize(
+    ("service", "package"),
+    [
+        ("oms", "asyncpg"),  # imported by the runtime every service shares
+        ("execution", "nats"),
+        ("execution", "alpaca"),  # imported by the service's own composition root
+        ("exchange", "uvicorn"),
+    ],
+)
+async def test_start_when_required_package_is_missing_then_exits_with_one_line_naming_it(
+    tmp_path: Path, service: str, package: str
+):
+    shadows = shadow_package(tmp_path / "shadows", package)
+    env = base_env(PYTHONPATH=os.pathsep.join(filter(None, [str(shadows), os.environ.get("PYTHONPATH", "")])))
+
+    result = await asyncio.to_thread(run_service, f"services.{service}", env)
+
+    assert result.code is not None, f"services.{service} still running without {package}: {result.stderr!r}"
+    assert result.code == 2, result
+    assert len(result.stderr_lines) == 1, result.stderr
+    line = result.stderr_lines[0]
+    assert line.startswith(f"keel {service}: cannot start: required package '{package}' is missing"), line
 
 
 def _imports_of(tree: ast.AST) -> list[tuple[int, str]]:

@@ -21,24 +21,28 @@ from libs.contracts.execution import (
     OrderStatusUnknown,
     OrderSubmitted,
     SubmitFailed,
+    SubmitSkipped,
 )
 from libs.contracts.oms import PretradeDecision
-from libs.contracts.ops import Watermark
+from libs.contracts.ops import CycleSummary, Watermark
+from libs.errors import classify_exception
 from services.execution import state as st
 from services.execution.broker import StreamWatch, from_trade_update, stream_url, to_broker_order
 from services.execution.config import ExecConfig
 from services.execution.handlers import (
-    UNKNOWN_ORDER_BLOCK,
     Accepted,
     Rejected,
     Unknown,
     alert,
-    blocked,
+    fail,
     hand_over,
     on_broker_order,
+    on_denied,
     on_outcome,
+    on_watermark,
+    skip,
     step,
-    unknown_block,
+    unknown_order_block,
 )
 from tests.factories import NOW_NS, Events, ctx, minute
 
@@ -114,19 +118,102 @@ def test_hand_over_when_approved_then_order_held_submitting_and_envelope_derives
     assert (ev.qty, ev.broker) == (100, "alpaca-paper")
 
 
-def test_blocked_when_halt_went_up_after_approval_then_submit_failed_broker_state(d: PretradeDecision) -> None:
-    (ev,) = blocked(d, "KILL_SWITCH_BLOCK", "halted: manual", CTX)
+def test_skip_when_halt_went_up_after_approval_then_one_submit_skipped_at_execution(d: PretradeDecision) -> None:
+    state, (ev,) = skip(st.ExecState(), d, "KILL_SWITCH_BLOCK", "halted: manual", CTX, halt_reason="manual")
 
-    assert isinstance(ev, SubmitFailed)
-    assert ev.event_id == derive_id("exec.submit_failed.v1", d.client_order_id)
+    assert isinstance(ev, SubmitSkipped)
+    assert ev.event_id == derive_id("exec.submit_skipped.v1", d.client_order_id)
     assert (ev.correlation_id, ev.causation_id, ev.ts_event, ev.ts_init) == (
         d.correlation_id,
         d.event_id,
         d.ts_event,
         NOW_NS,
     )
-    assert (ev.category, ev.reason_code, ev.message) == ("BROKER_STATE", "KILL_SWITCH_BLOCK", "halted: manual")
-    assert (ev.intent_id, ev.client_order_id) == (d.intent_id, d.client_order_id)
+    assert (ev.stage, ev.reason_code, ev.message, ev.details) == (
+        "execution",
+        "KILL_SWITCH_BLOCK",
+        "halted: manual",
+        {"halt_reason": "manual"},
+    )
+    assert (ev.intent_id, ev.client_order_id, ev.qty) == (d.intent_id, d.client_order_id, d.qty)
+    assert state.cycles == {d.bar_ts: st.Cycle(skipped={"KILL_SWITCH_BLOCK": 1})}
+    assert state.orders == {}  # never handed over
+
+
+def test_fail_when_a_check_could_not_run_then_submit_failed_with_the_error_info(d: PretradeDecision) -> None:
+    info = classify_exception(ConnectionError("nats: connection closed"), dependency="bus")
+
+    state, (ev,) = fail(st.ExecState(), d, info, CTX)
+
+    assert isinstance(ev, SubmitFailed)
+    assert ev.event_id == derive_id("exec.submit_failed.v1", d.client_order_id)
+    assert (ev.category, ev.reason_code, ev.dependency, ev.action) == ("TRANSIENT_NETWORK", "NET_RETRY", "bus", "RETRY")
+    assert "connection closed" in ev.message
+    assert state.cycles == {d.bar_ts: st.Cycle(failed={"NET_RETRY": 1})}
+
+
+def test_on_denied_when_the_oms_denied_then_skipped_at_the_oms_with_its_reason(f: Events) -> None:
+    d = f.decision(f.intent("AAPL", "buy", 100, "10"), approved=False, reason="ORDER_SIZE_BLOCK")
+
+    state, (ev,) = on_denied(st.ExecState(), d, CTX)
+
+    assert isinstance(ev, SubmitSkipped)
+    assert (ev.stage, ev.reason_code, ev.client_order_id) == ("oms", "ORDER_SIZE_BLOCK", d.client_order_id)
+    assert state.cycles[d.bar_ts].skipped == {"ORDER_SIZE_BLOCK": 1}
+
+
+def test_on_denied_when_a_duplicate_was_refused_then_no_second_outcome(f: Events) -> None:
+    d = f.decision(f.intent("AAPL", "buy", 100, "10"), approved=False, reason="DUPLICATE_ORDER_BLOCK")
+
+    assert on_denied(st.ExecState(), d, CTX) == (st.ExecState(), [])
+
+
+def test_on_watermark_when_a_bar_ends_then_summary_counts_each_outcome_and_shows_the_broker_lock(f: Events) -> None:
+    a = f.decision(f.intent("AAPL", "buy", 100, "10", n=1))
+    b = f.decision(f.intent("MSFT", "buy", 100, "10", n=1))
+    c = f.decision(f.intent("SPY", "buy", 100, "10", n=1), approved=False, reason="ORDER_SIZE_BLOCK")
+    state, _ = hand_over(st.ExecState(), a, "alpaca", "", CTX)
+    state, _ = skip(state, b, "CIRCUIT_OPEN_broker_submit", "open", CTX)
+    state, _ = step(state, c, CTX)
+    wm = f.watermark("oms", a.bar_ts)
+    health = st.Health(
+        breakers={"broker_submit": "RATE_LIMIT_RETRY"},
+        locked_until_ns=a.bar_ts + 60 * 10**9,
+        lock_reason="CIRCUIT_OPEN_broker_submit: RATE_LIMIT_RETRY",
+    )
+
+    after, events = on_watermark(state, wm, health, CTX)
+
+    forwarded, summary = events
+    assert isinstance(forwarded, Watermark) and isinstance(summary, CycleSummary)
+    assert (summary.bar_ts, summary.submitted, summary.skipped, summary.failed) == (
+        a.bar_ts,
+        1,
+        {"CIRCUIT_OPEN_broker_submit": 1, "ORDER_SIZE_BLOCK": 1},
+        {},
+    )
+    assert summary.breakers == {"broker_submit": "RATE_LIMIT_RETRY"}
+    assert (summary.broker_locked_until_ns, summary.broker_lock_reason) == (health.locked_until_ns, health.lock_reason)
+    assert summary.event_id == derive_id("ops.cycle_summary.v1", "execution", a.bar_ts)
+    assert after.cycles == {}  # summarized once
+
+
+def test_on_watermark_when_no_intent_in_the_bar_then_an_empty_summary_still_ends_it(f: Events) -> None:
+    wm = f.watermark("oms", minute(1))
+
+    _, (_, summary) = on_watermark(st.ExecState(), wm, st.Health(), CTX)
+
+    assert isinstance(summary, CycleSummary)
+    assert (summary.submitted, summary.skipped, summary.failed, summary.breakers) == (0, {}, {}, {})
+
+
+def test_on_watermark_when_seen_again_then_no_second_summary(f: Events) -> None:
+    wm = f.watermark("oms", minute(1))
+    state, _ = on_watermark(st.ExecState(), wm, st.Health(), CTX)
+
+    again, events = on_watermark(state, wm, st.Health(), CTX)
+    assert again == state
+    assert [type(e) for e in events] == [Watermark]
 
 
 def test_hand_over_when_built_twice_then_byte_identical(d: PretradeDecision) -> None:
@@ -259,27 +346,20 @@ def test_poll_when_unknown_order_missing_at_broker_then_still_unknown(d: Pretrad
 # --- the unknown-order block -----------------------------------------------------------------
 
 
-def test_unknown_block_when_an_order_of_the_symbol_is_unknown_then_submit_failed_naming_it(f: Events) -> None:
+def test_unknown_block_when_an_order_of_the_symbol_is_unknown_then_the_reason_names_it(f: Events) -> None:
     first = f.decision(f.intent("AAPL", "buy", 100, "10", n=1))
     second = f.decision(f.intent("AAPL", "buy", 50, "10", n=2))
 
-    (ev,) = unknown_block(unknown(first), second, CTX)
+    why = unknown_order_block(unknown(first), second)
 
-    assert isinstance(ev, SubmitFailed)
-    assert (ev.reason_code, ev.category) == (UNKNOWN_ORDER_BLOCK, "BROKER_STATE")
-    assert first.client_order_id in ev.message
-    assert (ev.client_order_id, ev.intent_id, ev.causation_id) == (
-        second.client_order_id,
-        second.intent_id,
-        second.event_id,
-    )
+    assert first.client_order_id in why and "AAPL" in why
 
 
 def test_unknown_block_when_the_unknown_order_is_another_symbol_then_none(f: Events) -> None:
     first = f.decision(f.intent("AAPL", "buy", 100, "10", n=1))
     other = f.decision(f.intent("MSFT", "buy", 50, "10", n=2))
 
-    assert unknown_block(unknown(first), other, CTX) == []
+    assert unknown_order_block(unknown(first), other) == ""
 
 
 def test_unknown_block_when_the_order_is_only_submitting_or_working_then_none(f: Events) -> None:
@@ -287,8 +367,8 @@ def test_unknown_block_when_the_order_is_only_submitting_or_working_then_none(f:
     second = f.decision(f.intent("AAPL", "buy", 50, "10", n=2))
     submitting, _ = hand_over(st.ExecState(), first, "alpaca", "", CTX)
 
-    assert unknown_block(submitting, second, CTX) == []
-    assert unknown_block(working(first), second, CTX) == []
+    assert unknown_order_block(submitting, second) == ""
+    assert unknown_order_block(working(first), second) == ""
 
 
 def test_unknown_block_when_the_unknown_order_was_adopted_then_lifted(f: Events) -> None:
@@ -297,7 +377,7 @@ def test_unknown_block_when_the_unknown_order_was_adopted_then_lifted(f: Events)
 
     adopted, _ = on_broker_order(unknown(first), first.client_order_id, broker(first, "new"), CTX)
 
-    assert unknown_block(adopted, second, CTX) == []
+    assert unknown_order_block(adopted, second) == ""
 
 
 def test_poll_when_known_order_missing_from_listing_then_nothing_yet(d: PretradeDecision) -> None:
@@ -776,8 +856,8 @@ def test_watermark_when_from_oms_then_forwarded_as_execution(f: Events) -> None:
 
     state, out = step(st.ExecState(), wm, CTX)
 
-    (fwd,) = out
-    assert isinstance(fwd, Watermark)
+    fwd, summary = out
+    assert isinstance(fwd, Watermark) and isinstance(summary, CycleSummary)
     assert (fwd.source, fwd.bar_ts, fwd.causation_id) == ("execution", minute(4), wm.event_id)
     assert state.last_watermark == minute(4)
 

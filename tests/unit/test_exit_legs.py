@@ -25,11 +25,13 @@ from libs.contracts.execution import (
     OrderStatusUnknown,
     OrderSubmitted,
     SubmitFailed,
+    SubmitSkipped,
 )
 from libs.contracts.oms import PositionChanged, PretradeDecision
 from libs.contracts.ops import AlertRaised
 from libs.contracts.risk import OrderIntent
 from libs.contracts.tca import TcaRecorded
+from libs.errors import classify_exception
 from services.execution import handlers as ex
 from services.execution import state as est
 from services.execution.config import ExecConfig
@@ -520,12 +522,13 @@ def test_hand_over_when_simple_then_only_the_order_itself_is_submitted(f: Events
     assert state.aliases == {}
 
 
-def test_blocked_when_bracket_then_submit_failed_for_the_parent_and_each_leg(f: Events) -> None:
+def test_skip_when_bracket_then_submit_skipped_for_the_parent_and_each_leg(f: Events) -> None:
     d = decided(f, bracket(f, "buy"))
 
-    out = ex.blocked(d, ex.KILL_SWITCH_BLOCK, "halted: manual", EXEC_CTX)
+    state, out = ex.skip(est.ExecState(), d, ex.KILL_SWITCH_BLOCK, "halted: manual", EXEC_CTX)
 
-    assert all(isinstance(e, SubmitFailed) for e in out)
+    assert all(isinstance(e, SubmitSkipped) for e in out)
+    assert state.cycles[d.bar_ts].skipped == {ex.KILL_SWITCH_BLOCK: 1}  # one intent, counted once
     assert [(e.client_order_id, e.side, e.reason_code) for e in out] == [
         (d.client_order_id, "buy", ex.KILL_SWITCH_BLOCK),
         (cid_of(d, "take_profit"), "sell", ex.KILL_SWITCH_BLOCK),
@@ -534,19 +537,18 @@ def test_blocked_when_bracket_then_submit_failed_for_the_parent_and_each_leg(f: 
     assert len({e.event_id for e in out}) == 3
 
 
-def test_unknown_block_when_a_bracket_waits_behind_an_unknown_order_then_parent_and_legs_fail(f: Events) -> None:
-    first = decided(f, f.intent("AAPL", "buy", 100, "50", n=1))
-    unknown, _ = ex.on_outcome(handed_over(first), first.client_order_id, ex.Unknown(message="timeout"), EXEC_CTX)
-    second = decided(f, msgspec.structs.replace(bracket(f, "buy"), client_order_id="CID-second"))
+def test_fail_when_bracket_then_submit_failed_for_the_parent_and_each_leg(f: Events) -> None:
+    d = decided(f, bracket(f, "buy"))
+    info = classify_exception(TimeoutError("halt flag read timed out"), dependency="bus")
 
-    out = ex.unknown_block(unknown, second, EXEC_CTX)
+    _, out = ex.fail(est.ExecState(), d, info, EXEC_CTX)
 
+    assert all(isinstance(e, SubmitFailed) for e in out)
     assert [(e.client_order_id, e.reason_code) for e in out] == [
-        ("CID-second", ex.UNKNOWN_ORDER_BLOCK),
-        ("CID-second:tp", ex.UNKNOWN_ORDER_BLOCK),
-        ("CID-second:sl", ex.UNKNOWN_ORDER_BLOCK),
+        (d.client_order_id, "NET_RETRY"),
+        (cid_of(d, "take_profit"), "NET_RETRY"),
+        (cid_of(d, "stop_loss"), "NET_RETRY"),
     ]
-    assert all(first.client_order_id in e.message for e in out)
 
 
 def test_outcome_when_bracket_rejected_then_order_rejected_for_the_parent_and_each_leg(f: Events) -> None:

@@ -8,6 +8,7 @@ import pytest
 import requests
 from alpaca.common.exceptions import APIError
 
+from libs.errors import DependencyFailed
 from libs.errors.retry import CircuitOpen, retry_idempotent
 
 
@@ -96,16 +97,19 @@ async def test_retry_when_same_seed_then_same_delays_and_other_seed_differs() ->
 async def test_retry_when_attempts_run_out_then_last_failure_raised() -> None:
     read = Flaky(timeout(), timeout(), timeout())
 
-    with pytest.raises(requests.Timeout):
+    with pytest.raises(DependencyFailed) as failed:
         await call(read, breakers=None, max_attempts=3)
     assert read.calls == 3
+    assert isinstance(failed.value.cause, requests.Timeout)
+    assert not failed.value.counted  # no breakers to count it on
 
 
 async def test_retry_when_total_time_would_be_exceeded_then_raised_before_sleeping() -> None:
     read, t = Flaky(timeout(), timeout()), FakeTime()
 
-    with pytest.raises(requests.Timeout):
-        await call(read, time=t, breakers=None, max_total_seconds=0.3)  # the second delay would pass it
+    with pytest.raises(DependencyFailed) as failed:
+        await call(read, time=t, breakers=None, max_total_seconds=0.3)
+    assert isinstance(failed.value.cause, requests.Timeout)  # the second delay would pass it
     assert (read.calls, len(t.slept)) == (2, 1)
 
 
@@ -113,9 +117,10 @@ async def test_retry_when_failure_not_retryable_then_raised_at_once_and_not_coun
     refused = api_error(403, '{"code":40310000,"message":"forbidden"}')
     read, breakers = Flaky(refused), FakeBreakers()
 
-    with pytest.raises(APIError):
+    with pytest.raises(DependencyFailed) as failed:
         await call(read, breakers=breakers)
     assert (read.calls, breakers.failures) == (1, [])
+    assert isinstance(failed.value.cause, APIError) and not failed.value.counted
 
 
 async def test_retry_when_breaker_open_then_circuit_open_without_calling() -> None:
@@ -132,3 +137,12 @@ async def test_retry_when_order_submit_then_refused_as_non_idempotent() -> None:
     with pytest.raises(ValueError, match="idempotent"):
         await call(submit, dep="broker_submit", breakers=None)
     assert submit.calls == 0
+
+
+async def test_retry_when_retryable_failures_run_out_with_breakers_then_raised_as_already_counted() -> None:
+    read, breakers = Flaky(timeout(), timeout()), FakeBreakers()
+
+    with pytest.raises(DependencyFailed) as failed:
+        await call(read, breakers=breakers, max_attempts=2)
+    assert failed.value.counted and failed.value.dependency == "data_primary"
+    assert len(breakers.failures) == 2
