@@ -234,6 +234,8 @@ async def run(opts: UpOptions) -> int:
             if name == "execution":
                 child_env["KEEL_EXEC_BASE_URL"] = cluster.children["exchange"].url
                 child_env["KEEL_EXEC_BROKER"] = "keel-local"  # the capability row of that exchange
+                # the local exchange has no request limit: replays are not paced by one
+                child_env.setdefault("KEEL_EXEC_RATE_LIMIT_PER_MIN", "0")
             cluster.children[name] = ServiceProcess(name, child_env, opts.var / "logs" / f"{name}.log")
         # the exchange first (execution checks its broker at start), the feed last (so every
         # consumer is listening before the first bar; durable consumers would catch up anyway)

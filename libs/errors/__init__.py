@@ -74,6 +74,19 @@ class InvariantViolation(KeelError):
     """A value the decision path relies on is impossible (NaN, negative price, ...)."""
 
 
+class Throttled(KeelError):
+    """keel's own rate limit refused a broker call (libs/errors/ratelimit.py): nothing was sent.
+
+    Not a failure of the broker, so it never counts against a breaker; `reason` is RATE_LIMITED
+    or BROKER_LOCKED (a Retry-After holds the account's bucket closed).
+    """
+
+    def __init__(self, reason: str, what: str, wait_sec: float) -> None:
+        super().__init__(f"{what}: {reason}: no request token within the wait limit (needed {wait_sec:.2f}s more)")
+        self.reason = reason
+        self.wait_sec = wait_sec
+
+
 class DependencyFailed(KeelError):
     """A call to a named dependency failed; the original exception is its `cause`.
 
@@ -94,8 +107,8 @@ async def calling(dependency: str, call: Awaitable[T]) -> T:
     """
     try:
         return await call
-    except KeelError:
-        raise
+    except DependencyFailed:
+        raise  # an inner call named its dependency already
     except Exception as e:  # classified by whoever catches DependencyFailed (ErrorHandler.handle)
         raise DependencyFailed(dependency, e) from e
 
@@ -203,6 +216,8 @@ def classify_exception(
             return info(ErrorCategory.ORDER_REJECTED, ErrorScope.SYMBOL, ErrorAction.SKIP_SYMBOL, "ORDER_REJECTED")
     if isinstance(exc, msgspec.ValidationError | msgspec.DecodeError):
         return info(ErrorCategory.BAD_DATA, ErrorScope.SYMBOL, ErrorAction.SKIP_SYMBOL, "BAD_DATA")
+    if isinstance(exc, Throttled):
+        return info(ErrorCategory.RATE_LIMIT, ErrorScope.PROVIDER, ErrorAction.RETRY, exc.reason)
     if isinstance(exc, decimal.ConversionSyntax):
         return info(ErrorCategory.BAD_DATA, ErrorScope.SYMBOL, ErrorAction.SKIP_SYMBOL, "BAD_DATA")
     if isinstance(exc, InvariantViolation | decimal.InvalidOperation | FloatingPointError):

@@ -98,9 +98,7 @@ def hold_open(state: BreakerState, now_ns: int, seconds: float, reason: str) -> 
     return msgspec.structs.replace(state, open_until_ns=until, opened_at_ns=opened_at, reason=reason)
 
 
-def order_block(
-    states: dict[str, BreakerState], now_ns: int, *, fallback_allowed: bool
-) -> tuple[str, str] | None:
+def order_block(states: dict[str, BreakerState], now_ns: int, *, fallback_allowed: bool) -> tuple[str, str] | None:
     """Return (dependency, reason) of the open breaker that blocks new orders, or None (pure).
 
     Every dependency blocks while its breaker is open, except the data providers: an open
@@ -108,6 +106,7 @@ def order_block(
     too), and data_fallback alone never blocks (the primary serves). The first in DEPENDENCIES
     order wins, so the reason is stable.
     """
+
     def is_open(dep: str) -> bool:
         state = states.get(dep)
         return state is not None and state.is_open(now_ns)

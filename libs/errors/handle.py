@@ -24,7 +24,7 @@ from libs.bus import Bus
 from libs.contracts import subjects as sj
 from libs.contracts.base import derive_id
 from libs.contracts.ops import AlertRaised
-from libs.errors import DependencyFailed, ErrorAction, ErrorCategory, ErrorInfo, classify_exception
+from libs.errors import DependencyFailed, ErrorAction, ErrorCategory, ErrorInfo, Throttled, classify_exception
 from libs.errors.breakers import Breakers, BreakerState, circuit_open_code
 from libs.obs.metrics import Metrics
 
@@ -51,7 +51,9 @@ def halt_message(info: ErrorInfo, context: str) -> str:
     return f"{info.reason_code} ({info.category.value}): {context}: {info.details.get('type', '')}: {what}"
 
 
-def alert_for(code: str, severity: str, message: str, key: str, service: str, now_ns: int, **details: str) -> AlertRaised:
+def alert_for(
+    code: str, severity: str, message: str, key: str, service: str, now_ns: int, **details: str
+) -> AlertRaised:
     """Build an alert of a handled failure; key names the episode (the same key is one alert)."""
     return AlertRaised(
         event_id=derive_id("ops.alert_raised.v1", service, code, key),
@@ -73,9 +75,7 @@ async def publish_halt(bus: Bus, service: str, reason: str, key: str) -> None:
     The Msg-Id derives from (service, key), so the same episode halts once however often it is said.
     """
     body = json.dumps({"reason": reason}).encode()
-    await bus.js.publish(
-        bus.subjects.ctl(sj.CTL_KILL), body, headers={sj.H_MSG_ID: derive_id(f"{service}.halt", key)}
-    )
+    await bus.js.publish(bus.subjects.ctl(sj.CTL_KILL), body, headers={sj.H_MSG_ID: derive_id(f"{service}.halt", key)})
     log.critical("trading halted by %s", service, extra={"reason": reason})
 
 
@@ -117,6 +117,7 @@ class ErrorHandler:
         counted = False
         if isinstance(exc, DependencyFailed):
             exc, dependency, counted = exc.cause, exc.dependency, exc.counted
+        counted = counted or isinstance(exc, Throttled)  # keel's own limit: the broker is not to blame
         info = classify_exception(exc, dependency=dependency, symbol=symbol)
         if self.metrics is not None:
             self.metrics.errors.labels(self.service, info.category.value, info.reason_code).inc()

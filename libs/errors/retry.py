@@ -17,7 +17,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from libs.errors import DependencyFailed, ErrorInfo, KeelError, classify_exception
+from libs.errors import DependencyFailed, ErrorInfo, KeelError, Throttled, classify_exception
 from libs.errors.breakers import Breakers, circuit_open_code
 
 T = TypeVar("T")
@@ -70,7 +70,7 @@ async def retry_idempotent(
             return await fn()
         except Exception as e:  # classified here, and raised again unless retryable
             info = classify(e, dependency=dep)
-            if breakers is not None and info.retryable:
+            if breakers is not None and info.retryable and not isinstance(e, Throttled):
                 await breakers.record_failure(dep, info.reason_code)
             delay = base_delay * 2 ** (attempt - 1) * (1 + jitter.random())
             if not info.retryable or attempt >= max_attempts or clock() - started + delay > max_total_seconds:

@@ -226,7 +226,7 @@ def parse_instant(name: str, text: str, *, end_of_day: bool = False) -> int:
             moment = datetime.combine(day, datetime.min.time(), NEW_YORK)
         else:
             moment = datetime.fromisoformat(value)
-    except ValueError:
+    except (ValueError, OverflowError):
         moment = None
     if moment is None or moment.tzinfo is None:
         raise _bad(f"invalid {name}: expected an RFC 3339 timestamp with offset or YYYY-MM-DD, was {text!r}")

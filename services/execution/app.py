@@ -18,6 +18,7 @@ from libs.contracts import subjects as sj
 from libs.errors import DependencyFailed, DependencyUnavailable, calling, classify_exception
 from libs.errors.breakers import Breakers
 from libs.errors.handle import ErrorHandler
+from libs.errors.ratelimit import RateLimiter, RatePolicy, account_key
 from libs.errors.retry import CircuitOpen, retry_idempotent
 from libs.obs import tracing
 from libs.runtime.processor import Processor
@@ -314,6 +315,11 @@ async def build(deps: Deps) -> Service:
     cfg: ExecConfig = deps.section
     check_order_policy(cfg)
     broker = await connect_broker(cfg, deps.common.execution_mode)
+    if cfg.rate_limit_per_min:
+        policy = RatePolicy(rate_per_min=cfg.rate_limit_per_min, capacity=cfg.rate_limit_burst)
+        # operational pacing, so the wall clock (replay's clock would stand still between bars)
+        broker.limiter = RateLimiter(await deps.bus.limits_kv(), account_key(cfg.api_key_id), policy, time.time_ns)
+        broker.read_wait_sec = cfg.rate_limit_read_wait_sec
     processor = await processor_for(deps, ExecState())
     breakers = await deps.breakers()
     errors = await deps.errors()
@@ -349,7 +355,14 @@ async def build(deps: Deps) -> Service:
         tasks.append(stream.serve)
     return Service(
         consumers=consumers.consumers(
-            deps.bus, processor, broker, live, breakers, errors, fallback_allowed=deps.common.data_fallback_allowed
+            deps.bus,
+            processor,
+            broker,
+            live,
+            breakers,
+            errors,
+            fallback_allowed=deps.common.data_fallback_allowed,
+            submit_wait_sec=cfg.rate_limit_submit_wait_sec,
         ),
         tasks=tasks,
         router=api.router(processor, watch, name),

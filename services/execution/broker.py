@@ -16,6 +16,7 @@ import time
 from collections.abc import Awaitable, Callable
 from decimal import Decimal
 from enum import Enum
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 import msgspec
@@ -28,10 +29,13 @@ from alpaca.trading.models import Order, TradeUpdate
 from alpaca.trading.requests import GetOrderByIdRequest, GetOrdersRequest
 from alpaca.trading.stream import TradingStream
 
-from libs.errors import ErrorAction, classify_exception
+from libs.errors import ErrorAction, Throttled, classify_exception
+from libs.errors.ratelimit import RateLimiter, Throttle
 from services.execution import handlers
 from services.execution.orders import build_request
 from services.execution.state import BrokerOrder, ExecOrder
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +116,32 @@ class AlpacaBroker:
         self.client._session.mount("http://", adapter)
         self.client._session.mount("https://", adapter)
         self._clock_ns = 0
+        # the account's shared request budget (set by the app when the broker has a limit)
+        self.limiter: RateLimiter | None = None
+        self.read_wait_sec = 2.0
+
+    async def reserve(self, max_wait_sec: float) -> Throttle | None:
+        """Take a request token for a call about to be made; None when there is no limit."""
+        if self.limiter is None:
+            return None
+        return await self.limiter.acquire(max_wait_sec=max_wait_sec)
+
+    async def _call(self, what: str, fn: Callable[..., T], *args: object, reserved: bool = False) -> T:
+        """Make one broker request within the account's budget; a 429 locks the budget for everyone.
+
+        Raises Throttled when no token came within the read wait (nothing was sent).
+        """
+        if not reserved:
+            got = await self.reserve(self.read_wait_sec)
+            if got is not None and not got.taken:
+                raise Throttled(got.reason, what, got.wait_sec)
+        try:
+            return await asyncio.to_thread(fn, *args)
+        except APIError as e:
+            if e.status_code == 429 and self.limiter is not None:
+                # every process of the account waits the venue's Retry-After (1 s when it gave none)
+                await self.limiter.lock(retry_after(e) or 1.0, "RATE_LIMIT_RETRY")
+            raise
 
     async def wait_for_clock(self, ts_ns: int, *, timeout: float = 10.0) -> bool:
         """Wait until the broker's clock has reached ts_ns; False if it did not within timeout.
@@ -126,7 +156,7 @@ class AlpacaBroker:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while True:
-            clock = await asyncio.to_thread(self.client.get_clock)
+            clock = await self._call("GET /v2/clock", self.client.get_clock)
             self._clock_ns = max(self._clock_ns, _ns(clock.timestamp))  # type: ignore[union-attr]
             if self._clock_ns >= ts_ns:
                 return True
@@ -136,17 +166,23 @@ class AlpacaBroker:
 
     async def check(self) -> None:
         """Fetch the account; raises when the broker is unreachable or refuses the keys."""
-        await asyncio.to_thread(self.client.get_account)
+        await self._call("GET /v2/account", self.client.get_account)
 
-    async def submit(self, order: ExecOrder) -> handlers.Outcome:
-        """Submit an order; never raises. A timeout, lost response or 5xx is Unknown, never retried here."""
+    async def submit(self, order: ExecOrder, *, reserved: bool = False) -> handlers.Outcome:
+        """Submit an order; never raises. A timeout, lost response or 5xx is Unknown, never retried here.
+
+        `reserved`: its request token was taken before the hand-over (the consumer's checks).
+        """
         try:
             req = build_request(order)
         except ValueError as e:
             # the contracts make this a bug, not a market event: the order never left keel
             return handlers.Rejected(code="INVALID_ORDER", message=f"cannot build the request: {e}"[:300])
         try:
-            placed = await asyncio.to_thread(self.client.submit_order, req)
+            placed = await self._call("POST /v2/orders", self.client.submit_order, req, reserved=reserved)
+        except Throttled as e:
+            # never sent (a re-send after a 404 found no token): still unknown, asked about again
+            return handlers.Unknown(message=str(e)[:300])
         except APIError as e:
             if is_duplicate_client_order_id(e):
                 # submitted before (a crash after the broker accepted, a lost response): adopt it
@@ -188,18 +224,20 @@ class AlpacaBroker:
     async def lookup(self, cid: str) -> BrokerOrder | str | None:
         """Return the order, ABSENT when the broker says 404, None when it cannot tell."""
         try:
-            order = await asyncio.to_thread(self.client.get_order_by_client_id, cid)
+            order = await self._call("GET /v2/orders:by_client_order_id", self.client.get_order_by_client_id, cid)
         except APIError as e:
             return ABSENT if e.status_code == 404 else None
-        except (requests.RequestException, OSError):
+        except (requests.RequestException, OSError, Throttled):
             return None
         return to_broker_order(order)
 
     async def order(self, order_id: str) -> BrokerOrder | None:
         """Return an order by the broker's id with its exit legs rolled up; None when it cannot tell."""
         try:
-            order = await asyncio.to_thread(self.client.get_order_by_id, order_id, GetOrderByIdRequest(nested=True))
-        except (APIError, requests.RequestException, OSError) as e:
+            order = await self._call(
+                "GET /v2/orders/{id}", self.client.get_order_by_id, order_id, GetOrderByIdRequest(nested=True)
+            )
+        except (APIError, requests.RequestException, OSError, Throttled) as e:
             info = classify_exception(e, dependency="broker_open_orders")
             log.warning("order lookup failed", extra={"order_id": order_id, "reason": info.reason_code,
                                                       "error": str(e)[:300]})  # fmt: skip
@@ -209,23 +247,23 @@ class AlpacaBroker:
     async def cancel(self, order_id: str) -> str:
         """Ask the broker to cancel an order; return '' when it took the request, else why not."""
         try:
-            await asyncio.to_thread(self.client.cancel_order_by_id, order_id)
+            await self._call("DELETE /v2/orders/{id}", self.client.cancel_order_by_id, order_id)
         except APIError as e:
             return f"DELETE /v2/orders/{order_id}: {e}"[:300]  # e.g. 422: already filled or canceled
-        except (requests.RequestException, OSError) as e:
+        except (requests.RequestException, OSError, Throttled) as e:
             return f"DELETE /v2/orders/{order_id}: {type(e).__name__}: {e}"[:300]
         return ""
 
     async def open_orders(self) -> dict[str, BrokerOrder]:
         """Return every open order by client_order_id."""
-        orders = await asyncio.to_thread(
-            self.client.get_orders, GetOrdersRequest(status=QueryOrderStatus.OPEN, limit=500)
+        orders = await self._call(
+            "GET /v2/orders", self.client.get_orders, GetOrdersRequest(status=QueryOrderStatus.OPEN, limit=500)
         )
         return {o.client_order_id: to_broker_order(o) for o in orders}  # type: ignore[union-attr]
 
     async def cancel_all(self) -> int:
         """Cancel every open order; return how many cancel requests the broker took."""
-        responses = await asyncio.to_thread(self.client.cancel_orders)
+        responses = await self._call("DELETE /v2/orders", self.client.cancel_orders)
         return len(responses)  # type: ignore[arg-type]
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
+
+import msgspec
 
 from libs.config import Section
 
@@ -31,3 +33,12 @@ class ExecConfig(Section, frozen=True, kw_only=True, forbid_unknown_fields=True)
     # which row of the capability matrix (services/execution/capabilities.py) the broker at
     # base_url is: configured, never guessed from the URL; `keel up` sets keel-local
     broker: Literal["alpaca", "keel-local"] = "alpaca"
+    # the account's request budget (libs/errors/ratelimit.py), shared by every process of these
+    # keys: Alpaca allows 200 requests/min per account; 0 = no limit (keel's local exchange has
+    # none: `keel up` sets 0 there so replays are not paced by a limit the venue does not have)
+    rate_limit_per_min: Annotated[float, msgspec.Meta(ge=0)] = 200.0
+    rate_limit_burst: Annotated[float, msgspec.Meta(ge=1)] = 10.0
+    # how long an order waits for a request token before it is skipped (RATE_LIMITED or, while a
+    # Retry-After holds the account, BROKER_LOCKED); reads wait read_wait and are tried next poll
+    rate_limit_submit_wait_sec: Annotated[float, msgspec.Meta(ge=0)] = 5.0
+    rate_limit_read_wait_sec: Annotated[float, msgspec.Meta(ge=0)] = 2.0

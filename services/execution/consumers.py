@@ -20,9 +20,10 @@ from libs.contracts.base import derive_id
 from libs.contracts.control import CancelAllOrders, HaltTrading
 from libs.contracts.oms import OmsEvent, PretradeDecision
 from libs.contracts.ops import Watermark
-from libs.errors import DependencyFailed, calling
+from libs.errors import DependencyFailed, Throttled, calling
 from libs.errors.breakers import Breakers, circuit_open_code
 from libs.errors.handle import ErrorHandler, publish_halt
+from libs.errors.ratelimit import BROKER_LOCKED, RateLimiter
 from libs.obs import tracing
 from libs.runtime.processor import Processor
 from services.execution import handlers
@@ -136,18 +137,28 @@ async def count_submit(
         await errors.circuit_opened(state)
 
 
-async def health(breakers: Breakers) -> st.Health:
-    """Read what a cycle summary says of the broker: open breakers, and until when it is locked."""
+async def health(breakers: Breakers, limiter: RateLimiter | None) -> st.Health:
+    """Read what a cycle summary says of the broker: open breakers, and until when it is locked.
+
+    Locked: by the account's rate limit (a Retry-After) or by an open broker breaker, whichever
+    ends last.
+    """
     states = await breakers.states()
     now = breakers.now_ns()
     open_ = {dep: s.reason or "open" for dep, s in states.items() if s.is_open(now)}
-    broker = [s for dep, s in states.items() if dep.startswith("broker_") and s.is_open(now)]
-    if not broker:
+    locks = [
+        (s.open_until_ns, f"{circuit_open_code(dep)}: {s.reason}")
+        for dep, s in states.items()
+        if dep.startswith("broker_") and s.is_open(now)
+    ]
+    if limiter is not None:
+        bucket = await limiter.state()
+        if bucket.is_locked(limiter.now_ns()):
+            locks.append((bucket.locked_until_ns, f"{BROKER_LOCKED}: {bucket.lock_reason}"))
+    if not locks:
         return st.Health(breakers=open_)
-    last = max(broker, key=lambda s: s.open_until_ns)
-    return st.Health(
-        breakers=open_, locked_until_ns=last.open_until_ns, lock_reason=f"{circuit_open_code(last.dependency)}: {last.reason}"
-    )
+    until, reason = max(locks)
+    return st.Health(breakers=open_, locked_until_ns=until, lock_reason=reason)
 
 
 def consumers(
@@ -159,6 +170,7 @@ def consumers(
     errors: ErrorHandler,
     *,
     fallback_allowed: bool = False,
+    submit_wait_sec: float = 5.0,
 ) -> list[tuple[ConsumerSpec, OnBatch]]:
     """Return execution's durable consumers; `live` holds the orders whose broker call is under way."""
     subjects = bus.subjects
@@ -200,6 +212,18 @@ def consumers(
             try:
                 refused = await checks(d)
             except DependencyFailed as e:
+                if isinstance(e.cause, Throttled):
+                    # keel's own limit held a check's request back: the order waits for nothing,
+                    # it is skipped with the limit's reason (RATE_LIMITED, BROKER_LOCKED)
+                    throttled = e.cause
+                    await processor.apply(
+                        decisions.durable,
+                        [inbound],
+                        lambda s, _e, c: handlers.skip(
+                            s, d, throttled.reason, str(throttled), c, wait_sec=f"{throttled.wait_sec:.3f}"
+                        ),
+                    )
+                    return
                 # a check could not run (the bus, the broker's clock, a cancel): not sent, and said
                 info = await errors.handle(e, dependency=e.dependency, context=f"checks before sending {cid}",
                                            symbol=d.symbol, key=cid)  # fmt: skip
@@ -220,7 +244,7 @@ def consumers(
         order = processor.state.orders.get(cid)
         outcome: handlers.Outcome | None = None
         if order is not None and fresh:
-            outcome = await broker.submit(order)
+            outcome = await broker.submit(order, reserved=True)
         elif order is not None and order.broker_status in st.PRE_ACK:
             # handed over before a crash, answer unknown: look it up before sending again
             outcome = await broker.recover(order, resend=await resend_allowed(bus, breakers))
@@ -246,15 +270,34 @@ def consumers(
             )
         refused = await gate(d)
         exits = [] if refused else handlers.exits_in_the_way(processor.state, d.symbol, d.side)
+        if refused is None and not exits:
+            refused = await budget(d)
         if exits:
             filled = await calling("broker_submit", free_shares(d, exits))
             # the cancels may have taken seconds: the halt flag and breakers are read again
             refused = await gate(d)
             if refused is None and filled:
                 # an exit has filled: the position this order was sized on is not there any more
-                why = f"exit {', '.join(filled)} has filled (part of) the position this order was sized on; decide again"
+                why = (
+                    f"exit {', '.join(filled)} has filled (part of) the position this order was sized on; decide again"
+                )
                 refused = handlers.EXIT_LEG_FILLED, why, {"exits": ",".join(filled)}
+            if refused is None:
+                refused = await budget(d)
         return refused
+
+    async def budget(d: PretradeDecision) -> tuple[str, str, dict[str, str]] | None:
+        """Take the order's request token now, so a throttled order is skipped before hand-over."""
+        got = await calling("bus", broker.reserve(submit_wait_sec))
+        if got is None or got.taken:
+            return None
+        details = {"wait_sec": f"{got.wait_sec:.3f}"}
+        if got.reason == BROKER_LOCKED:
+            details.update(locked_until_ns=str(got.locked_until_ns), lock_reason=got.lock_reason)
+            message = f"the broker account is locked until {got.locked_until_ns} ({got.lock_reason}); not sent"
+        else:
+            message = f"no request token within {submit_wait_sec:g}s (the account's rate limit); not sent"
+        return got.reason, message, details
 
     async def gate(d: PretradeDecision) -> tuple[str, str, dict[str, str]] | None:
         halt, block = await calling(
@@ -342,13 +385,13 @@ def consumers(
             elif isinstance(ev, Watermark):
                 await submit_all(approved)
                 approved = []
-                now = await health(breakers)
+                now = await health(breakers, broker.limiter)
                 await processor.apply(
                     decisions.durable,
                     [*passive, inbound],
-                    lambda s, e, c, now=now: handlers.on_watermark(s, e, now, c)
-                    if isinstance(e, Watermark)
-                    else handlers.step(s, e, c),
+                    lambda s, e, c, now=now: (
+                        handlers.on_watermark(s, e, now, c) if isinstance(e, Watermark) else handlers.step(s, e, c)
+                    ),
                 )
                 passive = []
             else:

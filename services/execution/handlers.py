@@ -163,7 +163,9 @@ def submitted_event_id(cid: str) -> str:
     return derive_id("exec.order_submitted.v1", cid)
 
 
-def count(state: st.ExecState, bar_ts: int, *, submitted: bool = False, skipped: str = "", failed: str = "") -> st.ExecState:
+def count(
+    state: st.ExecState, bar_ts: int, *, submitted: bool = False, skipped: str = "", failed: str = ""
+) -> st.ExecState:
     """Count one intent's outcome in its bar's cycle."""
     cycle = state.cycles.get(bar_ts, st.Cycle())
     if submitted:
@@ -510,9 +512,7 @@ def alert(code: str, severity: str, message: str, key: str, ctx: Ctx, **details:
     )
 
 
-def on_watermark(
-    state: st.ExecState, wm: Watermark, health: st.Health, ctx: Ctx
-) -> tuple[st.ExecState, list[Event]]:
+def on_watermark(state: st.ExecState, wm: Watermark, health: st.Health, ctx: Ctx) -> tuple[st.ExecState, list[Event]]:
     """End a bar: forward the watermark and summarize the bar's intents (seed 002 B-DIAG-02/03).
 
     The OMS's watermark for bar t comes after every decision of bar t, and each decision has had
