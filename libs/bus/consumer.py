@@ -12,6 +12,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import msgspec
 import nats.errors
@@ -19,8 +20,11 @@ from nats.aio.msg import Msg
 from nats.js import api
 
 from libs.bus.client import Bus
-from libs.errors import classify_exception
+from libs.errors import classify_exception, dependency_of
 from libs.obs.metrics import Metrics
+
+if TYPE_CHECKING:
+    from libs.errors.handle import ErrorHandler
 
 log = logging.getLogger(__name__)
 
@@ -111,15 +115,23 @@ async def _decode_batch(bus: Bus, spec: ConsumerSpec, msgs: list[Msg], metrics: 
 
 
 async def _apply(
-    bus: Bus, spec: ConsumerSpec, batch: list[Inbound], on_batch: OnBatch, metrics: Metrics | None
+    bus: Bus,
+    spec: ConsumerSpec,
+    batch: list[Inbound],
+    on_batch: OnBatch,
+    metrics: Metrics | None,
+    errors: ErrorHandler | None = None,
 ) -> None:
     try:
         await on_batch(batch)
-    except Exception as e:  # classified below: transient -> nak, anything else -> isolate
-        info = classify_exception(e, dependency=spec.durable)
-        if metrics:
-            metrics.errors.labels(metrics.service, info.category.value, info.reason_code).inc()
+    except Exception as e:  # classified: transient -> nak; anything else -> isolate, dead-letter, act
+        dependency = dependency_of(e, spec.durable)
+        info = classify_exception(e, dependency=dependency)
         if info.retryable:
+            if errors is not None:  # counted against its dependency (db, bus)
+                await errors.handle(e, dependency=dependency, context=f"consumer {spec.durable}")
+            elif metrics:
+                metrics.errors.labels(metrics.service, info.category.value, info.reason_code).inc()
             log.warning("transient failure, will redeliver", extra={"consumer": spec.durable, "error": repr(e)})
             for inbound in batch:
                 await inbound.msg.nak(delay=spec.nak_delay_sec)
@@ -127,12 +139,19 @@ async def _apply(
         if len(batch) > 1:
             # find the poison message: apply one at a time (each apply is atomic)
             for inbound in batch:
-                await _apply(bus, spec, [inbound], on_batch, metrics)
+                await _apply(bus, spec, [inbound], on_batch, metrics, errors)
             return
         log.exception("handler failed; dead-lettering", extra={"consumer": spec.durable, "reason": info.reason_code})
         await bus.dead_letter(spec.durable, batch[0].msg, e)
         if metrics:
             metrics.dead_lettered.labels(metrics.service, spec.durable).inc()
+        if errors is not None:
+            # the message is kept (dead-lettered); the action applies: a bug in a decision path
+            # (PROGRAMMING_ERROR) or an impossible value (INVARIANT_VIOLATION) halts trading
+            where = f"consumer {spec.durable} on {batch[0].subject} (stream seq {batch[0].stream_seq})"
+            await errors.handle(e, dependency=dependency, context=where, key=f"{spec.durable}:{batch[0].stream_seq}")
+        elif metrics:
+            metrics.errors.labels(metrics.service, info.category.value, info.reason_code).inc()
         return
     for inbound in batch:
         await inbound.msg.ack()
@@ -147,8 +166,13 @@ async def run_consumer(
     *,
     stop: asyncio.Event,
     metrics: Metrics | None = None,
+    errors: ErrorHandler | None = None,
 ) -> None:
-    """Fetch, decode and hand batches to on_batch until stop is set."""
+    """Fetch, decode and hand batches to on_batch until stop is set.
+
+    With `errors` (every service's consumers), a failure goes through the process's error handler:
+    counted against its dependency, and a handler bug or impossible value halts trading.
+    """
     sub = await subscribe(bus, spec)
     while not stop.is_set():
         try:
@@ -161,4 +185,4 @@ async def run_consumer(
             raise
         batch = await _decode_batch(bus, spec, msgs, metrics)
         if batch:
-            await _apply(bus, spec, batch, on_batch, metrics)
+            await _apply(bus, spec, batch, on_batch, metrics, errors)

@@ -231,9 +231,12 @@ async def serve(name: str, build: Build, loaded: Loaded) -> None:
         await server.serve()
 
     runners: list[Task] = [api, lambda s: heartbeats(deps, s), lambda s: breaker_gauges(deps, s), deps.relay.run]
+    errors = await deps.errors()
     for spec, on_batch in service.consumers:
         runners.append(
-            lambda s, spec=spec, on_batch=on_batch: run_consumer(deps.bus, spec, on_batch, stop=s, metrics=deps.metrics)
+            lambda s, spec=spec, on_batch=on_batch: run_consumer(
+                deps.bus, spec, on_batch, stop=s, metrics=deps.metrics, errors=errors
+            )
         )
     runners.extend(service.tasks)
     tasks = [asyncio.create_task(r(stop)) for r in runners]

@@ -15,7 +15,7 @@ from alpaca.common.exceptions import APIError
 from libs.bus import Bus
 from libs.config import ConfigError, load
 from libs.contracts import subjects as sj
-from libs.errors import DependencyFailed, DependencyUnavailable, calling, classify_exception
+from libs.errors import DependencyFailed, DependencyUnavailable, calling, dependency_of
 from libs.errors.breakers import Breakers
 from libs.errors.handle import ErrorHandler
 from libs.errors.ratelimit import RateLimiter, RatePolicy, account_key
@@ -219,6 +219,7 @@ async def watchdog(
     processor: Processor,
     watch: StreamWatch,
     live: consumers.Live,
+    errors: ErrorHandler,
     observe: Callable[[], None],
     stop: asyncio.Event,
     *,
@@ -246,45 +247,50 @@ async def watchdog(
             )
         if reason and not alerted:
             msg = f"trade_updates stream {reason} for {watch.stale_sec:g}s or more; polling the broker fast"
-            alerted = await _alert(processor, "STREAM_STALE", "warning", msg, episode, why=reason, stream=stream)
+            alerted = await _alert(
+                processor, errors, "STREAM_STALE", "warning", msg, episode, why=reason, stream=stream
+            )
         elif not reason and episode:
             msg = "trade_updates stream trusted again"
-            if not alerted or await _alert(processor, "STREAM_RECOVERED", "info", msg, f"{episode}:recovered"):
+            if not alerted or await _alert(processor, errors, "STREAM_RECOVERED", "info", msg, f"{episode}:recovered"):
                 log.info(msg, extra={"reason": "STREAM_RECOVERED", "stream": stream})
                 episode, alerted = "", False
         observe()
         await _wait_any(tick, stop)
 
 
-async def _alert(processor: Processor, code: str, severity: str, message: str, key: str, **details: str) -> bool:
+async def _alert(
+    processor: Processor, errors: ErrorHandler, code: str, severity: str, message: str, key: str, **details: str
+) -> bool:
     ctx = processor.ctx()
     alert = handlers.alert(code, severity, message, key, ctx, **details)
     try:
         await processor.commit(lambda s: (s, [alert]))
-    except Exception as e:  # classified: an alert that cannot be stored now is tried again next tick
-        info = classify_exception(e, dependency="db")
+    except Exception as e:  # handled: an alert that cannot be stored now is tried again next tick
+        info = await errors.handle(e, dependency=dependency_of(e, "db"), context=f"store alert {code}", key=key)
         if not info.retryable:
             raise
-        log.warning("alert not stored; retrying", extra={"alert": code, "error": repr(e)[:300]})
         return False
     return True
 
 
 def make_stream(
-    cfg: ExecConfig, mode: str, processor: Processor, live: consumers.Live, watch: StreamWatch, metrics: api.ExecMetrics
+    cfg: ExecConfig,
+    mode: str,
+    processor: Processor,
+    live: consumers.Live,
+    watch: StreamWatch,
+    metrics: api.ExecMetrics,
+    errors: ErrorHandler,
 ) -> AlpacaStream:
     """Build the trade_updates stream: every frame feeds the watch, every update the handlers."""
 
     async def on_update(bo: BrokerOrder) -> None:
         try:
             await consumers.on_trade_update(processor, live, bo)
-        except Exception as e:  # classified: the frame is lost (alpaca-py would only log it), so poll now
-            info = classify_exception(e, dependency="db")
-            if processor.metrics:
-                processor.metrics.errors.labels(processor.service, info.category.value, info.reason_code).inc()
-            level = logging.WARNING if info.retryable else logging.ERROR
-            log.log(level, "trade update not applied; polling now", exc_info=not info.retryable,
-                    extra={"reason": info.reason_code, "client_order_id": bo.client_order_id})  # fmt: skip
+        except Exception as e:  # handled: the frame is lost (alpaca-py would only log it), so poll now
+            cid = bo.client_order_id
+            await errors.handle(e, dependency=dependency_of(e, "db"), context=f"apply trade update of {cid}", key=cid)
             live.wake.set()
 
     def on_frame(stream: str) -> None:
@@ -327,7 +333,9 @@ async def build(deps: Deps) -> Service:
     metrics = api.ExecMetrics(deps.metrics)
     watch = StreamWatch(cfg.stream_stale_sec, enabled=cfg.stream_enabled)
     stream = (
-        make_stream(cfg, deps.common.execution_mode, processor, live, watch, metrics) if cfg.stream_enabled else None
+        make_stream(cfg, deps.common.execution_mode, processor, live, watch, metrics, errors)
+        if cfg.stream_enabled
+        else None
     )
     name = stream.name if stream is not None else "disabled"
 
@@ -349,7 +357,7 @@ async def build(deps: Deps) -> Service:
             stop,
             lambda: HELD_LOOKUP_SEC if watch.trusted else 0.0,
         ),
-        lambda stop: watchdog(processor, watch, live, observe, stop, stream=name),
+        lambda stop: watchdog(processor, watch, live, errors, observe, stop, stream=name),
     ]
     if stream is not None:
         tasks.append(stream.serve)
