@@ -74,6 +74,10 @@ class InvariantViolation(KeelError):
     """A value the decision path relies on is impossible (NaN, negative price, ...)."""
 
 
+class BadData(KeelError):
+    """One symbol's input is malformed (a bar whose high is below its low, ...): skip the symbol."""
+
+
 class Throttled(KeelError):
     """keel's own rate limit refused a broker call (libs/errors/ratelimit.py): nothing was sent.
 
@@ -90,14 +94,18 @@ class Throttled(KeelError):
 class DependencyFailed(KeelError):
     """A call to a named dependency failed; the original exception is its `cause`.
 
-    `counted`: the failure was counted against the dependency's breaker already (retry_idempotent).
+    `counted`: the failure was counted against the dependency's breaker already (retry_idempotent);
+    `opened`: the breaker as it stood when that counting opened it (the CIRCUIT_OPEN alert is due).
     """
 
-    def __init__(self, dependency: str, cause: BaseException, *, counted: bool = False) -> None:
+    def __init__(
+        self, dependency: str, cause: BaseException, *, counted: bool = False, opened: object = None
+    ) -> None:
         super().__init__(f"{dependency}: {type(cause).__name__}: {cause}")
         self.dependency = dependency
         self.cause = cause
         self.counted = counted
+        self.opened = opened
 
 
 async def calling(dependency: str, call: Awaitable[T]) -> T:
@@ -178,6 +186,22 @@ def _is_network(exc: BaseException) -> bool:
     return isinstance(exc, network) or (isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError))
 
 
+def _conversion_syntax(exc: BaseException) -> bool:
+    # text that is not a number: the C decimal module raises InvalidOperation naming the
+    # ConversionSyntax signal in its args, the Python one raises ConversionSyntax itself
+    if isinstance(exc, decimal.ConversionSyntax):
+        return True
+    signals = [s for a in exc.args for s in (a if isinstance(a, list) else [a])]
+    return isinstance(exc, decimal.InvalidOperation) and decimal.ConversionSyntax in signals
+
+
+def _is_provider_schema(exc: BaseException) -> bool:
+    import pydantic
+
+    # alpaca-py validates every answer with pydantic models
+    return isinstance(exc, pydantic.ValidationError)
+
+
 def classify_exception(
     exc: BaseException, *, dependency: str, symbol: str | None = None, sleeve: str | None = None
 ) -> ErrorInfo:
@@ -214,11 +238,14 @@ def classify_exception(
             return info(ErrorCategory.TRANSIENT_NETWORK, ErrorScope.PROVIDER, ErrorAction.RETRY, "NET_RETRY")
         if status == 422 or 400 <= status < 500:
             return info(ErrorCategory.ORDER_REJECTED, ErrorScope.SYMBOL, ErrorAction.SKIP_SYMBOL, "ORDER_REJECTED")
-    if isinstance(exc, msgspec.ValidationError | msgspec.DecodeError):
+    if _is_provider_schema(exc):
+        # the provider's answer did not have the shape its client expects: stop using it for now
+        return info(ErrorCategory.PROVIDER_SCHEMA, ErrorScope.PROVIDER, ErrorAction.DISABLE_PROVIDER, "PROVIDER_SCHEMA")
+    if isinstance(exc, msgspec.ValidationError | msgspec.DecodeError | BadData):
         return info(ErrorCategory.BAD_DATA, ErrorScope.SYMBOL, ErrorAction.SKIP_SYMBOL, "BAD_DATA")
     if isinstance(exc, Throttled):
         return info(ErrorCategory.RATE_LIMIT, ErrorScope.PROVIDER, ErrorAction.RETRY, exc.reason)
-    if isinstance(exc, decimal.ConversionSyntax):
+    if _conversion_syntax(exc):
         return info(ErrorCategory.BAD_DATA, ErrorScope.SYMBOL, ErrorAction.SKIP_SYMBOL, "BAD_DATA")
     if isinstance(exc, InvariantViolation | decimal.InvalidOperation | FloatingPointError):
         # NaN or inf met in price maths (a signaling Decimal operation, a float trap)

@@ -116,6 +116,8 @@ class ErrorHandler:
         """
         counted = False
         if isinstance(exc, DependencyFailed):
+            if exc.opened is not None:
+                await self.circuit_opened(exc.opened)  # type: ignore[arg-type]
             exc, dependency, counted = exc.cause, exc.dependency, exc.counted
         counted = counted or isinstance(exc, Throttled)  # keel's own limit: the broker is not to blame
         info = classify_exception(exc, dependency=dependency, symbol=symbol)

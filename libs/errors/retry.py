@@ -64,15 +64,23 @@ async def retry_idempotent(
             raise CircuitOpen(dep, why)
     started = clock()
     attempt = 0
+    opened = None  # the breaker, if a failure counted here opened it
     while True:
         attempt += 1
         try:
             return await fn()
         except Exception as e:  # classified here, and raised again unless retryable
             info = classify(e, dependency=dep)
-            if breakers is not None and info.retryable and not isinstance(e, Throttled):
-                await breakers.record_failure(dep, info.reason_code)
+            counted = breakers is not None and info.retryable and not isinstance(e, Throttled)
+            if counted:
+                state, now_open = await breakers.record_failure(dep, info.reason_code)  # type: ignore[union-attr]
+                opened = state if now_open else opened
             delay = base_delay * 2 ** (attempt - 1) * (1 + jitter.random())
-            if not info.retryable or attempt >= max_attempts or clock() - started + delay > max_total_seconds:
-                raise DependencyFailed(dep, e, counted=breakers is not None and info.retryable) from e
+            if (
+                not info.retryable
+                or opened is not None  # the breaker opened: the dependency is left alone now
+                or attempt >= max_attempts
+                or clock() - started + delay > max_total_seconds
+            ):
+                raise DependencyFailed(dep, e, counted=counted, opened=opened) from e
         await sleep(delay)

@@ -29,6 +29,7 @@ from alpaca.trading.models import Order, TradeUpdate
 from alpaca.trading.requests import GetOrderByIdRequest, GetOrdersRequest
 from alpaca.trading.stream import TradingStream
 
+from libs.alpacahttp import harden
 from libs.errors import ErrorAction, Throttled, classify_exception
 from libs.errors.ratelimit import RateLimiter, Throttle
 from services.execution import handlers
@@ -44,17 +45,6 @@ log = logging.getLogger(__name__)
 INVALID_REQUEST = "40010001"
 DUPLICATE_MESSAGE = "client_order_id must be unique"
 ABSENT = "absent"
-
-
-class _TimeoutAdapter(requests.adapters.HTTPAdapter):
-    def __init__(self, timeout: float) -> None:
-        super().__init__(max_retries=0)
-        self.timeout = timeout
-
-    def send(self, request, **kwargs):  # type: ignore[no-untyped-def,override]
-        if kwargs.get("timeout") is None:
-            kwargs["timeout"] = self.timeout
-        return super().send(request, **kwargs)
 
 
 def _ns(value: dt.datetime | None) -> int:
@@ -109,12 +99,8 @@ class AlpacaBroker:
 
     def __init__(self, *, api_key: str, secret_key: str, paper: bool, base_url: str, timeout: float) -> None:
         self.name = base_url or ("alpaca-paper" if paper else "alpaca-live")
-        self.client = TradingClient(api_key, secret_key, paper=paper, url_override=base_url or None)
         # see the module docstring: no SDK retries, explicit timeouts
-        self.client._retry = 0
-        adapter = _TimeoutAdapter(timeout)
-        self.client._session.mount("http://", adapter)
-        self.client._session.mount("https://", adapter)
+        self.client = harden(TradingClient(api_key, secret_key, paper=paper, url_override=base_url or None), timeout)
         self._clock_ns = 0
         # the account's shared request budget (set by the app when the broker has a limit)
         self.limiter: RateLimiter | None = None

@@ -10,19 +10,25 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from decimal import Decimal
 
 import msgspec
 from fastapi import APIRouter
 from opentelemetry.trace import SpanKind
 
+from libs import sessions
 from libs.contracts.marketdata import BarClosed
 from libs.contracts.ops import Watermark
+from libs.errors import BadData, InvariantViolation
+from libs.errors.handle import ErrorHandler
 from libs.obs import tracing
 from libs.runtime.processor import Processor
 from libs.runtime.runner import Deps, Service, processor_for
-from services.marketdata import api, feeds, handlers
+from services.marketdata import api, feeds, handlers, providers
 from services.marketdata.config import MdConfig
 from services.marketdata.consumers import WatermarkWatch
+from services.marketdata.providers import AlpacaBars
 from services.marketdata.state import FeedState
 
 log = logging.getLogger(__name__)
@@ -43,8 +49,56 @@ async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
         return  # paced: the next bar is due
 
 
+async def provider_cycle(
+    cfg: MdConfig, source: AlpacaBars, errors: ErrorHandler, ts: int, ctx_now: int
+) -> tuple[list[BarClosed], bool]:
+    """Fetch and check every symbol's bar closing at ts; (bars, True), or ([], False) when no
+    provider could answer (the minute is asked for again).
+
+    A bar that fails its checks is not published: a bad one is skipped with its reason, an
+    impossible one (NaN, inf, price <= 0) halts trading too (the error handler's action).
+    """
+    got = await source.fetch(ts)
+    if got is None:
+        return [], False
+    provider, rows = got
+    bars = []
+    for symbol in cfg.symbols:
+        bar = rows.get(symbol)
+        if bar is None:
+            continue  # no trade in that minute at this feed: no bar, as the provider says
+        try:
+            bars.append(
+                handlers.provider_bar(
+                    symbol,
+                    ts,
+                    ctx_now,
+                    values=providers.values_of(bar),
+                    spread_bps=Decimal(repr(cfg.spread_bps)),
+                    source=provider.source,
+                )
+            )
+        except (InvariantViolation, BadData) as e:
+            await errors.handle(e, dependency=provider.dependency, context=f"bar of {symbol} closing {ts}",
+                                symbol=symbol, key=f"{symbol}:{ts}")  # fmt: skip
+    return bars, True
+
+
+async def _until_published(stop: asyncio.Event, ts: int, lag_sec: float) -> None:
+    # live: a provider has a minute's bar only after the minute closed; history needs no wait
+    wait = (ts + int(lag_sec * 1e9) - time.time_ns()) / 1e9  # wall clock: pacing, never a decision
+    if wait > 0:
+        await _sleep_or_stop(stop, wait)
+
+
 async def feed(
-    deps: Deps, processor: Processor, watch: WatermarkWatch | None, progress: Progress, stop: asyncio.Event
+    deps: Deps,
+    processor: Processor,
+    watch: WatermarkWatch | None,
+    progress: Progress,
+    stop: asyncio.Event,
+    source: AlpacaBars | None = None,
+    errors: ErrorHandler | None = None,
 ) -> None:
     """Emit bar timestamps until the configured minutes are done (or forever)."""
     cfg: MdConfig = deps.section
@@ -70,6 +124,28 @@ async def feed(
                     s, last_ts=wm.bar_ts, session=bars[0].session if bars else s.session, emitted=s.emitted + 1
                 )
                 return new, [*bars, wm]
+        elif source is not None and errors is not None:
+            ts = handlers.next_timestamp(state, run_cfg)
+            if ts is None:
+                break
+            await _until_published(stop, ts, cfg.data_lag_sec)
+            if stop.is_set():
+                break
+            now = processor.ctx().now_ns
+            fetched, answered = await provider_cycle(cfg, source, errors, ts, now)
+            if not answered:
+                await _sleep_or_stop(stop, cfg.data_retry_sec)
+                continue
+            last = bool(cfg.minutes) and progress.emitted_this_run + 1 >= cfg.minutes
+
+            def advance(  # type: ignore[no-untyped-def]
+                s: FeedState, bars: list[BarClosed] = fetched, ts: int = ts, now: int = now, last: bool = last
+            ) -> tuple[FeedState, list]:
+                day = sessions.session_of(ts)
+                new = msgspec.structs.replace(
+                    s, last_ts=ts, session=day.isoformat() if day else s.session, emitted=s.emitted + 1
+                )
+                return new, [*bars, handlers.watermark(ts, now, final=last)]
         else:
             ts = handlers.next_timestamp(state, run_cfg)
             if ts is None:
@@ -99,5 +175,14 @@ async def build(deps: Deps) -> Service:
     if watch is not None:
         await watch.start()
     progress = Progress()
+    source = errors = None
+    if cfg.feed == "alpaca":
+        errors = await deps.errors()
+        source = providers.AlpacaBars(
+            cfg, fallback_allowed=deps.common.data_fallback_allowed, breakers=await deps.breakers(), errors=errors
+        )
+        first = handlers.next_timestamp(processor.state, cfg)
+        if first is not None:
+            await source.check(first)  # fail fast: a provider must answer with these keys
     router: APIRouter = api.router(processor, progress)
-    return Service(tasks=[lambda stop: feed(deps, processor, watch, progress, stop)], router=router)
+    return Service(tasks=[lambda stop: feed(deps, processor, watch, progress, stop, source, errors)], router=router)

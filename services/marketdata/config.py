@@ -37,7 +37,7 @@ class MdConfig(Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
 
     env_prefix: ClassVar[str] = "KEEL_MD_"
 
-    feed: Literal["synthetic", "file"] = "synthetic"
+    feed: Literal["synthetic", "file", "alpaca"] = "synthetic"
     symbols: Annotated[tuple[str, ...], msgspec.Meta(min_length=1)] = ("AAPL", "MSFT", "SPY")
     start_date: str = "2026-01-05"  # first session date to generate, YYYY-MM-DD
     minutes: Annotated[int, msgspec.Meta(ge=0)] = 0  # bar timestamps to emit in this run; 0 = unbounded
@@ -49,6 +49,19 @@ class MdConfig(Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
     annual_drift: float = 0.05
     spread_bps: NonNegative = 4.0
     base_volume: Annotated[int, msgspec.Meta(ge=1)] = 200_000  # mean shares per minute per symbol
+    # feed "alpaca": 1-minute bars from Alpaca's market data API through alpaca-py (data_url empty =
+    # data.alpaca.markets; keel's local exchange serves the same API). The primary feed is asked
+    # first; the fallback feed only while the primary's breaker is open and KEEL_DATA_FALLBACK_ALLOWED
+    # is on. "iex" works on every Alpaca account; "sip" needs a market data subscription.
+    data_url: str = ""
+    api_key_id: str = ""
+    api_secret_key: str = ""
+    data_feed: Literal["iex", "sip"] = "iex"
+    fallback_feed: Literal["", "iex", "sip"] = ""
+    data_lag_sec: NonNegative = 2.0  # a bar is asked for this long after its minute closes (live)
+    data_timeout_sec: Annotated[float, msgspec.Meta(gt=0)] = 5.0
+    data_attempts: Annotated[int, msgspec.Meta(ge=1)] = 3  # per provider and minute (retry_idempotent)
+    data_retry_sec: Annotated[float, msgspec.Meta(gt=0)] = 1.0  # wait before asking again when none answered
     wait_for: str = "execution"  # service whose watermark releases the next bar; "" = no lockstep
     watermark_timeout_sec: NonNegative = 0.0  # 0 = wait forever
 
@@ -59,6 +72,12 @@ class MdConfig(Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
         _parse_speed(self.speed)
         if self.feed == "file" and not self.file_path:
             raise ValueError("KEEL_MD_FILE_PATH: expected a path when feed is 'file', was empty")
+        if self.feed == "alpaca" and not (self.api_key_id and self.api_secret_key):
+            raise ValueError("KEEL_MD_API_KEY_ID / KEEL_MD_API_SECRET_KEY: expected data API keys for feed 'alpaca'")
+        if self.feed == "alpaca" and self.fallback_feed == self.data_feed:
+            raise ValueError(
+                f"KEEL_MD_FALLBACK_FEED: expected a feed other than the primary, was {self.fallback_feed!r}"
+            )
         if len(set(self.symbols)) != len(self.symbols):
             raise ValueError(f"KEEL_MD_SYMBOLS: expected distinct symbols, was {self.symbols}")
 

@@ -8,6 +8,7 @@ exchange's Market Data API serves the very same bars for the same parameters.
 
 from __future__ import annotations
 
+import math
 from decimal import Decimal
 from typing import Protocol
 
@@ -17,6 +18,7 @@ from libs import sessions, synth
 from libs.contracts.base import Symbol, derive_id, tag_of
 from libs.contracts.marketdata import BarClosed
 from libs.contracts.ops import Watermark
+from libs.errors import BadData, InvariantViolation
 from libs.sessions import MINUTE_NS
 from libs.synth import start_price
 from services.marketdata.config import MdConfig
@@ -129,6 +131,40 @@ def bars_for(state: FeedState, ts_ns: int, cfg: MdConfig, ctx: Ctx) -> tuple[Fee
     return new_state, bars, watermark(ts_ns, now, final=final)
 
 
+def provider_bar(
+    symbol: str,
+    ts_ns: int,
+    now_ns: int,
+    *,
+    values: dict[str, float],
+    spread_bps: Decimal,
+    source: str,
+) -> BarClosed:
+    """Check one provider bar (floats as its client gives them) and build its BarClosed.
+
+    A price that is NaN, infinite, zero or negative is impossible: InvariantViolation (trading
+    halts, seed 000 §B). Prices that contradict each other (high below low, ...) or a volume that
+    is not whole shares are one symbol's bad data: BadData (the symbol is skipped this minute).
+    """
+    where = f"{symbol} bar closing {ts_ns} from {source}"
+    prices: dict[str, Decimal] = {}
+    for name in ("open", "high", "low", "close"):
+        value = values[name]
+        if not math.isfinite(value) or value <= 0:
+            raise InvariantViolation(f"{where}: expected a finite {name} > 0, was {value!r}")
+        prices[name] = Decimal(repr(value))  # the shortest text that reads back as the float
+    o, h, lo, c = (prices[k] for k in ("open", "high", "low", "close"))
+    if not lo <= min(o, c) <= max(o, c) <= h:
+        raise BadData(f"{where}: expected low <= open, close <= high, was o={o} h={h} l={lo} c={c}")
+    volume = values["volume"]
+    if not math.isfinite(volume) or volume < 0 or volume != int(volume):
+        raise BadData(f"{where}: expected volume as whole shares >= 0, was {volume!r}")
+    return bar_closed(
+        symbol, ts_ns, now_ns, open=o, high=h, low=lo, close=c, volume=int(volume),
+        spread_bps=spread_bps, spread_is_proxy=True, source=source,
+    )  # fmt: skip
+
+
 __all__ = [
     "SOURCE",
     "Ctx",
@@ -136,6 +172,7 @@ __all__ = [
     "bars_for",
     "cycle_id",
     "next_timestamp",
+    "provider_bar",
     "start_price",
     "watermark",
 ]

@@ -7,17 +7,29 @@ from the local exchange's fault injection.
 
 from __future__ import annotations
 
+import decimal
 import socket
+from decimal import Decimal
 
 import asyncpg
 import httpx
 import msgspec
 import nats.errors
+import pydantic
 import pytest
 import requests
 from alpaca.common.exceptions import APIError
+from alpaca.data.models.bars import Bar as AlpacaBar
 
-from libs.errors import ErrorAction, ErrorCategory, ErrorScope, InvariantViolation, classify_exception
+from libs.errors import (
+    BadData,
+    ErrorAction,
+    ErrorCategory,
+    ErrorScope,
+    InvariantViolation,
+    Throttled,
+    classify_exception,
+)
 
 
 def api_error(status: int, code: int, message: str = "m") -> APIError:
@@ -36,6 +48,31 @@ def validation_error() -> Exception:
     except msgspec.ValidationError as e:
         return e
     raise AssertionError("expected a ValidationError")
+
+
+def schema_error() -> Exception:
+    # an alpaca-py Bar built from an answer missing its close: the provider's shape changed
+    try:
+        AlpacaBar("AAPL", {"t": "2024-03-05T14:31:00Z", "o": 1.0, "h": 1.0, "l": 1.0, "v": 1.0, "n": 1, "vw": 1.0})
+    except pydantic.ValidationError as e:
+        return e
+    raise AssertionError("expected a pydantic ValidationError")
+
+
+def nan_compare() -> Exception:
+    try:
+        _ = Decimal("NaN") < Decimal(1)  # a signaling comparison in price maths
+    except decimal.InvalidOperation as e:
+        return e
+    raise AssertionError("expected InvalidOperation")
+
+
+def decimal_syntax() -> Exception:
+    try:
+        Decimal("12,5")
+    except decimal.InvalidOperation as e:
+        return e
+    raise AssertionError("expected ConversionSyntax")
 
 
 def decode_error() -> Exception:
@@ -73,8 +110,14 @@ ROWS = [
     # bad data at the edge
     ("msgspec validation", validation_error(), C.BAD_DATA, S.SYMBOL, A.SKIP_SYMBOL, "BAD_DATA"),
     ("msgspec decode", decode_error(), C.BAD_DATA, S.SYMBOL, A.SKIP_SYMBOL, "BAD_DATA"),
+    ("bad bar", BadData("high below low"), C.BAD_DATA, S.SYMBOL, A.SKIP_SYMBOL, "BAD_DATA"),
+    ("decimal syntax", decimal_syntax(), C.BAD_DATA, S.SYMBOL, A.SKIP_SYMBOL, "BAD_DATA"),
+    ("provider schema", schema_error(), C.PROVIDER_SCHEMA, S.PROVIDER, A.DISABLE_PROVIDER, "PROVIDER_SCHEMA"),
+    # keel's own rate limit held the call back: retried later, never the broker's fault
+    ("throttled", Throttled("BROKER_LOCKED", "GET /v2/orders", 3.0), C.RATE_LIMIT, S.PROVIDER, A.RETRY, "BROKER_LOCKED"),
     # impossible values and bugs in the decision pipeline halt, in paper too
     ("NaN price", InvariantViolation("expected a finite close, was NaN"), C.INVARIANT_VIOLATION, S.GLOBAL, A.HALT_TRADING, "INVARIANT_HALT"),
+    ("NaN in maths", nan_compare(), C.INVARIANT_VIOLATION, S.GLOBAL, A.HALT_TRADING, "INVARIANT_HALT"),
     ("TypeError", TypeError("unsupported operand"), C.PROGRAMMING_ERROR, S.GLOBAL, A.HALT_TRADING, "PROGRAMMING_HALT"),
     ("KeyError", KeyError("AAPL"), C.PROGRAMMING_ERROR, S.GLOBAL, A.HALT_TRADING, "PROGRAMMING_HALT"),
     # anything else is not guessed at: it halts

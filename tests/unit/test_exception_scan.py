@@ -115,7 +115,10 @@ def test_scan_when_handler_given_then_swallowing_ones_flagged(snippet: str, flag
         ("try:\n    f()\nexcept Exception as e:\n    info = classify_exception(e, dependency='db')\n", True),
         ("try:\n    f()\nexcept DependencyFailed as e:\n    log(e)\n", True),
         ("try:\n    f()\nexcept Exception as e:\n    await errors.handle(e, dependency='db', context='x')\n", False),
-        ("try:\n    f()\nexcept DependencyFailed as e:\n    await errors.handle(e, dependency='db', context='x')\n", False),
+        (
+            "try:\n    f()\nexcept DependencyFailed as e:\n    await errors.handle(e, dependency='db', context='x')\n",
+            False,
+        ),
         ("try:\n    f()\nexcept Exception:\n    raise\n", False),
         ("try:\n    f()\nexcept KeyError:\n    return None\n", False),
     ],

@@ -19,10 +19,11 @@ from libs.contracts.base import derive_id
 from libs.contracts.codec import encode
 from libs.contracts.marketdata import BarClosed
 from libs.contracts.ops import Watermark
+from libs.errors import BadData, InvariantViolation
 from libs.sessions import MINUTE_NS
 from services.marketdata.config import MdConfig
 from services.marketdata.feeds import file_feed, write_bars
-from services.marketdata.handlers import bars_for, next_timestamp, start_price
+from services.marketdata.handlers import bars_for, next_timestamp, provider_bar, start_price
 from services.marketdata.state import INITIAL, FeedState
 
 NOW_NS = 1_700_000_000_000_000_000
@@ -348,3 +349,49 @@ def test_load_config_when_env_sets_md_keys_then_typed_values():
 def test_load_config_when_bad_md_value_then_config_error_names_the_key(env, key):
     with pytest.raises(ConfigError, match=key):
         load(MdConfig, section_prefix=MdConfig.env_prefix, env=env)
+
+
+# --- bars from a data provider (feed "alpaca") ----------------------------------------------
+
+D = Decimal
+PROVIDER_TS = sessions.session_open_close(date(2024, 3, 5))[0] + MINUTE_NS
+GOOD = {"open": 187.23, "high": 187.5, "low": 187.01, "close": 187.4, "volume": 1200.0}
+
+
+def provider(**changes: float) -> BarClosed:
+    return provider_bar(
+        "AAPL", PROVIDER_TS, 7, values={**GOOD, **changes}, spread_bps=Decimal("4"), source="alpaca-sip"
+    )
+
+
+def test_provider_bar_when_valid_then_exact_decimals_proxy_spread_and_the_feed_as_source():
+    bar = provider()
+
+    assert (bar.open, bar.high, bar.low, bar.close) == (D("187.23"), D("187.5"), D("187.01"), D("187.4"))
+    assert (bar.volume, bar.spread_bps, bar.spread_is_proxy, bar.source) == (1200, D("4"), True, "alpaca-sip")
+    assert (bar.ts_event, bar.bar_start, bar.ts_init) == (PROVIDER_TS, PROVIDER_TS - MINUTE_NS, 7)
+    assert bar.event_id == derive_id("md.bar_closed.v1", "AAPL", PROVIDER_TS)  # the same id whatever the feed
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("close", float("nan")), ("open", float("inf")), ("low", -1.0), ("high", 0.0), ("close", float("-inf"))],
+)
+def test_provider_bar_when_a_price_is_impossible_then_invariant_violation_naming_it(field: str, value: float):
+    with pytest.raises(InvariantViolation, match=f"expected a finite {field} > 0, was {value!r}"):
+        provider(**{field: value})
+
+
+@pytest.mark.parametrize(
+    ("changes", "says"),
+    [
+        ({"high": 187.0}, "expected low <= open, close <= high"),
+        ({"low": 187.3}, "expected low <= open, close <= high"),
+        ({"volume": 10.5}, "expected volume as whole shares >= 0"),
+        ({"volume": -1.0}, "expected volume as whole shares >= 0"),
+        ({"volume": float("nan")}, "expected volume as whole shares >= 0"),
+    ],
+)
+def test_provider_bar_when_values_contradict_then_bad_data_for_the_symbol(changes: dict[str, float], says: str):
+    with pytest.raises(BadData, match=says):
+        provider(**changes)

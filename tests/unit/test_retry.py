@@ -9,6 +9,7 @@ import requests
 from alpaca.common.exceptions import APIError
 
 from libs.errors import DependencyFailed
+from libs.errors.breakers import BreakerState
 from libs.errors.retry import CircuitOpen, retry_idempotent
 
 
@@ -43,15 +44,18 @@ class FakeTime:
 class FakeBreakers:
     """Records what retry_idempotent tells the breakers; open_reason as configured."""
 
-    def __init__(self, open_reason: str = "") -> None:
+    def __init__(self, open_reason: str = "", opens_at: int = 0) -> None:
         self.failures: list[tuple[str, str]] = []
         self._open = open_reason
+        self.opens_at = opens_at  # the failure (1-based) that opens the breaker; 0 = never
 
     async def open_reason(self, dependency: str) -> str:
         return self._open
 
-    async def record_failure(self, dependency: str, reason: str) -> None:
+    async def record_failure(self, dependency: str, reason: str) -> tuple[BreakerState, bool]:
         self.failures.append((dependency, reason))
+        opened = len(self.failures) == self.opens_at
+        return BreakerState(dependency=dependency, open_until_ns=1 if opened else 0, reason=reason), opened
 
 
 def api_error(status: int, body: str) -> APIError:
@@ -146,3 +150,12 @@ async def test_retry_when_retryable_failures_run_out_with_breakers_then_raised_a
         await call(read, breakers=breakers, max_attempts=2)
     assert failed.value.counted and failed.value.dependency == "data_primary"
     assert len(breakers.failures) == 2
+
+
+async def test_retry_when_a_failure_opens_the_breaker_then_stops_and_says_it_opened() -> None:
+    read, breakers = Flaky(timeout(), timeout(), timeout()), FakeBreakers(opens_at=2)
+
+    with pytest.raises(DependencyFailed) as failed:
+        await call(read, breakers=breakers, max_attempts=5)
+    assert read.calls == 2  # not tried again once its breaker opened
+    assert failed.value.opened is not None and failed.value.opened.reason == "NET_RETRY"
