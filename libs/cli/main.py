@@ -42,7 +42,12 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="verb", required=True)
 
     up = sub.add_parser("up", help="run the whole system for paper trading on this machine")
-    up.add_argument("--feed", choices=["synthetic", "file"], default="synthetic")
+    up.add_argument(
+        "--feed",
+        choices=["synthetic", "file", "alpaca"],
+        default="synthetic",
+        help="alpaca: bars through alpaca-py from the local exchange's market data API (the live data path)",
+    )
     up.add_argument("--file", default="", help="CSV or Parquet bars for --feed file")
     up.add_argument("--symbols", default="", help="comma-separated, e.g. AAPL,MSFT,SPY")
     up.add_argument("--minutes", type=int, default=0, help="bar timestamps to emit this run (0 = unbounded)")

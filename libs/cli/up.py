@@ -129,6 +129,19 @@ def _child_env(cluster: Cluster, opts: UpOptions, keys: dict[str, str]) -> dict[
         "KEEL_MD_SEED": "" if opts.seed is None else str(opts.seed),
     }
     env.update({k: v for k, v in md.items() if v})
+    if opts.feed == "alpaca":
+        # the local exchange is the data provider too: it serves the synthetic feed's bars (same
+        # symbols, start and seed) through Alpaca's market data API, marketdata reads them with
+        # alpaca-py as it would from data.alpaca.markets
+        data = {
+            "KEEL_EXCHANGE_DATA_SOURCE": "synthetic",
+            "KEEL_EXCHANGE_DATA_SYMBOLS": opts.symbols,
+            "KEEL_EXCHANGE_DATA_START_DATE": opts.start_date,
+            "KEEL_EXCHANGE_DATA_SEED": "" if opts.seed is None else str(opts.seed),
+            "KEEL_MD_API_KEY_ID": keys["api_key_id"],
+            "KEEL_MD_API_SECRET_KEY": keys["api_secret_key"],
+        }
+        env.update({k: v for k, v in data.items() if v})
     return env
 
 
@@ -236,6 +249,8 @@ async def run(opts: UpOptions) -> int:
                 child_env["KEEL_EXEC_BROKER"] = "keel-local"  # the capability row of that exchange
                 # the local exchange has no request limit: replays are not paced by one
                 child_env.setdefault("KEEL_EXEC_RATE_LIMIT_PER_MIN", "0")
+            if name == "marketdata" and opts.feed == "alpaca":
+                child_env["KEEL_MD_DATA_URL"] = cluster.children["exchange"].url
             cluster.children[name] = ServiceProcess(name, child_env, opts.var / "logs" / f"{name}.log")
         # the exchange first (execution checks its broker at start), the feed last (so every
         # consumer is listening before the first bar; durable consumers would catch up anyway)

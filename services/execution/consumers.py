@@ -263,7 +263,8 @@ def consumers(
         The halt flag, an open dependency breaker, an order of unknown status of the symbol, exit
         legs that filled while being canceled for it; a failing dependency raises DependencyFailed.
         """
-        if not await calling("broker_submit", broker.wait_for_clock(d.bar_ts)):
+        # the broker's market clock (GET /v2/clock): its own dependency and breaker
+        if not await calling("calendar_market_clock", broker.wait_for_clock(d.bar_ts)):
             log.warning(
                 "broker clock behind the decision bar; submitting anyway",
                 extra={"client_order_id": d.client_order_id, "bar_ts": d.bar_ts},

@@ -10,6 +10,7 @@ import asyncio
 import json
 import sys
 from collections import defaultdict
+from decimal import Decimal
 
 import asyncpg
 import nats
@@ -21,6 +22,9 @@ from libs.contracts.base import leg_client_order_id
 from libs.contracts.subjects import Subjects
 from libs.obs.tracing import trace_id
 from libs.runtime.migrate import REPO_ROOT
+from services.marketdata.config import MdConfig
+from services.marketdata.handlers import bars_for, next_timestamp
+from services.marketdata.state import INITIAL
 
 pytestmark = pytest.mark.e2e
 
@@ -328,3 +332,51 @@ async def test_keel_up_when_killed_mid_run_then_every_later_intent_is_blocked_an
     ]
     approved = sum(r == "APPROVED" for r in reasons)
     assert approved - len(refused) == summary["orders"] == len(led["ex_orders"])
+
+
+async def test_keel_up_when_bars_come_through_alpacas_data_api_then_the_generators_bars_and_one_summary_per_bar(
+    keel_up, namespace, database_url
+):
+    # the live data path offline: the local exchange serves the synthetic tape through Alpaca's
+    # market data API, marketdata reads it with alpaca-py's StockHistoricalDataClient
+    minutes, symbols = 120, ("AAPL", "MSFT", "SPY")
+    run = await keel_up(
+        "--feed", "alpaca", "--symbols", ",".join(symbols), "--minutes", str(minutes), "--speed", "max",
+        "--exit-when-done", "--start-date", "2026-01-05",
+    )  # fmt: skip
+    summary = await run.summary(timeout=300)
+
+    assert summary["settled"] is True and summary["bar_timestamps"] == minutes
+    assert summary["bars"] == minutes * len(symbols) and summary["dead_letters"] == 0
+    led = await ledger(database_url, namespace.schema_prefix)
+    check_invariants(led)
+    conn = await asyncpg.connect(database_url)
+    try:
+        rows = await conn.fetch(
+            f"SELECT subject, data FROM {namespace.schema_prefix}_marketdata.outbox WHERE subject LIKE '%.bar_closed.%'"
+        )
+        summaries = await conn.fetch(
+            f"SELECT data FROM {namespace.schema_prefix}_execution.outbox WHERE subject LIKE '%.ops.cycle_summary.%'"
+        )
+    finally:
+        await conn.close()
+    got = {(b["symbol"], b["ts_event"]): b for b in (json.loads(r["data"]) for r in rows)}
+    cfg = MdConfig(symbols=symbols, start_date="2026-01-05", minutes=minutes)
+    state, want = INITIAL, []
+    while (ts := next_timestamp(state, cfg)) is not None:
+        state, bars, _ = bars_for(state, ts, cfg, _Clock())
+        want.extend(bars)
+    assert len(got) == len(want) == minutes * len(symbols)
+    for bar in want:  # the generator's bar, to the cent, as it came through the data API
+        b = got[(bar.symbol, bar.ts_event)]
+        assert (b["source"], b["event_id"]) == ("alpaca-iex", bar.event_id)
+        assert [Decimal(b[k]) for k in ("open", "high", "low", "close")] == [bar.open, bar.high, bar.low, bar.close]
+        assert b["volume"] == bar.volume
+    # every bar timestamp ended in one cycle summary; together they count every order sent
+    cycles = [json.loads(r["data"]) for r in summaries]
+    assert sorted(c["bar_ts"] for c in cycles) == sorted({bar.ts_event for bar in want})
+    assert sum(c["submitted"] for c in cycles) == summary["orders"]
+
+
+class _Clock:
+    now_ns = 0

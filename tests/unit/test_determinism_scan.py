@@ -20,6 +20,7 @@ DECISION_PATHS = sorted(
         *ROOT.glob("libs/contracts/*.py"),
         *ROOT.glob("libs/sessions/*.py"),
         *ROOT.glob("libs/fillsim/*.py"),
+        *ROOT.glob("libs/synth/*.py"),
     ]
 )
 RANDOM_MODULE_FUNCS = {
