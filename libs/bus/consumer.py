@@ -100,7 +100,9 @@ async def subscribe(bus: Bus, spec: ConsumerSpec):  # type: ignore[no-untyped-de
     )
 
 
-async def _decode_batch(bus: Bus, spec: ConsumerSpec, msgs: list[Msg], metrics: Metrics | None) -> list[Inbound]:
+async def _decode_batch(
+    bus: Bus, spec: ConsumerSpec, msgs: list[Msg], metrics: Metrics | None, errors: ErrorHandler | None = None
+) -> list[Inbound]:
     good: list[Inbound] = []
     for m in msgs:
         try:
@@ -109,6 +111,12 @@ async def _decode_batch(bus: Bus, spec: ConsumerSpec, msgs: list[Msg], metrics: 
             await bus.dead_letter(spec.durable, m, e)
             if metrics:
                 metrics.dead_lettered.labels(metrics.service, spec.durable).inc()
+            if errors is not None:
+                # kept (dead-lettered) and acted on: malformed input is skipped, an impossible
+                # value (a NaN price the contract refused) halts trading
+                seq = m.metadata.sequence.stream
+                where = f"consumer {spec.durable} decoding {m.subject} (stream seq {seq})"
+                await errors.handle(e, dependency=spec.durable, context=where, key=f"{spec.durable}:{seq}")
             continue
         good.append(Inbound(m.subject, m.metadata.sequence.stream, payload, dict(m.headers or {}), m))
     return good
@@ -183,6 +191,6 @@ async def run_consumer(
             if stop.is_set():
                 return
             raise
-        batch = await _decode_batch(bus, spec, msgs, metrics)
+        batch = await _decode_batch(bus, spec, msgs, metrics, errors)
         if batch:
             await _apply(bus, spec, batch, on_batch, metrics, errors)

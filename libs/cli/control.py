@@ -19,6 +19,7 @@ from libs.bus import Bus, BusUnavailable
 from libs.contracts import subjects as sj
 from libs.contracts.control import HaltState
 from libs.contracts.subjects import Subjects
+from libs.errors.breakers import BreakerPolicy, Breakers
 
 COUNTED = {
     "bars": (sj.MD, "bar_closed"),
@@ -117,6 +118,14 @@ async def status(up: dict[str, Any]) -> dict[str, Any]:
             if halt
             else {"halted": False, "reason": ""}
         )
+        # every dependency breaker open now (libs/errors/breakers.py): what blocks new orders
+        breakers = Breakers(await bus.breakers_kv(), BreakerPolicy(), time.time_ns)
+        now = time.time_ns()
+        out["breakers_open"] = {
+            dep: {"reason": s.reason, "open_until_ns": s.open_until_ns}
+            for dep, s in (await breakers.states()).items()
+            if s.is_open(now)
+        }
         out["counts"] = await counts(bus)
     finally:
         await bus.close()

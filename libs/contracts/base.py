@@ -8,6 +8,8 @@ from typing import Annotated, Literal, NewType, Protocol
 
 import msgspec
 
+from libs.errors import InvariantViolation
+
 Symbol = NewType("Symbol", str)
 ClientOrderId = NewType("ClientOrderId", str)
 IntentId = NewType("IntentId", str)
@@ -64,16 +66,18 @@ class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", forbid_
 
     def __post_init__(self) -> None:
         # msgspec has no numeric bounds for Decimal; reject NaN, inf and non-positive prices at
-        # decode so no handler ever sees one (raised errors surface as ValidationError).
+        # decode so no handler ever sees one. Such a value is impossible, not merely malformed:
+        # InvariantViolation (a ValueError, so msgspec raises a ValidationError caused by it),
+        # which libs.errors classifies INVARIANT_VIOLATION -> halt trading.
         for name in self.__struct_fields__:
             value = getattr(self, name)
             if isinstance(value, Decimal):
                 if not value.is_finite():
-                    raise ValueError(f"expected a finite {name}, was {value}")
+                    raise InvariantViolation(f"expected a finite {name}, was {value}")
                 if (name in PRICE_FIELDS or name in POSITIVE_FIELDS) and value <= 0:
-                    raise ValueError(f"expected {name} > 0, was {value}")
+                    raise InvariantViolation(f"expected {name} > 0, was {value}")
                 if name in NON_NEGATIVE_FIELDS and value < 0:
-                    raise ValueError(f"expected {name} >= 0, was {value}")
+                    raise InvariantViolation(f"expected {name} >= 0, was {value}")
 
 
 class OrderFamily(Protocol):

@@ -70,7 +70,7 @@ class DependencyUnavailable(KeelError):
     """A required dependency is missing or unreachable at start (the runtime contract)."""
 
 
-class InvariantViolation(KeelError):
+class InvariantViolation(KeelError, ValueError):
     """A value the decision path relies on is impossible (NaN, negative price, ...)."""
 
 
@@ -241,6 +241,9 @@ def classify_exception(
     if _is_provider_schema(exc):
         # the provider's answer did not have the shape its client expects: stop using it for now
         return info(ErrorCategory.PROVIDER_SCHEMA, ErrorScope.PROVIDER, ErrorAction.DISABLE_PROVIDER, "PROVIDER_SCHEMA")
+    if isinstance(exc, msgspec.ValidationError) and isinstance(exc.__cause__, InvariantViolation):
+        # an event carrying an impossible value (a NaN price): the contract refused it at decode
+        return info(ErrorCategory.INVARIANT_VIOLATION, ErrorScope.GLOBAL, ErrorAction.HALT_TRADING, "INVARIANT_HALT")
     if isinstance(exc, msgspec.ValidationError | msgspec.DecodeError | BadData):
         return info(ErrorCategory.BAD_DATA, ErrorScope.SYMBOL, ErrorAction.SKIP_SYMBOL, "BAD_DATA")
     if isinstance(exc, Throttled):

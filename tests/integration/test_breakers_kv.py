@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 
 from libs.bus import Bus
+from libs.cli import control
 from libs.contracts.subjects import Subjects
 from libs.errors.breakers import NS, BreakerPolicy, Breakers
 from tests.support.servers import Namespace
@@ -41,3 +43,22 @@ async def test_breakers_when_two_processes_fail_concurrently_then_every_failure_
     assert opening[1] is False and len(opening[0].failures) == 21
     assert [opened for _, opened in remaining] == [False] * 28 + [True]
     assert remaining[-1][0].is_open(remaining[-1][0].opened_at_ns)
+
+
+async def test_keel_status_when_a_breaker_is_open_then_it_lists_it_with_reason_and_end(
+    namespace: Namespace, nats_url: str
+) -> None:
+    bus = await Bus.connect(nats_url, Subjects(namespace.prefix), service="test")
+    try:
+        breakers = Breakers(await bus.breakers_kv(), BreakerPolicy(), time.time_ns)
+        for _ in range(3):
+            state, _ = await breakers.record_failure("data_primary", "NET_RETRY")
+        await breakers.record_failure("broker_open_orders", "NET_RETRY")  # one failure: still closed
+    finally:
+        await bus.close()
+
+    shown = await control.status({"nats_url": nats_url, "prefix": namespace.prefix})
+
+    assert shown["breakers_open"] == {
+        "data_primary": {"reason": "NET_RETRY", "open_until_ns": state.open_until_ns},
+    }

@@ -17,6 +17,7 @@ import nats
 import pytest
 
 from libs.bus import Bus
+from libs.contracts.codec import encode
 from libs.contracts.subjects import Subjects
 from libs.errors.breakers import BreakerPolicy, Breakers
 from tests.factories import SESSION, Events, minute
@@ -203,3 +204,34 @@ async def test_data_feed_when_a_bar_has_a_nan_close_then_trading_halts_with_inva
     assert ("AAPL", minute(3)) not in published and ("MSFT", minute(3)) in published
     assert ("AAPL", minute(4)) in published
     assert [(r["type"], r["reason_code"]) for r in refused] == [(SKIPPED, "KILL_SWITCH_BLOCK")]
+
+
+async def test_bus_when_an_intent_carries_a_nan_price_then_dead_lettered_and_trading_halts(
+    cluster: Cluster, namespace: Namespace, nats_url: str, nc: nats.NATS
+):
+    # not from a provider this time: an event on the bus (a bad producer, a hand-edited replay)
+    seen = await start_pipeline(cluster, namespace, nc)
+    kills: list[dict] = []
+
+    async def on_kill(msg) -> None:  # type: ignore[no-untyped-def]
+        kills.append(json.loads(msg.data))
+
+    await nc.subscribe(f"{namespace.prefix}.ctl.kill", cb=on_kill)
+    bus = await Bus.connect(nats_url, Subjects(namespace.prefix), service="risk")
+    f = Events(seed=504)
+    intent = f.intent("AAPL", "buy", 5, "100", n=1)
+    body = json.loads(encode(intent))
+    body["arrival_price"] = "NaN"
+    try:
+        await nc.jetstream().publish(bus.subjects.of(intent), json.dumps(body).encode())
+        halt = await settle(bus.halt_state, lambda h: h is not None and h.halted, SETTLE_SEC)
+    finally:
+        await bus.close()
+
+    (kill,) = kills
+    assert kill["reason"].startswith("INVARIANT_HALT (INVARIANT_VIOLATION)") and "arrival_price" in kill["reason"]
+    assert halt is not None and halt.halted and halt.reason == kill["reason"]
+    alerts = [a for a in seen.alerts if a["source"] == "oms" and a["code"] == "INVARIANT_VIOLATION"]
+    assert [a["severity"] for a in alerts] == ["critical"]
+    # the intent itself is kept, dead-lettered with the contract's reason
+    assert (await nc.jetstream().stream_info(f"{namespace.prefix.upper()}_DLQ")).state.messages == 1

@@ -75,6 +75,23 @@ def decimal_syntax() -> Exception:
     raise AssertionError("expected ConversionSyntax")
 
 
+class Priced(msgspec.Struct):
+    close: str
+
+    def __post_init__(self) -> None:
+        if self.close == "NaN":
+            raise InvariantViolation("expected a finite close, was NaN")
+
+
+def impossible_event() -> Exception:
+    # what an event with a NaN price raises at decode: the contract's check, wrapped by msgspec
+    try:
+        msgspec.json.decode(b'{"close": "NaN"}', type=Priced)
+    except msgspec.ValidationError as e:
+        return e
+    raise AssertionError("expected a ValidationError")
+
+
 def decode_error() -> Exception:
     try:
         msgspec.json.decode(b"{not json")
@@ -117,6 +134,7 @@ ROWS = [
     ("throttled", Throttled("BROKER_LOCKED", "GET /v2/orders", 3.0), C.RATE_LIMIT, S.PROVIDER, A.RETRY, "BROKER_LOCKED"),
     # impossible values and bugs in the decision pipeline halt, in paper too
     ("NaN price", InvariantViolation("expected a finite close, was NaN"), C.INVARIANT_VIOLATION, S.GLOBAL, A.HALT_TRADING, "INVARIANT_HALT"),
+    ("NaN event", impossible_event(), C.INVARIANT_VIOLATION, S.GLOBAL, A.HALT_TRADING, "INVARIANT_HALT"),
     ("NaN in maths", nan_compare(), C.INVARIANT_VIOLATION, S.GLOBAL, A.HALT_TRADING, "INVARIANT_HALT"),
     ("TypeError", TypeError("unsupported operand"), C.PROGRAMMING_ERROR, S.GLOBAL, A.HALT_TRADING, "PROGRAMMING_HALT"),
     ("KeyError", KeyError("AAPL"), C.PROGRAMMING_ERROR, S.GLOBAL, A.HALT_TRADING, "PROGRAMMING_HALT"),
