@@ -100,6 +100,17 @@ async def subscribe(bus: Bus, spec: ConsumerSpec):  # type: ignore[no-untyped-de
     )
 
 
+async def _handle(errors: ErrorHandler, exc: BaseException, **how: str) -> None:
+    """Hand a failure to the error handler; a handler that fails itself (the bus is down) must not
+    take the consumer with it: the message is nak'd or dead-lettered either way."""
+    try:
+        await errors.handle(exc, **how)
+    except Exception as e:  # classified: logged, and the consumer goes on
+        info = classify_exception(e, dependency=dependency_of(e, "bus"))
+        log.error("error handler failed", extra={"reason": info.reason_code, "error": repr(e)[:300],
+                                                 "original": repr(exc)[:300]})  # fmt: skip
+
+
 async def _decode_batch(
     bus: Bus, spec: ConsumerSpec, msgs: list[Msg], metrics: Metrics | None, errors: ErrorHandler | None = None
 ) -> list[Inbound]:
@@ -116,7 +127,7 @@ async def _decode_batch(
                 # value (a NaN price the contract refused) halts trading
                 seq = m.metadata.sequence.stream
                 where = f"consumer {spec.durable} decoding {m.subject} (stream seq {seq})"
-                await errors.handle(e, dependency=spec.durable, context=where, key=f"{spec.durable}:{seq}")
+                await _handle(errors, e, dependency=spec.durable, context=where, key=f"{spec.durable}:{seq}")
             continue
         good.append(Inbound(m.subject, m.metadata.sequence.stream, payload, dict(m.headers or {}), m))
     return good
@@ -137,7 +148,7 @@ async def _apply(
         info = classify_exception(e, dependency=dependency)
         if info.retryable:
             if errors is not None:  # counted against its dependency (db, bus)
-                await errors.handle(e, dependency=dependency, context=f"consumer {spec.durable}")
+                await _handle(errors, e, dependency=dependency, context=f"consumer {spec.durable}")
             elif metrics:
                 metrics.errors.labels(metrics.service, info.category.value, info.reason_code).inc()
             log.warning("transient failure, will redeliver", extra={"consumer": spec.durable, "error": repr(e)})
@@ -157,7 +168,7 @@ async def _apply(
             # the message is kept (dead-lettered); the action applies: a bug in a decision path
             # (PROGRAMMING_ERROR) or an impossible value (INVARIANT_VIOLATION) halts trading
             where = f"consumer {spec.durable} on {batch[0].subject} (stream seq {batch[0].stream_seq})"
-            await errors.handle(e, dependency=dependency, context=where, key=f"{spec.durable}:{batch[0].stream_seq}")
+            await _handle(errors, e, dependency=dependency, context=where, key=f"{spec.durable}:{batch[0].stream_seq}")
         elif metrics:
             metrics.errors.labels(metrics.service, info.category.value, info.reason_code).inc()
         return

@@ -78,6 +78,11 @@ class BadData(KeelError):
     """One symbol's input is malformed (a bar whose high is below its low, ...): skip the symbol."""
 
 
+class RacedOut(KeelError):
+    """A shared key-value record (a breaker, the request budget) could not be written: other
+    processes kept writing it first. Transient; never the dependency's fault."""
+
+
 class Throttled(KeelError):
     """keel's own rate limit refused a broker call (libs/errors/ratelimit.py): nothing was sent.
 
@@ -98,9 +103,7 @@ class DependencyFailed(KeelError):
     `opened`: the breaker as it stood when that counting opened it (the CIRCUIT_OPEN alert is due).
     """
 
-    def __init__(
-        self, dependency: str, cause: BaseException, *, counted: bool = False, opened: object = None
-    ) -> None:
+    def __init__(self, dependency: str, cause: BaseException, *, counted: bool = False, opened: object = None) -> None:
         super().__init__(f"{dependency}: {type(cause).__name__}: {cause}")
         self.dependency = dependency
         self.cause = cause
@@ -224,6 +227,17 @@ def classify_exception(
         )
 
     status = _http_status(exc)
+    if status is not None and dependency.startswith(("data_", "quotes_")):
+        details["status"] = str(status)
+        # a data provider refusing what keel asks (a feed the plan does not include, a request it
+        # no longer takes) is the provider's problem, not the account's: stop using it, use the
+        # fallback if allowed; it never halts trading the way refused trading keys do
+        if status == 403 and "subscription" in str(exc).lower():
+            return info(ErrorCategory.AUTH, ErrorScope.PROVIDER, ErrorAction.DISABLE_PROVIDER, "PROVIDER_FORBIDDEN")
+        if 400 <= status < 500 and status not in (401, 403, 429):
+            return info(
+                ErrorCategory.PROVIDER_SCHEMA, ErrorScope.PROVIDER, ErrorAction.DISABLE_PROVIDER, "PROVIDER_SCHEMA"
+            )
     if status is not None:
         details["status"] = str(status)
         if status == 403 and _business_refusal(exc):
@@ -246,6 +260,10 @@ def classify_exception(
         return info(ErrorCategory.INVARIANT_VIOLATION, ErrorScope.GLOBAL, ErrorAction.HALT_TRADING, "INVARIANT_HALT")
     if isinstance(exc, msgspec.ValidationError | msgspec.DecodeError | BadData):
         return info(ErrorCategory.BAD_DATA, ErrorScope.SYMBOL, ErrorAction.SKIP_SYMBOL, "BAD_DATA")
+    if isinstance(exc, DependencyFailed):
+        return classify_exception(exc.cause, dependency=exc.dependency, symbol=symbol, sleeve=sleeve)
+    if isinstance(exc, RacedOut):
+        return info(ErrorCategory.TRANSIENT_NETWORK, ErrorScope.PROVIDER, ErrorAction.RETRY, "KV_CONTENTION")
     if isinstance(exc, Throttled):
         return info(ErrorCategory.RATE_LIMIT, ErrorScope.PROVIDER, ErrorAction.RETRY, exc.reason)
     if _conversion_syntax(exc):

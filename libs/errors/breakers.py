@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import random
 from collections.abc import Callable
 
 import msgspec
@@ -27,6 +29,8 @@ import nats.js.errors
 from nats.js.kv import KeyValue
 
 from libs.config import CommonConfig
+from libs.contracts.base import derive_id
+from libs.errors import RacedOut
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +146,10 @@ class Breakers:
         self.kv = kv
         self.policy = policy
         self.now_ns = now_ns
+        # one writer per key in this process (its tasks never race each other for the revision),
+        # and a jitter of its own so processes that lost a round do not retry in lockstep
+        self._writing: dict[str, asyncio.Lock] = {}
+        self._jitter = random.Random(int(derive_id("breakers", os.getpid(), id(self)), 16))
 
     async def state(self, dependency: str) -> BreakerState:
         """Return a dependency's breaker (closed and clean when never written)."""
@@ -174,6 +182,10 @@ class Breakers:
 
         A venue that said when to come back (Retry-After) keeps the breaker open at least that long.
         """
+        async with self._writing.setdefault(dependency, asyncio.Lock()):
+            return await self._record(dependency, reason, retry_after_sec)
+
+    async def _record(self, dependency: str, reason: str, retry_after_sec: float) -> tuple[BreakerState, bool]:
         for attempt in range(CAS_ATTEMPTS):
             before, revision = await self._read(dependency)
             now = self.now_ns()
@@ -189,10 +201,10 @@ class Breakers:
                 # another process wrote it meanwhile: count this failure on top of theirs, after a
                 # pause that grows with each lost round so the writers spread out
                 log.debug("breaker update raced; retrying", extra={"dependency": dependency, "error": str(e)})
-                await asyncio.sleep(min(0.002 * (attempt + 1), 0.05))
+                await asyncio.sleep(min(0.002 * (attempt + 1), 0.05) * (0.5 + self._jitter.random()))
                 continue
             return after, after.is_open(now) and not before.is_open(now)
-        raise RuntimeError(f"expected to record a {dependency} failure within {CAS_ATTEMPTS} attempts, was raced out")
+        raise RacedOut(f"expected to record a {dependency} failure within {CAS_ATTEMPTS} attempts, was raced out")
 
     async def watch(self, on_state: Callable[[BreakerState], None], stop: asyncio.Event, *, tick: float = 1.0) -> None:
         """Call on_state with every breaker as it stands, on every write and every tick, until stopped.

@@ -24,8 +24,17 @@ from libs.bus import Bus
 from libs.contracts import subjects as sj
 from libs.contracts.base import derive_id
 from libs.contracts.ops import AlertRaised
-from libs.errors import DependencyFailed, ErrorAction, ErrorCategory, ErrorInfo, Throttled, classify_exception
-from libs.errors.breakers import Breakers, BreakerState, circuit_open_code
+from libs.errors import (
+    DependencyFailed,
+    ErrorAction,
+    ErrorCategory,
+    ErrorInfo,
+    RacedOut,
+    Throttled,
+    classify_exception,
+    dependency_of,
+)
+from libs.errors.breakers import DEPENDENCIES, Breakers, BreakerState, circuit_open_code
 from libs.obs.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -119,7 +128,9 @@ class ErrorHandler:
             if exc.opened is not None:
                 await self.circuit_opened(exc.opened)  # type: ignore[arg-type]
             exc, dependency, counted = exc.cause, exc.dependency, exc.counted
-        counted = counted or isinstance(exc, Throttled)  # keel's own limit: the broker is not to blame
+        # keel's own limit or its own bookkeeping: the dependency is not to blame
+        counted = counted or isinstance(exc, Throttled | RacedOut)
+        dependency = dependency_of(exc, dependency)  # a database error inside a broker step is the db's
         info = classify_exception(exc, dependency=dependency, symbol=symbol)
         if self.metrics is not None:
             self.metrics.errors.labels(self.service, info.category.value, info.reason_code).inc()
@@ -127,7 +138,10 @@ class ErrorHandler:
         log.log(level, "%s failed: %s", context, info.reason_code, exc_info=level == logging.CRITICAL,
                 extra={"reason": info.reason_code, "dependency": dependency, "symbol": symbol or "",
                        "category": info.category.value, "error": info.details.get("message", "")})  # fmt: skip
-        if info.category in DEPENDENCY_FAULTS and not counted:
+        if info.category in DEPENDENCY_FAULTS and not counted and dependency in DEPENDENCIES:
+            if info.action is ErrorAction.DISABLE_PROVIDER:
+                # the provider refuses what keel asks: open its breaker now, not after 3 tries
+                retry_after_sec = max(retry_after_sec, self.breakers.policy.short_open_sec)
             state, opened = await self.breakers.record_failure(
                 dependency, info.reason_code, retry_after_sec=retry_after_sec
             )

@@ -29,6 +29,8 @@ import asyncio
 import hashlib
 import logging
 import math
+import os
+import random
 import re
 from collections.abc import Awaitable, Callable
 
@@ -36,6 +38,8 @@ import msgspec
 import nats.js.errors
 from nats.js.kv import KeyValue
 
+from libs.contracts.base import derive_id
+from libs.errors import RacedOut
 from libs.errors.breakers import CAS_ATTEMPTS, NS
 
 log = logging.getLogger(__name__)
@@ -171,6 +175,10 @@ class RateLimiter:
         self.policy = policy
         self.now_ns = now_ns
         self.sleep = sleep
+        # one writer in this process at a time (its tasks never race each other for the revision),
+        # and a jitter of its own so processes that lost a round do not retry in lockstep
+        self._writing = asyncio.Lock()
+        self._jitter = random.Random(int(derive_id("ratelimit", key, os.getpid(), id(self)), 16))
 
     async def state(self) -> BucketState:
         """Return the account's bucket as stored (full and unlocked when never written)."""
@@ -188,11 +196,14 @@ class RateLimiter:
         slept = 0.0
         conflicts = 0
         while True:
-            now = self.now_ns()
-            before, revision = await self._read(now)
-            after, wait = take(before, now, self.policy)
-            # time spent so far: by the clock, or by what we slept when the clock is held still
-            waited = max((now - started) / NS, slept)
+            async with self._writing:
+                now = self.now_ns()
+                before, revision = await self._read(now)
+                after, wait = take(before, now, self.policy)
+                # time spent so far: by the clock, or by what we slept when the clock is held still
+                waited = max((now - started) / NS, slept)
+                if wait <= 0 and await self._write(after, revision):
+                    return Throttle(taken=True, waited_sec=waited)
             if wait > 0:
                 if waited + wait > max_wait_sec:
                     return self._refused(before, now, wait, waited)
@@ -200,11 +211,9 @@ class RateLimiter:
                 slept += wait
                 conflicts = 0
                 continue
-            if await self._write(after, revision):
-                return Throttle(taken=True, waited_sec=waited)
             conflicts += 1
             if conflicts >= CAS_ATTEMPTS:
-                raise RuntimeError(
+                raise RacedOut(
                     f"expected to take a rate-limit token for {self.key} within {CAS_ATTEMPTS} attempts, was raced out"
                 )
             await self._backoff(conflicts)
@@ -212,15 +221,14 @@ class RateLimiter:
     async def lock(self, seconds: float, reason: str) -> BucketState:
         """Hold the account's bucket closed for every process at least `seconds` (a 429's Retry-After)."""
         for attempt in range(CAS_ATTEMPTS):
-            now = self.now_ns()
-            before, revision = await self._read(now)
-            after = lock(before, now, seconds, reason)
-            if await self._write(after, revision):
-                return after
+            async with self._writing:
+                now = self.now_ns()
+                before, revision = await self._read(now)
+                after = lock(before, now, seconds, reason)
+                if await self._write(after, revision):
+                    return after
             await self._backoff(attempt + 1)
-        raise RuntimeError(
-            f"expected to lock the rate limit of {self.key} within {CAS_ATTEMPTS} attempts, was raced out"
-        )
+        raise RacedOut(f"expected to lock the rate limit of {self.key} within {CAS_ATTEMPTS} attempts, was raced out")
 
     def _refused(self, state: BucketState, now_ns: int, wait: float, waited: float) -> Throttle:
         if state.is_locked(now_ns):
@@ -238,7 +246,7 @@ class RateLimiter:
         # another process wrote the key meanwhile: read again after a pause that grows with each
         # lost round so the writers spread out (as breakers.py)
         log.debug("rate limit update raced; retrying", extra={"key": self.key, "lost_rounds": lost_rounds})
-        await self.sleep(min(0.002 * lost_rounds, 0.05))
+        await self.sleep(min(0.002 * lost_rounds, 0.05) * (0.5 + self._jitter.random()))
 
     async def _write(self, state: BucketState, revision: int) -> bool:
         try:

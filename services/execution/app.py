@@ -208,9 +208,11 @@ async def poller(
     while not stop.is_set():
         try:
             await poll_once(processor, broker, bus, live, breakers, errors, held_lookup_sec=held_lookup_sec())
-        except DependencyFailed as e:
-            # the poll is tried again next round; the error handler counts and acts on the failure
-            await errors.handle(e, dependency=e.dependency, context="broker poll")
+        except Exception as e:  # handled: the poll is tried again next round, whatever failed
+            dependency = e.dependency if isinstance(e, DependencyFailed) else dependency_of(e, "broker_open_orders")
+            # a halt of this minute is one episode (a later one, after a resume, halts again)
+            episode = f"broker poll:{int(time.time() // 60)}"  # wall clock: operational
+            await errors.handle(e, dependency=dependency, context="broker poll", key=episode)
         await _wait_any(interval(), stop, live.wake)
         live.wake.clear()
 

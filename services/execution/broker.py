@@ -102,6 +102,7 @@ class AlpacaBroker:
         # see the module docstring: no SDK retries, explicit timeouts
         self.client = harden(TradingClient(api_key, secret_key, paper=paper, url_override=base_url or None), timeout)
         self._clock_ns = 0
+        self._clock_reading = asyncio.Lock()
         # the account's shared request budget (set by the app when the broker has a limit)
         self.limiter: RateLimiter | None = None
         self.read_wait_sec = 2.0
@@ -139,16 +140,19 @@ class AlpacaBroker:
         """
         if self._clock_ns >= ts_ns:
             return True
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while True:
-            clock = await self._call("GET /v2/clock", self.client.get_clock)
-            self._clock_ns = max(self._clock_ns, _ns(clock.timestamp))  # type: ignore[union-attr]
-            if self._clock_ns >= ts_ns:
-                return True
-            if loop.time() >= deadline:
-                return False
-            await asyncio.sleep(0.01)
+        # one reader at a time: the orders of one bar (a task per symbol) share its answer
+        # instead of each spending a request of the account's budget on the same question
+        async with self._clock_reading:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + timeout
+            while self._clock_ns < ts_ns:
+                if loop.time() >= deadline:
+                    return False
+                clock = await self._call("GET /v2/clock", self.client.get_clock)
+                self._clock_ns = max(self._clock_ns, _ns(clock.timestamp))  # type: ignore[union-attr]
+                if self._clock_ns < ts_ns:
+                    await asyncio.sleep(0.01)
+            return True
 
     async def check(self) -> None:
         """Fetch the account; raises when the broker is unreachable or refuses the keys."""

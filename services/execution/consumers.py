@@ -180,6 +180,9 @@ def consumers(
         filter_subject=subjects.family_wildcard(sj.OMS),
         decode=lambda _s, data: _decision_decoder.decode(data),
         batch=64,
+        # one order may wait for the broker's clock (10 s), a request token (5 s) and exit-leg
+        # cancels (5 s) before its call: never redelivered while it is still being decided
+        ack_wait_sec=60.0,
     )
     control = ConsumerSpec(
         durable="execution-control",
@@ -191,11 +194,12 @@ def consumers(
 
     async def submit_one(inbound: Inbound, d: PretradeDecision) -> None:
         cid = d.client_order_id
-        if await processor.store.is_tracked(decisions.durable, inbound.stream_seq):
-            return  # applied before a crash; the ack was lost
         # held from before the hand-over, so the poller never takes a fresh order for one
-        # interrupted by a crash
+        # interrupted by a crash; and a redelivery waiting here behind the first delivery of the
+        # same decision sees that one's commit when it gets in (checked under the hold)
         async with live.calling(cid):
+            if await processor.store.is_tracked(decisions.durable, inbound.stream_seq):
+                return  # applied before (a crash or a nak lost the ack)
             with tracing.span("execution submit", parent_headers=inbound.headers):
                 await submit_or_refuse(inbound, d)
         await after_call(processor, live, cid)
@@ -208,6 +212,10 @@ def consumers(
         # an order handed over before a crash is resolved, never refused: the halt flag and the
         # other checks only stop orders that have not yet left for the broker
         fresh = not await processor.store.has_outbox_event(handlers.submitted_event_id(cid))
+        if fresh and any([await processor.store.has_outbox_event(i) for i in handlers.refused_event_ids(cid)]):
+            # skipped or failed already (its tracking row was lost with a nak): that is its outcome
+            await processor.apply(decisions.durable, [inbound], lambda s, _e, _c: (s, []))
+            return
         if fresh:
             try:
                 refused = await checks(d)
@@ -220,7 +228,7 @@ def consumers(
                         decisions.durable,
                         [inbound],
                         lambda s, _e, c: handlers.skip(
-                            s, d, throttled.reason, str(throttled), c, wait_sec=f"{throttled.wait_sec:.3f}"
+                            s, d, throttled.reason, str(throttled), c, details={"wait_sec": f"{throttled.wait_sec:.3f}"}
                         ),
                     )
                     return
@@ -235,7 +243,9 @@ def consumers(
                 if processor.metrics:
                     processor.metrics.decision("submit_skipped", reason)
                 await processor.apply(
-                    decisions.durable, [inbound], lambda s, _e, c: handlers.skip(s, d, reason, message, c, **details)
+                    decisions.durable,
+                    [inbound],
+                    lambda s, _e, c: handlers.skip(s, d, reason, message, c, details=details),
                 )
                 return
             ctx = processor.ctx()
@@ -371,7 +381,12 @@ def consumers(
             for inbound, d in items:
                 await submit_one(inbound, d)
 
-        await asyncio.gather(*(in_order(items) for items in by_symbol.values()))
+        # every symbol's task runs to its end before a failure of one is raised (and the batch
+        # nak'd), so no task is still deciding an order when its redelivery arrives
+        done = await asyncio.gather(*(in_order(items) for items in by_symbol.values()), return_exceptions=True)
+        failures = [r for r in done if isinstance(r, BaseException)]
+        if failures:
+            raise failures[0]
 
     async def on_decisions(batch: list[Inbound]) -> None:
         # approved decisions are submitted; a watermark waits for every submit before it (so the

@@ -163,6 +163,11 @@ def submitted_event_id(cid: str) -> str:
     return derive_id("exec.order_submitted.v1", cid)
 
 
+def refused_event_ids(cid: str) -> tuple[str, str]:
+    """Return the ids of the SubmitSkipped and SubmitFailed an order would have had (its other outcomes)."""
+    return derive_id("exec.submit_skipped.v1", cid), derive_id("exec.submit_failed.v1", cid)
+
+
 def count(
     state: st.ExecState, bar_ts: int, *, submitted: bool = False, skipped: str = "", failed: str = ""
 ) -> st.ExecState:
@@ -185,7 +190,7 @@ def skip(
     ctx: Ctx,
     *,
     stage: str = "execution",
-    **details: str,
+    details: dict[str, str] | None = None,
 ) -> tuple[st.ExecState, list[Event]]:
     """Do not send an order, on purpose (a check refused it): SubmitSkipped for it and each leg.
 
@@ -200,7 +205,7 @@ def skip(
             stage=stage,  # type: ignore[arg-type]
             reason_code=reason_code,
             message=message,
-            details=details,
+            details=details or {},
         )
         for o in (family(order) if stage == "execution" else [order])
     ]
@@ -232,7 +237,7 @@ def on_denied(state: st.ExecState, d: PretradeDecision, ctx: Ctx) -> tuple[st.Ex
     if d.approved or d.reason == DUPLICATE_ORDER_BLOCK:
         return state, []
     message = f"denied by the OMS pre-trade checks: {d.reason}"
-    return skip(state, d, d.reason, message, ctx, stage="oms", **d.details)
+    return skip(state, d, d.reason, message, ctx, stage="oms", details=d.details)
 
 
 def exits_in_the_way(state: st.ExecState, symbol: str, side: str) -> list[st.ExecOrder]:

@@ -51,8 +51,9 @@ class MdConfig(Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
     base_volume: Annotated[int, msgspec.Meta(ge=1)] = 200_000  # mean shares per minute per symbol
     # feed "alpaca": 1-minute bars from Alpaca's market data API through alpaca-py (data_url empty =
     # data.alpaca.markets; keel's local exchange serves the same API). The primary feed is asked
-    # first; the fallback feed only while the primary's breaker is open and KEEL_DATA_FALLBACK_ALLOWED
-    # is on. "iex" works on every Alpaca account; "sip" needs a market data subscription.
+    # first (unless its breaker is open); the fallback feed, when KEEL_DATA_FALLBACK_ALLOWED is on,
+    # answers whenever the primary cannot. "iex" works on every Alpaca account; "sip" needs a
+    # market data subscription.
     data_url: str = ""
     api_key_id: str = ""
     api_secret_key: str = ""

@@ -67,7 +67,13 @@ class AlpacaBars:
             cfg.data_timeout_sec,
         )
         self.providers = [Provider(PRIMARY, cfg.data_feed)]
-        if fallback_allowed and cfg.fallback_feed:
+        if fallback_allowed and not cfg.fallback_feed:
+            # execution would let orders through while data_primary is open, counting on a
+            # fallback that does not exist
+            raise DependencyUnavailable(
+                "KEEL_DATA_FALLBACK_ALLOWED is on but KEEL_MD_FALLBACK_FEED is empty: name the fallback feed or turn it off"
+            )
+        if fallback_allowed:
             self.providers.append(Provider(FALLBACK, cfg.fallback_feed))
         self.breakers = breakers
         self.errors = errors

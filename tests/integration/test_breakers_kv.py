@@ -62,3 +62,24 @@ async def test_keel_status_when_a_breaker_is_open_then_it_lists_it_with_reason_a
     assert shown["breakers_open"] == {
         "data_primary": {"reason": "NET_RETRY", "open_until_ns": state.open_until_ns},
     }
+
+
+async def test_breakers_when_many_tasks_of_two_processes_fail_at_once_then_none_is_raced_out(
+    namespace: Namespace, nats_url: str
+):
+    # a broker outage with one task per symbol: every order's failure is counted, none raises
+    ticks = itertools.count()
+    now = lambda: T0 + next(ticks) * 1_000  # noqa: E731 - all inside one window
+    a = await Bus.connect(nats_url, Subjects(namespace.prefix), service="execution")
+    b = await Bus.connect(nats_url, Subjects(namespace.prefix), service="oms")
+    try:
+        policy = BreakerPolicy(short_failures=1000, long_failures=1000)
+        first = Breakers(await a.breakers_kv(), policy, now)
+        second = Breakers(await b.breakers_kv(), policy, now)
+        await asyncio.gather(*(br.record_failure("broker_submit", "NET_RETRY") for br in [first, second] * 48))
+        after = await first.state("broker_submit")
+    finally:
+        await a.close()
+        await b.close()
+
+    assert len(after.failures) == 96

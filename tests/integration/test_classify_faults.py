@@ -16,8 +16,8 @@ from alpaca.trading.client import TradingClient
 from alpaca.trading.enums import OrderSide, TimeInForce
 from alpaca.trading.requests import LimitOrderRequest
 
+from libs.alpacahttp import harden
 from libs.errors import ErrorAction, ErrorCategory, classify_exception
-from services.execution.broker import _TimeoutAdapter
 from tests.support.exchange import KEY, SECRET, ExchangeProcess, add_fault, clear_faults, exchange_env, running_exchange
 from tests.support.servers import Namespace
 
@@ -36,11 +36,8 @@ STATUS_ROWS = {
 
 
 def client(exchange: ExchangeProcess, timeout: float = 5.0) -> TradingClient:
-    c = TradingClient(KEY, SECRET, paper=True, url_override=exchange.url)
-    c._retry = 0  # as execution runs it (services/execution/broker.py)
-    adapter = _TimeoutAdapter(timeout)
-    c._session.mount("http://", adapter)
-    return c
+    # as execution runs it (services/execution/broker.py): SDK retries off, a timeout on each request
+    return harden(TradingClient(KEY, SECRET, paper=True, url_override=exchange.url), timeout)
 
 
 def order(cid: str, price: float = 10.0) -> LimitOrderRequest:

@@ -158,3 +158,29 @@ def test_classify_when_real_exception_then_category_scope_action_and_reason_code
         "AAPL",
         type(exc).__name__,
     )
+
+
+@pytest.mark.parametrize(
+    ("exc", "category", "action", "reason"),
+    [
+        (
+            api_error(403, 40310000, "subscription does not permit querying recent SIP data"),
+            C.AUTH,
+            A.DISABLE_PROVIDER,
+            "PROVIDER_FORBIDDEN",
+        ),
+        (api_error(422, 42210000, "invalid timeframe"), C.PROVIDER_SCHEMA, A.DISABLE_PROVIDER, "PROVIDER_SCHEMA"),
+        (api_error(404, 40410000, "not found"), C.PROVIDER_SCHEMA, A.DISABLE_PROVIDER, "PROVIDER_SCHEMA"),
+        # the data keys refused, or the provider throttling: as for any dependency
+        (api_error(401, 40110000), C.AUTH, A.HALT_TRADING, "AUTH_HALT"),
+        (api_error(429, 42910000), C.RATE_LIMIT, A.RETRY, "RATE_LIMIT_RETRY"),
+        (api_error(500, 50010000), C.TRANSIENT_NETWORK, A.RETRY, "NET_RETRY"),
+    ],
+    ids=["403 subscription", "422", "404", "401", "429", "500"],
+)
+def test_classify_when_a_data_provider_refuses_then_it_is_disabled_not_a_trading_halt(
+    exc: BaseException, category: ErrorCategory, action: ErrorAction, reason: str
+) -> None:
+    info = classify_exception(exc, dependency="data_primary")
+
+    assert (info.category, info.action, info.reason_code) == (category, action, reason)
