@@ -60,7 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--quiet", action="store_true", help="no progress line")
     up.add_argument("--prefix", default="", help="subject and schema prefix (default keel)")
 
-    st = sub.add_parser("status", help="health of every service, exchange URL and keys, halt state, open breakers, counts")
+    st = sub.add_parser(
+        "status", help="health of every service, exchange URL and keys, halt state, open breakers, counts"
+    )
     st.add_argument("--json", action="store_true")
     kill = sub.add_parser("kill", help="halt new orders everywhere")
     kill.add_argument("--reason", required=True)

@@ -62,7 +62,13 @@ def swallowed(source: str, filename: str, *, trading: bool = False) -> list[str]
         only_pass = all(isinstance(s, ast.Pass) for s in node.body)
         names = _names(node.type)
         broad = bool(names & BROAD)
-        if trading and (broad or names & DEPENDENCY_FAILURES) and not _handles(node, HANDLE) or only_pass or (broad and not _handles(node, CLASSIFY)):
+        if (
+            trading
+            and (broad or names & DEPENDENCY_FAILURES)
+            and not _handles(node, HANDLE)
+            or only_pass
+            or (broad and not _handles(node, CLASSIFY))
+        ):
             found.append(f"{filename}:{node.lineno}")
     return found
 

@@ -119,7 +119,9 @@ def test_hand_over_when_approved_then_order_held_submitting_and_envelope_derives
 
 
 def test_skip_when_halt_went_up_after_approval_then_one_submit_skipped_at_execution(d: PretradeDecision) -> None:
-    state, (ev,) = skip(st.ExecState(), d, "KILL_SWITCH_BLOCK", "halted: manual", CTX, details={"halt_reason": "manual"})
+    state, (ev,) = skip(
+        st.ExecState(), d, "KILL_SWITCH_BLOCK", "halted: manual", CTX, details={"halt_reason": "manual"}
+    )
 
     assert isinstance(ev, SubmitSkipped)
     assert ev.event_id == derive_id("exec.submit_skipped.v1", d.client_order_id)
