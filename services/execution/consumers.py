@@ -20,7 +20,7 @@ from libs.contracts.base import derive_id
 from libs.contracts.control import CancelAllOrders, HaltTrading
 from libs.contracts.oms import OmsEvent, PretradeDecision
 from libs.contracts.ops import Watermark
-from libs.errors import DependencyFailed, Throttled, calling
+from libs.errors import DependencyFailed, Throttled, calling, dependency_of
 from libs.errors.breakers import Breakers, circuit_open_code
 from libs.errors.handle import ErrorHandler, publish_halt
 from libs.errors.ratelimit import BROKER_LOCKED, RateLimiter
@@ -219,8 +219,8 @@ def consumers(
         if fresh:
             try:
                 refused = await checks(d)
-            except DependencyFailed as e:
-                if isinstance(e.cause, Throttled):
+            except Exception as e:  # handled: the order is not sent, and it still gets its one outcome
+                if isinstance(e, DependencyFailed) and isinstance(e.cause, Throttled):
                     # keel's own limit held a check's request back: the order waits for nothing,
                     # it is skipped with the limit's reason (RATE_LIMITED, BROKER_LOCKED)
                     throttled = e.cause
@@ -232,8 +232,10 @@ def consumers(
                         ),
                     )
                     return
-                # a check could not run (the bus, the broker's clock, a cancel): not sent, and said
-                info = await errors.handle(e, dependency=e.dependency, context=f"checks before sending {cid}",
+                # a check could not run (the bus, the broker's clock, a cancel), or a bug in one (which
+                # halts trading): not sent, and said
+                dependency = e.dependency if isinstance(e, DependencyFailed) else dependency_of(e, SUBMIT)
+                info = await errors.handle(e, dependency=dependency, context=f"checks before sending {cid}",
                                            symbol=d.symbol, key=cid)  # fmt: skip
                 await processor.apply(decisions.durable, [inbound], lambda s, _e, c: handlers.fail(s, d, info, c))
                 return
