@@ -7,9 +7,17 @@ from decimal import Decimal
 
 import msgspec
 
+from libs import sessions
 from libs.contracts.base import Event, derive_id, exit_legs, intent_id_for, leg_client_order_id, tag_of
 from libs.contracts.control import CancelAllOrders, HaltTrading, ResumeTrading
-from libs.contracts.execution import ExecutionEvent, OrderAccepted, OrderFilled, OrderPartiallyFilled, SubmitSkipped
+from libs.contracts.execution import (
+    ExecutionEvent,
+    OrderAccepted,
+    OrderCanceled,
+    OrderFilled,
+    OrderPartiallyFilled,
+    SubmitSkipped,
+)
 from libs.contracts.oms import APPROVED as APPROVED_REASON
 from libs.contracts.oms import PositionChanged, PretradeDecision
 from libs.contracts.ops import AlertRaised, Watermark
@@ -21,16 +29,38 @@ from services.oms.config import OmsConfig
 KILL_SWITCH_BLOCK = "KILL_SWITCH_BLOCK"
 ORDER_SIZE_BLOCK = "ORDER_SIZE_BLOCK"
 DUPLICATE_ORDER_BLOCK = "DUPLICATE_ORDER_BLOCK"
+MARKET_CLOSED_BLOCK = "MARKET_CLOSED_BLOCK"
+PRICE_COLLAR_BLOCK = "PRICE_COLLAR_BLOCK"
+POSITION_LIMIT_BLOCK = "POSITION_LIMIT_BLOCK"
+RATE_THROTTLE_BLOCK = "RATE_THROTTLE_BLOCK"
+CANCEL_LOOP_BLOCK = "CANCEL_LOOP_BLOCK"
 _PX = Decimal("0.000001")
 DUPLICATE_WINDOW_NS = 24 * 3600 * 1_000_000_000
+MINUTE_NS = 60_000_000_000
+
+
+def order_key(symbol: str, side: str, qty: int, bar_ts: int) -> str:
+    """The identity of an order apart from its id: the same one twice is a duplicate (seed 000 §D.3)."""
+    return f"{symbol}|{side}|{qty}|{bar_ts}"
 
 
 def pretrade(state: st.OmsState, intent: OrderIntent, cfg: OmsConfig) -> tuple[str, dict[str, str]]:
-    """Return (reason, details): APPROVED or the first block that applies (seed 000 §D)."""
+    """Return (reason, details): APPROVED or the first block that applies (seed 000 §D).
+
+    Every check reads event time (the decision bar) and the OMS's own state only, so a replay
+    decides the same. Order: the halt flag, duplicates, the market's hours, size, price collar,
+    position limit, message-rate throttle, cancel loop.
+    """
     if state.halted:
         return KILL_SWITCH_BLOCK, {"halt_reason": state.halt_reason}
     if intent.client_order_id in state.by_cid or intent.client_order_id in state.recent_cids:
         return DUPLICATE_ORDER_BLOCK, {"client_order_id": intent.client_order_id}
+    key = order_key(intent.symbol, intent.side, intent.qty, intent.bar_ts)
+    if key in state.recent_keys:
+        return DUPLICATE_ORDER_BLOCK, {"same_order": key}
+    if not sessions.is_open(intent.bar_ts):
+        # XNYS regular hours (exchange-calendars): an order decided on the close, or outside a session
+        return MARKET_CLOSED_BLOCK, {"bar_ts": str(intent.bar_ts)}
     if intent.qty > cfg.max_order_shares:
         return ORDER_SIZE_BLOCK, {"limit": "max_order_shares", "qty": str(intent.qty), "max": str(cfg.max_order_shares)}
     notional = intent.qty * intent.arrival_price
@@ -40,7 +70,64 @@ def pretrade(state: st.OmsState, intent: OrderIntent, cfg: OmsConfig) -> tuple[s
             "notional": str(notional),
             "max": str(cfg.max_order_dollars),
         }
+    for name in ("limit_price", "stop_price"):
+        price = getattr(intent, name)
+        if price is not None and abs(price / intent.arrival_price - 1) > cfg.price_collar_pct:
+            return PRICE_COLLAR_BLOCK, {
+                "price": name,
+                "value": str(price),
+                "last": str(intent.arrival_price),
+                "max_pct": str(cfg.price_collar_pct),
+            }
+    blocked = position_block(state, intent, cfg)
+    if blocked:
+        return POSITION_LIMIT_BLOCK, blocked
+    throttled = rate_block(state, intent, cfg)
+    if throttled:
+        return RATE_THROTTLE_BLOCK, throttled
+    until = state.blocked_until.get(intent.symbol, 0)
+    if intent.bar_ts < until:
+        return CANCEL_LOOP_BLOCK, {"until_bar_ts": str(until), "canceled_unfilled": str(cfg.cancel_loop_max)}
     return APPROVED_REASON, {}
+
+
+def position_block(state: st.OmsState, intent: OrderIntent, cfg: OmsConfig) -> dict[str, str]:
+    """Return why an order would take its symbol past the position limit, else {}.
+
+    The position plus every working order plus this one, at the decision bar's close; an order
+    that brings that exposure closer to flat always passes (reducing risk is never blocked).
+    """
+    before = state.positions.get(intent.symbol, st.Position()).qty + open_order_qty(state, intent.symbol)
+    after = before + (intent.qty if intent.side == "buy" else -intent.qty)
+    exposure = abs(after) * intent.arrival_price
+    if abs(after) <= abs(before) or exposure <= cfg.max_position_dollars:
+        return {}
+    return {"shares_after": str(after), "dollars_after": str(exposure), "max": str(cfg.max_position_dollars)}
+
+
+def rate_block(state: st.OmsState, intent: OrderIntent, cfg: OmsConfig) -> dict[str, str]:
+    """Return why one more order in this minute would break a message-rate limit, else {}."""
+    since = intent.bar_ts - MINUTE_NS
+    recent = [sym for ts, sym in state.recent_orders if ts > since]
+    if len(recent) >= cfg.max_orders_per_min:
+        return {"limit": "max_orders_per_min", "orders": str(len(recent)), "max": str(cfg.max_orders_per_min)}
+    mine = recent.count(intent.symbol)
+    if mine >= cfg.max_symbol_orders_per_min:
+        return {"limit": "max_symbol_orders_per_min", "orders": str(mine), "max": str(cfg.max_symbol_orders_per_min)}
+    return {}
+
+
+def count_cancel(state: st.OmsState, intent: st.IntentState, cfg: OmsConfig) -> st.OmsState:
+    """Count an order canceled without a fill; enough of them in the window block its symbol."""
+    since = intent.bar_ts - cfg.cancel_loop_window_bars * MINUTE_NS
+    cancels = (*(t for t in state.cancels.get(intent.symbol, ()) if t > since), intent.bar_ts)
+    blocked = dict(state.blocked_until)
+    if len(cancels) >= cfg.cancel_loop_max:
+        blocked[intent.symbol] = max(
+            blocked.get(intent.symbol, 0), intent.bar_ts + cfg.cancel_loop_block_bars * MINUTE_NS
+        )
+        cancels = ()
+    return msgspec.structs.replace(state, cancels={**state.cancels, intent.symbol: cancels}, blocked_until=blocked)
 
 
 def apply_fill(pos: st.Position, side: str, qty: int, px: Decimal) -> st.Position:
@@ -138,6 +225,7 @@ def on_intent(state: st.OmsState, ev: OrderIntent, ctx: Ctx) -> tuple[st.OmsStat
         arrival_price=ev.arrival_price,
         status=st.TRANSITIONS[(st.CREATED, st.APPROVED if approved else st.DENIED)],
         reason=reason,
+        bar_ts=ev.bar_ts,
     )
     family = [intent, *(leg_intents(ev, intent.status) if approved else ())]
     new_state = msgspec.structs.replace(
@@ -146,6 +234,12 @@ def on_intent(state: st.OmsState, ev: OrderIntent, ctx: Ctx) -> tuple[st.OmsStat
         by_cid={**state.by_cid, **{i.client_order_id: i.intent_id for i in family}},
         recent_cids={**state.recent_cids, **{i.client_order_id: ev.bar_ts for i in family}},
         intents_seen={**state.intents_seen, ev.symbol: _seen_after(state, ev)},
+        recent_keys={**state.recent_keys, order_key(ev.symbol, ev.side, ev.qty, ev.bar_ts): ev.bar_ts},
+        recent_orders=(
+            (*((ts, s) for ts, s in state.recent_orders if ts > ev.bar_ts - MINUTE_NS), (ev.bar_ts, ev.symbol))
+            if approved
+            else state.recent_orders
+        ),
     )
     return new_state, [_decision(ev, approved, reason, details, ctx), position_changed(new_state, ev.symbol, ev, ctx)]
 
@@ -167,6 +261,7 @@ def leg_intents(ev: OrderIntent, status: str) -> list[st.IntentState]:
                 reason=APPROVED_REASON,
                 parent_intent_id=ev.intent_id,
                 leg_role=leg.role,
+                bar_ts=ev.bar_ts,
             )
         )
     return out
@@ -264,6 +359,11 @@ def on_report(state: st.OmsState, ev: ExecutionEvent, ctx: Ctx) -> tuple[st.OmsS
                 execution_ids=(*intent.execution_ids, fill.execution_id),
             )
         new_state = _replace_intent(new_state, intent, **changes)
+        if isinstance(ev, OrderCanceled) and target is not None and not intent.leg_role and intent.filled_qty == 0:
+            # exit legs are canceled by design (their sibling filled, a close needed their shares)
+            new_state = count_cancel(new_state, intent, ctx.config)
+    if fill is not None and ev.symbol in new_state.cancels:
+        new_state = msgspec.structs.replace(new_state, cancels={**new_state.cancels, ev.symbol: ()})
     working_changed = open_order_qty(new_state, ev.symbol) != open_order_qty(state, ev.symbol)
     if working_changed or fill is not None:
         events.append(position_changed(new_state, ev.symbol, ev, ctx))
@@ -302,9 +402,16 @@ def on_watermark(state: st.OmsState, wm: Watermark, ctx: Ctx) -> tuple[st.OmsSta
     # client_order_ids carry their session date, so a day of them is enough to refuse a re-send
     horizon = wm.bar_ts - DUPLICATE_WINDOW_NS
     recent = {cid: ts for cid, ts in state.recent_cids.items() if ts >= horizon}
+    keys = {k: ts for k, ts in state.recent_keys.items() if ts >= horizon}
     fills = {x: ts for x, ts in state.recent_fills.items() if ts >= horizon}
     return msgspec.structs.replace(
-        state, intents=intents, by_cid=by_cid, recent_cids=recent, recent_fills=fills, last_watermark=last
+        state,
+        intents=intents,
+        by_cid=by_cid,
+        recent_cids=recent,
+        recent_fills=fills,
+        recent_keys=keys,
+        last_watermark=last,
     ), events
 
 

@@ -109,6 +109,7 @@ class IntentState(msgspec.Struct, frozen=True, kw_only=True):
     # order that placed it, approved with it, with its own lifecycle at the broker
     parent_intent_id: str = ""
     leg_role: str = ""
+    bar_ts: int = 0  # the decision bar (event time of the pre-trade checks about it)
 
     @property
     def working_qty(self) -> int:
@@ -143,3 +144,10 @@ class OmsState(msgspec.Struct, frozen=True, kw_only=True):
     halt_since_ns: int = 0
     halt_command_id: str = ""
     last_watermark: int = 0
+    # pre-trade memory, all in event time (bar_ts): (symbol|side|qty|bar_ts) of the last day's
+    # intents; the last minute's approvals (bar_ts, symbol); per symbol the decision bars of orders
+    # canceled unfilled, and the bar until which a cancel loop blocks it
+    recent_keys: dict[str, int] = {}
+    recent_orders: tuple[tuple[int, str], ...] = ()
+    cancels: dict[str, tuple[int, ...]] = {}
+    blocked_until: dict[str, int] = {}
