@@ -38,6 +38,8 @@ BARE_ALIASES = {
     "TRADING_PROFILE": "KEEL_TRADING_PROFILE",
     "ALPACA_API_KEY": "KEEL_EXEC_API_KEY_ID",
     "ALPACA_SECRET_KEY": "KEEL_EXEC_API_SECRET_KEY",
+    # canary mode (seed 000 §F) under the name the seed gives it
+    "KEEL_CANARY_SYMBOLS": "KEEL_OMS_CANARY_SYMBOLS",
 }
 # where and how a process runs, not what it decides: left out of the config hash so the hash
 # stamped on decisions is the same across restarts, free ports and machines
@@ -172,6 +174,7 @@ def _gather(env: Mapping[str, str]) -> dict[str, str]:
             if full in merged and merged[full] != env[bare]:
                 raise ConfigError(f"{bare}: conflicts with {full} ({env[bare]!r} vs {merged[full]!r})")
             merged[full] = env[bare]
+            merged.pop(bare, None)  # an alias that looks like a KEEL_ key is not a key of its own
     file_path = merged.get(CONFIG_FILE_KEY, "")
     if file_path:
         for key, value in _read_file(file_path).items():

@@ -34,6 +34,7 @@ PRICE_COLLAR_BLOCK = "PRICE_COLLAR_BLOCK"
 POSITION_LIMIT_BLOCK = "POSITION_LIMIT_BLOCK"
 RATE_THROTTLE_BLOCK = "RATE_THROTTLE_BLOCK"
 CANCEL_LOOP_BLOCK = "CANCEL_LOOP_BLOCK"
+CANARY_MODE_ACTIVE = "CANARY_MODE_ACTIVE"  # canary mode: a symbol outside the canary list
 _PX = Decimal("0.000001")
 DUPLICATE_WINDOW_NS = 24 * 3600 * 1_000_000_000
 MINUTE_NS = 60_000_000_000
@@ -58,6 +59,8 @@ def pretrade(state: st.OmsState, intent: OrderIntent, cfg: OmsConfig) -> tuple[s
     key = order_key(intent.symbol, intent.side, intent.qty, intent.bar_ts)
     if key in state.recent_keys:
         return DUPLICATE_ORDER_BLOCK, {"same_order": key}
+    if cfg.canary_symbols and intent.symbol not in cfg.canary_symbols:
+        return CANARY_MODE_ACTIVE, {"canary_symbols": ",".join(cfg.canary_symbols)}
     if not sessions.is_open(intent.bar_ts):
         # XNYS regular hours (exchange-calendars): an order decided on the close, or outside a session
         return MARKET_CLOSED_BLOCK, {"bar_ts": str(intent.bar_ts)}

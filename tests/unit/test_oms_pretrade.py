@@ -9,12 +9,14 @@ from decimal import Decimal
 import msgspec
 import pytest
 
+from libs.config import ConfigError, load
 from libs.contracts.oms import PretradeDecision
 from libs.contracts.risk import OrderIntent
 from libs.sessions import session_open_close
 from services.oms import state as st
 from services.oms.config import OmsConfig
 from services.oms.handlers import (
+    CANARY_MODE_ACTIVE,
     CANCEL_LOOP_BLOCK,
     DUPLICATE_ORDER_BLOCK,
     MARKET_CLOSED_BLOCK,
@@ -164,3 +166,23 @@ def test_cancel_loop_when_a_fill_comes_between_the_cancels_then_no_block(f: Even
     state, _ = run(events)
 
     assert pretrade(state, f.intent("AAPL", "buy", 12, "50", n=4), CFG)[0] == "APPROVED"
+
+
+def test_canary_when_symbols_listed_then_only_they_trade_and_the_rest_are_denied_canary_mode_active(f: Events) -> None:
+    cfg = msgspec.structs.replace(CFG, canary_symbols=("MSFT",))
+
+    reason, details = pretrade(st.OmsState(), f.intent("AAPL", "buy", 10, "50"), cfg)
+
+    assert (reason, details) == (CANARY_MODE_ACTIVE, {"canary_symbols": "MSFT"})
+    assert pretrade(st.OmsState(), f.intent("MSFT", "buy", 10, "50"), cfg)[0] == "APPROVED"
+    assert pretrade(st.OmsState(), f.intent("AAPL", "buy", 10, "50"), CFG)[0] == "APPROVED"  # off: all trade
+
+
+def test_canary_when_set_by_the_seeds_key_then_the_oms_reads_it_and_a_conflict_is_refused() -> None:
+    loaded = load(OmsConfig, section_prefix="KEEL_OMS_", env={"KEEL_CANARY_SYMBOLS": "AAPL,SPY"})
+
+    assert loaded.section.canary_symbols == ("AAPL", "SPY")  # type: ignore[union-attr]
+    with pytest.raises(ConfigError, match="KEEL_CANARY_SYMBOLS: conflicts with KEEL_OMS_CANARY_SYMBOLS"):
+        load(
+            OmsConfig, section_prefix="KEEL_OMS_", env={"KEEL_CANARY_SYMBOLS": "AAPL", "KEEL_OMS_CANARY_SYMBOLS": "SPY"}
+        )
