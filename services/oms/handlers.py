@@ -73,15 +73,9 @@ def pretrade(state: st.OmsState, intent: OrderIntent, cfg: OmsConfig) -> tuple[s
             "notional": str(notional),
             "max": str(cfg.max_order_dollars),
         }
-    for name in ("limit_price", "stop_price"):
-        price = getattr(intent, name)
-        if price is not None and abs(price / intent.arrival_price - 1) > cfg.price_collar_pct:
-            return PRICE_COLLAR_BLOCK, {
-                "price": name,
-                "value": str(price),
-                "last": str(intent.arrival_price),
-                "max_pct": str(cfg.price_collar_pct),
-            }
+    collared = collar_block(intent, cfg)
+    if collared:
+        return PRICE_COLLAR_BLOCK, collared
     blocked = position_block(state, intent, cfg)
     if blocked:
         return POSITION_LIMIT_BLOCK, blocked
@@ -92,6 +86,26 @@ def pretrade(state: st.OmsState, intent: OrderIntent, cfg: OmsConfig) -> tuple[s
     if intent.bar_ts < until:
         return CANCEL_LOOP_BLOCK, {"until_bar_ts": str(until), "canceled_unfilled": str(cfg.cancel_loop_max)}
     return APPROVED_REASON, {}
+
+
+def collar_block(intent: OrderIntent, cfg: OmsConfig) -> dict[str, str]:
+    """Return why an order's price is too far through the market, else {} (an erroneous-order check).
+
+    Only the aggressive side is collared: a buy limit above the decision bar's close by more than
+    the collar (a sell limit below it) would trade at once at a bad price; a stop beyond it on the
+    wrong side (a buy stop below, a sell stop above) would trigger at once. A passive price - a
+    resting limit, an oco's take-profit, a protective stop - may be as far away as it likes.
+    """
+    last, pct = intent.arrival_price, cfg.price_collar_pct
+    up = intent.side == "buy"
+    checks = (("limit_price", intent.limit_price, up), ("stop_price", intent.stop_price, not up))
+    for name, price, above_is_aggressive in checks:
+        if price is None:
+            continue
+        away = price / last - 1 if above_is_aggressive else 1 - price / last
+        if away > pct:
+            return {"price": name, "value": str(price), "last": str(last), "max_pct": str(pct)}
+    return {}
 
 
 def position_block(state: st.OmsState, intent: OrderIntent, cfg: OmsConfig) -> dict[str, str]:

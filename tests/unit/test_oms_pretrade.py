@@ -75,19 +75,23 @@ def test_market_closed_when_the_decision_bar_is_the_close_or_outside_a_session_t
 
 
 @pytest.mark.parametrize(
-    ("price", "field", "order_type", "blocked"),
+    ("side", "price", "field", "order_type", "blocked"),
     [
-        ("51.50", "limit_price", "limit", False),  # 3 % away: at the collar
-        ("51.51", "limit_price", "limit", True),
-        ("48.49", "limit_price", "limit", True),
-        ("48.49", "stop_price", "stop", True),
-        ("49.00", "stop_price", "stop", False),
+        ("buy", "51.50", "limit_price", "limit", False),  # 3 % through the market: at the collar
+        ("buy", "51.51", "limit_price", "limit", True),
+        ("buy", "40.00", "limit_price", "limit", False),  # a resting bid far below: passive
+        ("sell", "48.49", "limit_price", "limit", True),
+        ("sell", "55.00", "limit_price", "limit", False),  # a take-profit far above: passive
+        ("buy", "48.49", "stop_price", "stop", True),  # a buy stop below the market triggers at once
+        ("buy", "52.00", "stop_price", "stop", False),
+        ("sell", "51.51", "stop_price", "stop", True),
+        ("sell", "45.00", "stop_price", "stop", False),  # a protective stop-loss far below: passive
     ],
 )
-def test_price_collar_when_a_price_is_far_from_the_last_close_then_blocked(
-    f: Events, price: str, field: str, order_type: str, blocked: bool
+def test_price_collar_when_a_price_is_far_through_the_market_then_blocked(
+    f: Events, side: str, price: str, field: str, order_type: str, blocked: bool
 ) -> None:
-    intent = limit(f.intent("AAPL", "buy", 10, "50"), price, field=field, order_type=order_type)
+    intent = limit(f.intent("AAPL", side, 10, "50"), price, field=field, order_type=order_type)
 
     reason, details = pretrade(st.OmsState(), intent, CFG)
 
