@@ -40,6 +40,7 @@ BARE_ALIASES = {
     "ALPACA_SECRET_KEY": "KEEL_EXEC_API_SECRET_KEY",
     # canary mode (seed 000 §F) under the name the seed gives it
     "KEEL_CANARY_SYMBOLS": "KEEL_OMS_CANARY_SYMBOLS",
+    "KEEL_CANCEL_ALL_ON_KILL": "KEEL_EXEC_CANCEL_ALL_ON_KILL",
 }
 # where and how a process runs, not what it decides: left out of the config hash so the hash
 # stamped on decisions is the same across restarts, free ports and machines

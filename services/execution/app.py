@@ -373,6 +373,7 @@ async def build(deps: Deps) -> Service:
             errors,
             fallback_allowed=deps.common.data_fallback_allowed,
             submit_wait_sec=cfg.rate_limit_submit_wait_sec,
+            cancel_on_kill=cfg.cancel_all_on_kill,
         ),
         tasks=tasks,
         router=api.router(processor, watch, name),

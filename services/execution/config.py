@@ -42,3 +42,5 @@ class ExecConfig(Section, frozen=True, kw_only=True, forbid_unknown_fields=True)
     # Retry-After holds the account, BROKER_LOCKED); reads wait read_wait and are tried next poll
     rate_limit_submit_wait_sec: Annotated[float, msgspec.Meta(ge=0)] = 5.0
     rate_limit_read_wait_sec: Annotated[float, msgspec.Meta(ge=0)] = 2.0
+    # every kill cancels the open orders too (KEEL_CANCEL_ALL_ON_KILL), not only a kill that asks
+    cancel_all_on_kill: bool = False

@@ -171,6 +171,7 @@ def consumers(
     *,
     fallback_allowed: bool = False,
     submit_wait_sec: float = 5.0,
+    cancel_on_kill: bool = False,
 ) -> list[tuple[ConsumerSpec, OnBatch]]:
     """Return execution's durable consumers; `live` holds the orders whose broker call is under way."""
     subjects = bus.subjects
@@ -423,7 +424,9 @@ def consumers(
             if await processor.store.is_tracked(control.durable, inbound.stream_seq):
                 continue  # done before a crash: cancelling again would hit orders placed since
             cmd = inbound.payload
-            if isinstance(cmd, CancelAllOrders) or (isinstance(cmd, HaltTrading) and cmd.cancel_all):
+            if isinstance(cmd, CancelAllOrders) or (
+                isinstance(cmd, HaltTrading) and (cmd.cancel_all or cancel_on_kill)
+            ):
                 n = await broker.cancel_all()
                 log.warning("CANCEL_ALL_TRIGGERED", extra={"canceled": n, "subject": inbound.subject})
                 if processor.metrics:

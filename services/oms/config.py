@@ -29,6 +29,8 @@ class OmsConfig(Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
     cancel_loop_max: Annotated[int, msgspec.Meta(ge=1)] = 3
     cancel_loop_window_bars: Annotated[int, msgspec.Meta(ge=1)] = 30
     cancel_loop_block_bars: Annotated[int, msgspec.Meta(ge=1)] = 10
+    # STUCK_INTENT: an intent the broker has not acknowledged this many bars after its decision
+    stuck_intent_bars: Annotated[int, msgspec.Meta(ge=1)] = 5
     # canary mode (KEEL_CANARY_SYMBOLS): only these symbols may trade; empty = every symbol
     canary_symbols: tuple[str, ...] = ()
 

@@ -409,11 +409,47 @@ def on_control(
 UPSTREAM = "risk"
 
 
+def stuck_intents(state: st.OmsState, wm: Watermark, ctx: Ctx) -> tuple[st.OmsState, list[Event]]:
+    """Alert once for every intent the broker has not acknowledged N bars after its decision.
+
+    Event time: N bars of the watermark's clock, so a replay raises the same alerts. An ACKED or
+    partly filled order is working at the venue (a resting limit may rest all day): not stuck.
+    """
+    limit = ctx.config.stuck_intent_bars * MINUTE_NS
+    alerts: list[Event] = []
+    intents = dict(state.intents)
+    for iid, intent in sorted(state.intents.items()):
+        if intent.status in st.UNACKNOWLEDGED and not intent.stuck_alerted and wm.bar_ts - intent.bar_ts >= limit:
+            bars = (wm.bar_ts - intent.bar_ts) // MINUTE_NS
+            message = (
+                f"intent {intent.client_order_id} ({intent.symbol} {intent.side} {intent.qty}) still "
+                f"{intent.status} {bars} bars after its decision"
+            )
+            alerts.append(
+                AlertRaised(
+                    event_id=derive_id("ops.alert_raised.v1", ctx.service, "STUCK_INTENT", iid),
+                    correlation_id=wm.correlation_id,
+                    causation_id=wm.event_id,
+                    ts_event=wm.ts_event,
+                    ts_init=ctx.now_ns,
+                    code="STUCK_INTENT",
+                    severity="warning",
+                    source=ctx.service,
+                    message=message,
+                    details={"client_order_id": intent.client_order_id, "status": intent.status, "bars": str(bars)},
+                )
+            )
+            intents[iid] = msgspec.structs.replace(intent, stuck_alerted=True)
+    return (msgspec.structs.replace(state, intents=intents), alerts) if alerts else (state, [])
+
+
 def on_watermark(state: st.OmsState, wm: Watermark, ctx: Ctx) -> tuple[st.OmsState, list[Event]]:
     """Forward risk's watermark and prune intents that reached a terminal status."""
     if wm.source != UPSTREAM:
         return state, []  # execution's watermark shares its stream; it is not ours to forward
     last, events = forward_watermark(state.last_watermark, wm, ctx)
+    state, stuck = stuck_intents(state, wm, ctx)
+    events = [*events, *stuck]
     intents = {k: v for k, v in state.intents.items() if v.status not in st.TERMINAL}
     by_cid = {cid: i for cid, i in state.by_cid.items() if i in intents}
     # client_order_ids carry their session date, so a day of them is enough to refuse a re-send

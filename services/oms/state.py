@@ -26,6 +26,8 @@ FAILED = "FAILED"
 
 # the one source of truth for terminal statuses
 TERMINAL = frozenset({FILLED, CANCELED, REJECTED, EXPIRED, FAILED})
+# not yet acknowledged by the broker: an intent that stays here is stuck (an ACKED one is working)
+UNACKNOWLEDGED = frozenset({CREATED, SUBMITTING, SUBMITTED, UNKNOWN})
 
 # what happened -> key in the table: pre-trade outcomes and execution report tags sans version
 APPROVED = "approved"
@@ -110,6 +112,7 @@ class IntentState(msgspec.Struct, frozen=True, kw_only=True):
     parent_intent_id: str = ""
     leg_role: str = ""
     bar_ts: int = 0  # the decision bar (event time of the pre-trade checks about it)
+    stuck_alerted: bool = False  # STUCK_INTENT said (once per intent)
 
     @property
     def working_qty(self) -> int:

@@ -8,14 +8,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+from decimal import Decimal
 
 import httpx
+import msgspec
 import nats
+import pytest
 
 from libs.bus import Bus
 from libs.contracts.control import HaltState
 from libs.contracts.subjects import Subjects
 from tests.factories import Events
+from tests.support.pipeline import settle
 from tests.support.processes import Cluster
 from tests.support.servers import Namespace
 
@@ -101,8 +105,16 @@ async def test_submit_when_broker_unreachable_then_order_held_unresolved_never_f
     """A submit whose answer is lost is held, not declared failed; a halt stops re-sending it,
     a resume lets the next poll submit it again under the same client_order_id."""
     f = Events(seed=12)
+    # the breakers are not this test's subject: with the venue gone the poller's failed listings
+    # would open broker_open_orders and the order would be skipped before it is ever handed over
     reports = await exchange_and_execution(
-        cluster, namespace, nc, KEEL_EXEC_HTTP_TIMEOUT_SEC="1", KEEL_EXEC_POLL_INTERVAL_SEC="0.2"
+        cluster,
+        namespace,
+        nc,
+        KEEL_EXEC_HTTP_TIMEOUT_SEC="1",
+        KEEL_EXEC_POLL_INTERVAL_SEC="0.2",
+        KEEL_BREAKER_SHORT_FAILURES="1000",
+        KEEL_BREAKER_LONG_FAILURES="1000",
     )
     bus = await Bus.connect(nats_url, Subjects(namespace.prefix), service="test")
     try:
@@ -143,3 +155,41 @@ async def test_submit_when_broker_unreachable_then_order_held_unresolved_never_f
     assert resolved["type"] == "exec.order_accepted.v1"
     at_broker = sorted(o["client_order_id"] for o in await exchange_orders(cluster["exchange"].url))
     assert at_broker == sorted([first.client_order_id, lost.client_order_id])
+
+
+@pytest.mark.parametrize(
+    ("env", "body", "canceled"),
+    [
+        ({"KEEL_CANCEL_ALL_ON_KILL": "true"}, {"reason": "desk says stop"}, True),
+        ({}, {"reason": "desk says stop", "cancel_all": True}, True),
+        ({}, {"reason": "desk says stop"}, False),
+    ],
+    ids=["KEEL_CANCEL_ALL_ON_KILL", "kill asks", "plain kill"],
+)
+async def test_kill_when_cancel_all_is_configured_or_asked_then_open_orders_are_canceled(
+    cluster: Cluster, namespace: Namespace, nats_url: str, nc: nats.NATS, env: dict, body: dict, canceled: bool
+):
+    f = Events(seed=12)
+    reports = await exchange_and_execution(cluster, namespace, nc, **env)
+    bus = await Bus.connect(nats_url, Subjects(namespace.prefix), service="test")
+    resting = msgspec.structs.replace(
+        f.intent("AAPL", "buy", 10, "50", n=1), order_type="limit", limit_price=Decimal("40")
+    )
+    try:
+        await bus.publish(f.bar("AAPL", 2, "50"))
+        await bus.publish(f.decision(resting))
+        accepted = await next_report(reports, resting.client_order_id)
+        # the NATS CLI recipe's bytes: nats pub keel.ctl.kill '{"reason":...}'
+        await nc.publish(f"{namespace.prefix}.ctl.kill", json.dumps(body).encode())
+        await nc.flush()
+
+        async def status() -> str:
+            orders = await exchange_orders(cluster["exchange"].url)
+            return next(o["status"] for o in orders if o["client_order_id"] == resting.client_order_id)
+
+        seen = await settle(status, lambda s: s == "canceled", 10.0 if canceled else 2.0)
+    finally:
+        await bus.close()
+
+    assert accepted["type"] == "exec.order_accepted.v1"
+    assert (seen == "canceled") is canceled, seen

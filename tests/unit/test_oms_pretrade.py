@@ -11,6 +11,7 @@ import pytest
 
 from libs.config import ConfigError, load
 from libs.contracts.oms import PretradeDecision
+from libs.contracts.ops import AlertRaised
 from libs.contracts.risk import OrderIntent
 from libs.sessions import session_open_close
 from services.oms import state as st
@@ -190,3 +191,23 @@ def test_canary_when_set_by_the_seeds_key_then_the_oms_reads_it_and_a_conflict_i
         load(
             OmsConfig, section_prefix="KEEL_OMS_", env={"KEEL_CANARY_SYMBOLS": "AAPL", "KEEL_OMS_CANARY_SYMBOLS": "SPY"}
         )
+
+
+# --- stuck intents (issue 5 §6) ----------------------------------------------------------------
+
+
+def test_stuck_intent_when_not_acknowledged_n_bars_after_its_decision_then_one_alert_naming_it(f: Events) -> None:
+    stuck, working = f.intent("AAPL", "buy", 10, "50", n=1), f.intent("MSFT", "buy", 10, "50", n=1)
+    state, _ = run([stuck, f.submitted(stuck), working, f.submitted(working), f.accepted(working)])
+
+    _, early = step(state, f.watermark("risk", minute(5)), CTX)  # 4 bars: not yet
+    state, late = step(state, f.watermark("risk", minute(6)), CTX)
+    _, again = step(state, f.watermark("risk", minute(7)), CTX)
+
+    assert [e for e in early if isinstance(e, AlertRaised)] == []
+    (alert,) = [e for e in late if isinstance(e, AlertRaised)]
+    assert (alert.code, alert.details) == (
+        "STUCK_INTENT",
+        {"client_order_id": stuck.client_order_id, "status": "SUBMITTED", "bars": "5"},
+    )
+    assert [e for e in again if isinstance(e, AlertRaised)] == []  # said once
