@@ -161,3 +161,45 @@ async def test_append_when_two_transactions_lock_the_log_then_seq_follows_commit
     assert late_seq < early_seq
     rows = await pg.fetch(f"SELECT event_id FROM {oms_schema}.intent_events ORDER BY seq")
     assert [r["event_id"] for r in rows] == ["late", "early"]
+
+
+async def test_round_trip_when_data_is_present_then_rows_survive_a_step_down_and_up_and_base_removes_them(
+    namespace: Namespace, database_url: str, pg: asyncpg.Connection
+):
+    p = namespace.schema_prefix
+    s = f"{p}_oms"
+    await asyncio.to_thread(migrate, database_url, p)
+    seq = await _insert_intent_event(pg, s, "e-1")
+    await pg.execute(
+        f"INSERT INTO {s}.intents (intent_id, client_order_id, symbol, side, qty, order_type, time_in_force, "
+        "arrival_price, bar_ts, strategy, status, last_seq, order_class, parent_intent_id, leg_role) "
+        "VALUES ('i-1', 'cid-1', 'AAPL', 'buy', 10, 'limit', 'gtc', 50.25, 1, 'keel', 'ACKED', $1, "
+        "'bracket', '', ''), ('i-1:tp', 'cid-1:tp', 'AAPL', 'sell', 10, 'limit', 'gtc', 51, 1, 'keel', "
+        "'ACKED', $1, 'simple', 'i-1', 'take_profit')",
+        seq,
+    )
+
+    # one step down (0005 -> 0004): the exit-leg columns go, every row and its older columns stay
+    await asyncio.to_thread(downgrade, database_url, p, "0004")
+    down = await pg.fetch(f"SELECT intent_id, arrival_price, status FROM {s}.intents ORDER BY intent_id")
+    columns = {r[0] for r in await pg.fetch(
+        "SELECT column_name FROM information_schema.columns WHERE table_schema = $1 AND table_name = 'intents'", s
+    )}  # fmt: skip
+    events = await pg.fetchval(f"SELECT count(*) FROM {s}.intent_events")
+
+    # and up again: the rows are there, the new columns at their defaults
+    await asyncio.to_thread(migrate, database_url, p)
+    up = await pg.fetch(f"SELECT intent_id, order_class, parent_intent_id, leg_role FROM {s}.intents ORDER BY 1")
+    appended = await _insert_intent_event(pg, s, "e-2")
+
+    assert [(r["intent_id"], str(r["arrival_price"]), r["status"]) for r in down] == [
+        ("i-1", "50.25", "ACKED"),
+        ("i-1:tp", "51", "ACKED"),
+    ]
+    assert not {"order_class", "parent_intent_id", "leg_role", "stop_price"} & columns and events == 1
+    assert [tuple(r) for r in up] == [("i-1", "simple", "", ""), ("i-1:tp", "simple", "", "")]
+    assert appended > seq  # the append-only log keeps appending in order after the round trip
+
+    # all the way down with data present: nothing of keel's is left
+    await asyncio.to_thread(downgrade, database_url, p)
+    assert await _schemas(pg, p) == {f"{p}_meta"}
