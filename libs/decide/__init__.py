@@ -1,4 +1,4 @@
-"""Pure helpers shared by every service's handlers: the handler context and watermarks.
+"""Pure helpers shared by every service's handlers: the handler context, watermarks, episode alerts.
 
 Nothing here does I/O, reads a clock or draws randomness (STYLE 4-6).
 """
@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from libs.contracts.base import Event, derive_id
-from libs.contracts.ops import Watermark
+from libs.contracts.ops import AlertRaised, Watermark
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,3 +42,25 @@ def forward_watermark(last_bar_ts: int, wm: Watermark, ctx: Ctx) -> tuple[int, l
         final=wm.final,
     )
     return wm.bar_ts, [out]
+
+
+def episode_alert(
+    code: str, severity: str, message: str, key: str, *, service: str, now_ns: int, **details: str
+) -> AlertRaised:
+    """Build an alert about an episode that no one event caused (a stale stream, an open breaker).
+
+    `key` names the episode: the same key gives the same event_id, so an episode is alerted once
+    however often it is seen.
+    """
+    return AlertRaised(
+        event_id=derive_id("ops.alert_raised.v1", service, code, key),
+        correlation_id=key,
+        causation_id=key,
+        ts_event=now_ns,
+        ts_init=now_ns,
+        code=code,
+        severity=severity,  # type: ignore[arg-type]
+        source=service,
+        message=message,
+        details=details,
+    )

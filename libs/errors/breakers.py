@@ -161,11 +161,6 @@ class Breakers:
         read = await asyncio.gather(*(self.state(dep) for dep in DEPENDENCIES))
         return {state.dependency: state for state in read}
 
-    async def open_now(self) -> dict[str, str]:
-        """Return every open breaker: dependency -> the reason code of its last failure."""
-        now = self.now_ns()
-        return {dep: s.reason or "open" for dep, s in (await self.states()).items() if s.is_open(now)}
-
     async def order_block(self, *, fallback_allowed: bool) -> tuple[str, str] | None:
         """Return (dependency, reason) of the open breaker that blocks new orders now, or None."""
         return order_block(await self.states(), self.now_ns(), fallback_allowed=fallback_allowed)

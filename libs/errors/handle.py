@@ -24,6 +24,7 @@ from libs.bus import Bus
 from libs.contracts import subjects as sj
 from libs.contracts.base import derive_id
 from libs.contracts.ops import AlertRaised
+from libs.decide import episode_alert
 from libs.errors import (
     DependencyFailed,
     ErrorAction,
@@ -58,24 +59,6 @@ def halt_message(info: ErrorInfo, context: str) -> str:
     """Return the halt reason for a failure: its reason code first, so `keel status` shows it."""
     what = info.details.get("message", "")[:200]
     return f"{info.reason_code} ({info.category.value}): {context}: {info.details.get('type', '')}: {what}"
-
-
-def alert_for(
-    code: str, severity: str, message: str, key: str, service: str, now_ns: int, **details: str
-) -> AlertRaised:
-    """Build an alert of a handled failure; key names the episode (the same key is one alert)."""
-    return AlertRaised(
-        event_id=derive_id("ops.alert_raised.v1", service, code, key),
-        correlation_id=key,
-        causation_id=key,
-        ts_event=now_ns,
-        ts_init=now_ns,
-        code=code,
-        severity=severity,  # type: ignore[arg-type]
-        source=service,
-        message=message,
-        details=details,
-    )
 
 
 async def publish_halt(bus: Bus, service: str, reason: str, key: str) -> None:
@@ -160,13 +143,13 @@ class ErrorHandler:
             f"({state.reason}); new orders are blocked with {code}"
         )
         await self.alert(
-            alert_for(
+            episode_alert(
                 "CIRCUIT_OPEN",
                 "critical",
                 message,
                 f"circuit:{state.dependency}:{state.opened_at_ns}",
-                self.service,
-                self.now_ns(),
+                service=self.service,
+                now_ns=self.now_ns(),
                 dependency=state.dependency,
                 reason=state.reason,
                 open_until_ns=str(state.open_until_ns),
@@ -179,13 +162,13 @@ class ErrorHandler:
         reason = halt_message(info, context)
         await publish_halt(self.bus, self.service, reason, f"{info.reason_code}:{key}")
         await self.alert(
-            alert_for(
+            episode_alert(
                 info.category.value,
                 "critical",
                 f"trading halted: {reason}",
                 f"halt:{info.reason_code}:{key}",
-                self.service,
-                self.now_ns(),
+                service=self.service,
+                now_ns=self.now_ns(),
                 reason=info.reason_code,
                 dependency=info.dependency,
                 **{k: v for k, v in info.details.items() if k in ("symbol", "type", "status")},

@@ -28,7 +28,7 @@ from libs.contracts.execution import (
 )
 from libs.contracts.oms import PretradeDecision
 from libs.contracts.ops import AlertRaised, CycleSummary, Watermark
-from libs.decide import Ctx, forward_watermark
+from libs.decide import Ctx, episode_alert, forward_watermark
 from libs.errors import ErrorInfo
 from services.execution import state as st
 
@@ -503,18 +503,7 @@ def _without(state: st.ExecState, cid: str) -> st.ExecState:
 
 def alert(code: str, severity: str, message: str, key: str, ctx: Ctx, **details: str) -> AlertRaised:
     """Build an alert of execution; key names the episode (the same key is one alert)."""
-    return AlertRaised(
-        event_id=derive_id("ops.alert_raised.v1", ctx.service, code, key),
-        correlation_id=key,
-        causation_id=key,
-        ts_event=ctx.now_ns,
-        ts_init=ctx.now_ns,
-        code=code,
-        severity=severity,  # type: ignore[arg-type]
-        source=ctx.service,
-        message=message,
-        details=details,
-    )
+    return episode_alert(code, severity, message, key, service=ctx.service, now_ns=ctx.now_ns, **details)
 
 
 def on_watermark(state: st.ExecState, wm: Watermark, health: st.Health, ctx: Ctx) -> tuple[st.ExecState, list[Event]]:

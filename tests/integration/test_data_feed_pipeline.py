@@ -22,7 +22,7 @@ from libs.contracts.subjects import Subjects
 from libs.errors.breakers import BreakerPolicy, Breakers
 from tests.factories import SESSION, Events, minute
 from tests.support.exchange import AUTH_HEADERS, KEY, SECRET, add_fault, clear_faults
-from tests.support.pipeline import Seen, settle, start_pipeline
+from tests.support.pipeline import Seen, current, settle, start_pipeline
 from tests.support.processes import Cluster
 from tests.support.servers import Namespace
 
@@ -57,32 +57,33 @@ class Bars:
         return sorted({b["ts_event"] for b in self.bars})
 
 
-async def start(
-    cluster: Cluster, namespace: Namespace, nc: nats.NATS, *, speed: str = "60", **md: str
-) -> tuple[Seen, Bars]:
+async def start(cluster: Cluster, namespace: Namespace, nc: nats.NATS, **md: str) -> tuple[Seen, Bars]:
     seen = await start_pipeline(cluster, namespace, nc, **DATA_ENV)
+    return seen, await start_marketdata(cluster, namespace, nc, **md)
+
+
+async def start_marketdata(cluster: Cluster, namespace: Namespace, nc: nats.NATS, **md: str) -> Bars:
+    """Start marketdata on the running exchange's data API; return what it publishes."""
     bars = Bars()
     await nc.subscribe(f"{namespace.prefix}.md.bar_closed.>", cb=bars.on_bar)
     await nc.subscribe(f"{namespace.prefix}.ctl.kill", cb=bars.on_kill)
     cluster.env.update(
-        KEEL_MD_FEED="alpaca",
-        KEEL_MD_DATA_URL=cluster["exchange"].url,
-        KEEL_MD_API_KEY_ID=KEY,
-        KEEL_MD_API_SECRET_KEY=SECRET,
-        KEEL_MD_SYMBOLS=",".join(SYMBOLS),
-        KEEL_MD_START_DATE=SESSION,
-        KEEL_MD_SPEED=speed,  # one bar a second: faults land between bars
-        KEEL_MD_WAIT_FOR="",  # no risk in this cluster to release the lockstep
-        KEEL_MD_DATA_ATTEMPTS="1",
-        KEEL_MD_DATA_RETRY_SEC="0.2",
-        **md,
+        {
+            "KEEL_MD_FEED": "alpaca",
+            "KEEL_MD_DATA_URL": cluster["exchange"].url,
+            "KEEL_MD_API_KEY_ID": KEY,
+            "KEEL_MD_API_SECRET_KEY": SECRET,
+            "KEEL_MD_SYMBOLS": ",".join(SYMBOLS),
+            "KEEL_MD_START_DATE": SESSION,
+            "KEEL_MD_SPEED": "60",  # one bar a second: faults land between bars
+            "KEEL_MD_WAIT_FOR": "",  # no risk in this cluster to release the lockstep
+            "KEEL_MD_DATA_ATTEMPTS": "1",
+            "KEEL_MD_DATA_RETRY_SEC": "0.2",
+            **md,
+        }
     )
     await cluster.start("marketdata")
-    return seen, bars
-
-
-async def _now(value):  # type: ignore[no-untyped-def]
-    return value
+    return bars
 
 
 async def submit_at(bus: Bus, f: Events, symbol: str, n: int):  # type: ignore[no-untyped-def]
@@ -101,7 +102,7 @@ async def test_data_feed_when_primary_fails_then_its_breaker_opens_blocks_orders
     breakers = Breakers(await bus.breakers_kv(), BreakerPolicy(), time.time_ns)
     f = Events(seed=501)
     try:
-        await settle(lambda: _now(bars.closes()), lambda c: len(c) >= 2, SETTLE_SEC)
+        await settle(lambda: current(bars.closes()), lambda c: len(c) >= 2, SETTLE_SEC)
         await add_fault(
             exchange, kind="status", status=500, method="GET", path="/v2/stocks/bars", query={"feed": "sip"}, count=0
         )
@@ -109,13 +110,13 @@ async def test_data_feed_when_primary_fails_then_its_breaker_opens_blocks_orders
         during = len(bars.closes())
         # an order decided on the last bar that came: blocked while the provider is down
         blocked = await submit_at(bus, f, "AAPL", during)
-        refused = await settle(lambda: _now(seen.about(blocked.client_order_id, SKIPPED)), bool, SETTLE_SEC)
+        refused = await settle(lambda: current(seen.about(blocked.client_order_id, SKIPPED)), bool, SETTLE_SEC)
         still = len(bars.closes())
         await clear_faults(exchange)
-        resumed = await settle(lambda: _now(bars.closes()), lambda c: len(c) >= still + 2, SETTLE_SEC)
+        resumed = await settle(lambda: current(bars.closes()), lambda c: len(c) >= still + 2, SETTLE_SEC)
         await settle(lambda: breakers.state("data_primary"), lambda b: not b.is_open(time.time_ns()), SETTLE_SEC)
         after = await submit_at(bus, f, "MSFT", len(resumed))
-        went = await settle(lambda: _now(seen.about(after.client_order_id, SUBMITTED)), bool, SETTLE_SEC)
+        went = await settle(lambda: current(seen.about(after.client_order_id, SUBMITTED)), bool, SETTLE_SEC)
     finally:
         await bus.close()
 
@@ -140,17 +141,17 @@ async def test_data_feed_when_primary_fails_and_fallback_allowed_then_bars_flow_
     breakers = Breakers(await bus.breakers_kv(), BreakerPolicy(), time.time_ns)
     f = Events(seed=502)
     try:
-        await settle(lambda: _now(bars.closes()), lambda c: len(c) >= 2, SETTLE_SEC)
+        await settle(lambda: current(bars.closes()), lambda c: len(c) >= 2, SETTLE_SEC)
         await add_fault(
             exchange, kind="status", status=503, method="GET", path="/v2/stocks/bars", query={"feed": "sip"}, count=0
         )
         await settle(lambda: breakers.state("data_primary"), lambda b: b.is_open(time.time_ns()), SETTLE_SEC)
         await settle(
-            lambda: _now([b for b in bars.bars if b["source"] == "alpaca-iex"]), lambda x: len(x) >= 4, SETTLE_SEC
+            lambda: current([b for b in bars.bars if b["source"] == "alpaca-iex"]), lambda x: len(x) >= 4, SETTLE_SEC
         )
         n = len(bars.closes())
         intent = await submit_at(bus, f, "AAPL", n)
-        went = await settle(lambda: _now(seen.about(intent.client_order_id)), bool, SETTLE_SEC)
+        went = await settle(lambda: current(seen.about(intent.client_order_id)), bool, SETTLE_SEC)
     finally:
         await bus.close()
 
@@ -169,28 +170,15 @@ async def test_data_feed_when_a_bar_has_a_nan_close_then_trading_halts_with_inva
     async with httpx.AsyncClient(base_url=cluster["exchange"].url, headers=AUTH_HEADERS, timeout=5.0) as http:
         r = await http.post("/admin/bars", json={"symbol": "AAPL", "t": bad_start, "fields": {"c": "NaN"}})
     assert r.status_code == 201, r.text
-    bars = Bars()
-    await nc.subscribe(f"{namespace.prefix}.md.bar_closed.>", cb=bars.on_bar)
-    await nc.subscribe(f"{namespace.prefix}.ctl.kill", cb=bars.on_kill)
-    cluster.env.update(
-        KEEL_MD_FEED="alpaca",
-        KEEL_MD_DATA_URL=cluster["exchange"].url,
-        KEEL_MD_API_KEY_ID=KEY,
-        KEEL_MD_API_SECRET_KEY=SECRET,
-        KEEL_MD_SYMBOLS=",".join(SYMBOLS),
-        KEEL_MD_START_DATE=SESSION,
-        KEEL_MD_MINUTES="5",
-        KEEL_MD_WAIT_FOR="",
-    )
-    await cluster.start("marketdata")
+    bars = await start_marketdata(cluster, namespace, nc, KEEL_MD_SPEED="max", KEEL_MD_MINUTES="5")
     bus = await Bus.connect(nats_url, Subjects(namespace.prefix), service="risk")
     f = Events(seed=503)
     try:
-        await settle(lambda: _now(bars.closes()), lambda c: len(c) >= 5, SETTLE_SEC)
-        await settle(lambda: _now(bars.kills), bool, SETTLE_SEC)
+        await settle(lambda: current(bars.closes()), lambda c: len(c) >= 5, SETTLE_SEC)
+        await settle(lambda: current(bars.kills), bool, SETTLE_SEC)
         halt = await settle(bus.halt_state, lambda h: h is not None and h.halted, SETTLE_SEC)
         intent = await submit_at(bus, f, "MSFT", 5)
-        refused = await settle(lambda: _now(seen.about(intent.client_order_id)), bool, SETTLE_SEC)
+        refused = await settle(lambda: current(seen.about(intent.client_order_id)), bool, SETTLE_SEC)
     finally:
         await bus.close()
 

@@ -19,7 +19,7 @@ from libs.contracts.subjects import Subjects
 from libs.errors.breakers import BreakerPolicy, Breakers
 from tests.factories import Events, minute
 from tests.support.exchange import add_fault
-from tests.support.pipeline import Seen, settle, start_pipeline
+from tests.support.pipeline import Seen, current, settle, start_pipeline
 from tests.support.processes import Cluster
 from tests.support.servers import Namespace
 
@@ -82,7 +82,7 @@ async def test_outcomes_when_the_request_budget_runs_out_then_the_rest_are_skipp
         for s in symbols:
             await bus.publish(f.bar(s, 1, PRICE))
         await run_bar(bus, f, 1, intents)
-        summary = await settle(lambda: _async(summaries.of(minute(1))), bool, SETTLE_SEC)
+        summary = await settle(lambda: current(summaries.of(minute(1))), bool, SETTLE_SEC)
     finally:
         await bus.close()
 
@@ -115,9 +115,9 @@ async def test_outcomes_when_the_broker_answers_429_with_retry_after_then_failed
             exchange, kind="status", status=429, method="GET", path="/v2/clock", count=1, retry_after_sec=30
         )
         await bus.publish(first)
-        await settle(lambda: _async(outcomes(seen, first.client_order_id)), bool, SETTLE_SEC)
+        await settle(lambda: current(outcomes(seen, first.client_order_id)), bool, SETTLE_SEC)
         await run_bar(bus, f, 1, [second])
-        summary = await settle(lambda: _async(summaries.of(minute(1))), bool, SETTLE_SEC)
+        summary = await settle(lambda: current(summaries.of(minute(1))), bool, SETTLE_SEC)
     finally:
         await bus.close()
 
@@ -150,7 +150,7 @@ async def test_outcomes_when_a_dependency_breaker_is_open_then_orders_skipped_ci
         for _ in range(3):  # the short window: 3 failures open it for 60 s
             await breakers.record_failure(dependency, "NET_RETRY")
         await run_bar(bus, f, 1, [intent])
-        summary = await settle(lambda: _async(summaries.of(minute(1))), bool, SETTLE_SEC)
+        summary = await settle(lambda: current(summaries.of(minute(1))), bool, SETTLE_SEC)
     finally:
         await bus.close()
 
@@ -174,7 +174,7 @@ async def test_outcomes_when_data_primary_open_but_the_fallback_may_serve_then_t
         for _ in range(3):
             await breakers.record_failure("data_primary", "NET_RETRY")
         await run_bar(bus, f, 1, [intent])
-        await settle(lambda: _async(outcomes(seen, intent.client_order_id)), bool, SETTLE_SEC)
+        await settle(lambda: current(outcomes(seen, intent.client_order_id)), bool, SETTLE_SEC)
     finally:
         await bus.close()
 
@@ -192,7 +192,7 @@ async def test_outcomes_when_the_oms_denies_then_execution_gives_the_intent_its_
         for s in ("AAPL", "MSFT"):
             await bus.publish(f.bar(s, 1, PRICE))
         await run_bar(bus, f, 1, [small, big])
-        summary = await settle(lambda: _async(summaries.of(minute(1))), bool, SETTLE_SEC)
+        summary = await settle(lambda: current(summaries.of(minute(1))), bool, SETTLE_SEC)
     finally:
         await bus.close()
 
@@ -201,7 +201,3 @@ async def test_outcomes_when_the_oms_denies_then_execution_gives_the_intent_its_
     assert (denied["type"], denied["stage"], denied["reason_code"]) == (OUTCOMES[1], "oms", "ORDER_SIZE_BLOCK")
     (s,) = summary
     assert (s["submitted"], s["skipped"]) == (1, {"ORDER_SIZE_BLOCK": 1})
-
-
-async def _async(value):  # type: ignore[no-untyped-def]
-    return value

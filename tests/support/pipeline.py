@@ -43,6 +43,11 @@ class Seen:
         return tuple(r["type"] for r in self.about(cid))
 
 
+async def current(value: T) -> T:
+    """A probe for settle that reads something already at hand (what subscriptions have collected)."""
+    return value
+
+
 async def settle(probe: Callable[[], Awaitable[T]], done: Callable[[T], bool], timeout: float) -> T:
     """Poll probe until done(result) or timeout; return the last result either way.
 

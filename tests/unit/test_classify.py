@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import decimal
 import socket
+from collections.abc import Callable
 from decimal import Decimal
 
 import asyncpg
@@ -42,39 +43,6 @@ class Bar(msgspec.Struct):
     close: float
 
 
-def validation_error() -> Exception:
-    try:
-        msgspec.json.decode(b'{"close": "x"}', type=Bar)
-    except msgspec.ValidationError as e:
-        return e
-    raise AssertionError("expected a ValidationError")
-
-
-def schema_error() -> Exception:
-    # an alpaca-py Bar built from an answer missing its close: the provider's shape changed
-    try:
-        AlpacaBar("AAPL", {"t": "2024-03-05T14:31:00Z", "o": 1.0, "h": 1.0, "l": 1.0, "v": 1.0, "n": 1, "vw": 1.0})
-    except pydantic.ValidationError as e:
-        return e
-    raise AssertionError("expected a pydantic ValidationError")
-
-
-def nan_compare() -> Exception:
-    try:
-        _ = Decimal("NaN") < Decimal(1)  # a signaling comparison in price maths
-    except decimal.InvalidOperation as e:
-        return e
-    raise AssertionError("expected InvalidOperation")
-
-
-def decimal_syntax() -> Exception:
-    try:
-        Decimal("12,5")
-    except decimal.InvalidOperation as e:
-        return e
-    raise AssertionError("expected ConversionSyntax")
-
-
 class Priced(msgspec.Struct):
     close: str
 
@@ -83,21 +51,24 @@ class Priced(msgspec.Struct):
             raise InvariantViolation("expected a finite close, was NaN")
 
 
-def impossible_event() -> Exception:
-    # what an event with a NaN price raises at decode: the contract's check, wrapped by msgspec
-    try:
-        msgspec.json.decode(b'{"close": "NaN"}', type=Priced)
-    except msgspec.ValidationError as e:
-        return e
-    raise AssertionError("expected a ValidationError")
+def raised(call: Callable[[], object], kind: type[Exception]) -> Exception:
+    """Return the exception a real call raises (so every row classifies a genuine object)."""
+    with pytest.raises(kind) as caught:
+        call()
+    return caught.value
 
 
-def decode_error() -> Exception:
-    try:
-        msgspec.json.decode(b"{not json")
-    except msgspec.DecodeError as e:
-        return e
-    raise AssertionError("expected a DecodeError")
+validation_error = raised(lambda: msgspec.json.decode(b'{"close": "x"}', type=Bar), msgspec.ValidationError)
+decode_error = raised(lambda: msgspec.json.decode(b"{not json"), msgspec.DecodeError)
+# an alpaca-py Bar built from an answer missing its close: the provider's shape changed
+schema_error = raised(
+    lambda: AlpacaBar("AAPL", {"t": "2024-03-05T14:31:00Z", "o": 1.0, "h": 1.0, "l": 1.0, "v": 1.0, "n": 1, "vw": 1.0}),
+    pydantic.ValidationError,
+)
+nan_compare = raised(lambda: Decimal("NaN") < Decimal(1), decimal.InvalidOperation)  # signaling price maths
+decimal_syntax = raised(lambda: Decimal("12,5"), decimal.InvalidOperation)
+# what an event with a NaN price raises at decode: the contract's check, wrapped by msgspec
+impossible_event = raised(lambda: msgspec.json.decode(b'{"close": "NaN"}', type=Priced), msgspec.ValidationError)
 
 
 C, S, A = ErrorCategory, ErrorScope, ErrorAction
@@ -125,17 +96,17 @@ ROWS = [
     ("nats timeout", nats.errors.TimeoutError(), C.TRANSIENT_NETWORK, S.PROVIDER, A.RETRY, "NET_RETRY"),
     ("nats no servers", nats.errors.NoServersError(), C.TRANSIENT_NETWORK, S.PROVIDER, A.RETRY, "NET_RETRY"),
     # bad data at the edge
-    ("msgspec validation", validation_error(), C.BAD_DATA, S.SYMBOL, A.SKIP_SYMBOL, "BAD_DATA"),
-    ("msgspec decode", decode_error(), C.BAD_DATA, S.SYMBOL, A.SKIP_SYMBOL, "BAD_DATA"),
+    ("msgspec validation", validation_error, C.BAD_DATA, S.SYMBOL, A.SKIP_SYMBOL, "BAD_DATA"),
+    ("msgspec decode", decode_error, C.BAD_DATA, S.SYMBOL, A.SKIP_SYMBOL, "BAD_DATA"),
     ("bad bar", BadData("high below low"), C.BAD_DATA, S.SYMBOL, A.SKIP_SYMBOL, "BAD_DATA"),
-    ("decimal syntax", decimal_syntax(), C.BAD_DATA, S.SYMBOL, A.SKIP_SYMBOL, "BAD_DATA"),
-    ("provider schema", schema_error(), C.PROVIDER_SCHEMA, S.PROVIDER, A.DISABLE_PROVIDER, "PROVIDER_SCHEMA"),
+    ("decimal syntax", decimal_syntax, C.BAD_DATA, S.SYMBOL, A.SKIP_SYMBOL, "BAD_DATA"),
+    ("provider schema", schema_error, C.PROVIDER_SCHEMA, S.PROVIDER, A.DISABLE_PROVIDER, "PROVIDER_SCHEMA"),
     # keel's own rate limit held the call back: retried later, never the broker's fault
     ("throttled", Throttled("BROKER_LOCKED", "GET /v2/orders", 3.0), C.RATE_LIMIT, S.PROVIDER, A.RETRY, "BROKER_LOCKED"),
     # impossible values and bugs in the decision pipeline halt, in paper too
     ("NaN price", InvariantViolation("expected a finite close, was NaN"), C.INVARIANT_VIOLATION, S.GLOBAL, A.HALT_TRADING, "INVARIANT_HALT"),
-    ("NaN event", impossible_event(), C.INVARIANT_VIOLATION, S.GLOBAL, A.HALT_TRADING, "INVARIANT_HALT"),
-    ("NaN in maths", nan_compare(), C.INVARIANT_VIOLATION, S.GLOBAL, A.HALT_TRADING, "INVARIANT_HALT"),
+    ("NaN event", impossible_event, C.INVARIANT_VIOLATION, S.GLOBAL, A.HALT_TRADING, "INVARIANT_HALT"),
+    ("NaN in maths", nan_compare, C.INVARIANT_VIOLATION, S.GLOBAL, A.HALT_TRADING, "INVARIANT_HALT"),
     ("TypeError", TypeError("unsupported operand"), C.PROGRAMMING_ERROR, S.GLOBAL, A.HALT_TRADING, "PROGRAMMING_HALT"),
     ("KeyError", KeyError("AAPL"), C.PROGRAMMING_ERROR, S.GLOBAL, A.HALT_TRADING, "PROGRAMMING_HALT"),
     # anything else is not guessed at: it halts

@@ -19,11 +19,12 @@ from libs.contracts.base import derive_id
 from libs.contracts.codec import encode
 from libs.contracts.marketdata import BarClosed
 from libs.contracts.ops import Watermark
-from libs.errors import BadData, InvariantViolation
+from libs.errors import BadData, DependencyUnavailable, InvariantViolation
 from libs.sessions import MINUTE_NS
 from services.marketdata.config import MdConfig
 from services.marketdata.feeds import file_feed, write_bars
 from services.marketdata.handlers import bars_for, next_timestamp, provider_bar, start_price
+from services.marketdata.providers import AlpacaBars
 from services.marketdata.state import INITIAL, FeedState
 
 NOW_NS = 1_700_000_000_000_000_000
@@ -344,6 +345,16 @@ def test_load_config_when_env_sets_md_keys_then_typed_values():
         ({"KEEL_MD_FEED": "file"}, "KEEL_MD_FILE_PATH"),
         ({"KEEL_MD_MINUTES": "-1"}, "KEEL_MD_MINUTES"),
         ({"KEEL_MD_SYMBOLS": "AAPL,AAPL"}, "KEEL_MD_SYMBOLS"),
+        ({"KEEL_MD_FEED": "alpaca"}, "KEEL_MD_API_KEY_ID"),
+        (
+            {
+                "KEEL_MD_FEED": "alpaca",
+                "KEEL_MD_API_KEY_ID": "k",
+                "KEEL_MD_API_SECRET_KEY": "s",
+                "KEEL_MD_FALLBACK_FEED": "iex",
+            },
+            "KEEL_MD_FALLBACK_FEED",
+        ),  # fmt: skip
     ],
 )
 def test_load_config_when_bad_md_value_then_config_error_names_the_key(env, key):
@@ -395,3 +406,12 @@ def test_provider_bar_when_a_price_is_impossible_then_invariant_violation_naming
 def test_provider_bar_when_values_contradict_then_bad_data_for_the_symbol(changes: dict[str, float], says: str):
     with pytest.raises(BadData, match=says):
         provider(**changes)
+
+
+def test_alpaca_feed_when_fallback_allowed_but_no_fallback_feed_then_refused_at_start() -> None:
+    # execution would let orders through while data_primary is open, counting on a fallback
+    cfg = MdConfig(feed="alpaca", api_key_id="k", api_secret_key="s", data_url="http://127.0.0.1:9")
+
+    with pytest.raises(DependencyUnavailable, match="KEEL_MD_FALLBACK_FEED is empty"):
+        AlpacaBars(cfg, fallback_allowed=True, breakers=None, errors=None)  # type: ignore[arg-type]
+    assert [p.feed for p in AlpacaBars(cfg, fallback_allowed=False, breakers=None, errors=None).providers] == ["iex"]  # type: ignore[arg-type]

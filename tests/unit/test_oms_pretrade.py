@@ -211,3 +211,10 @@ def test_stuck_intent_when_not_acknowledged_n_bars_after_its_decision_then_one_a
         {"client_order_id": stuck.client_order_id, "status": "SUBMITTED", "bars": "5"},
     )
     assert [e for e in again if isinstance(e, AlertRaised)] == []  # said once
+
+
+@pytest.mark.parametrize("key", ["KEEL_OMS_PRICE_COLLAR_PCT", "KEEL_OMS_MAX_POSITION_DOLLARS"])
+@pytest.mark.parametrize("value", ["0", "-1", "NaN"])
+def test_config_when_a_limit_is_not_positive_then_refused_naming_the_key(key: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=key):
+        load(OmsConfig, section_prefix="KEEL_OMS_", env={key: value})
