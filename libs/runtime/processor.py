@@ -27,6 +27,7 @@ from libs.errors import classify_exception
 from libs.obs import tracing
 from libs.obs.metrics import Metrics
 from libs.runtime.clock import Clock
+from libs.runtime.crashpoints import crash_point
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,7 @@ class OutboxRelay:
                     headers[sj.H_EMITTED_AT] = str(time.time_ns())
                     futures.append(await self.bus.publish_encoded(row["subject"], row["data"], headers))
                 acks = await asyncio.gather(*futures, return_exceptions=True)
+                crash_point(f"{self.bus.service}.after_publish")
                 failed = next((i for i, a in enumerate(acks) if isinstance(a, BaseException)), len(acks))
                 # only the rows up to the first failure are known stored in order; the rest go
                 # again (Nats-Msg-Id makes a row that did get stored a duplicate, not a copy)
@@ -171,6 +173,8 @@ class Processor(Generic[S]):
                     state = new_state
                 await uow.add_outbox(rows)
                 await uow.save_snapshot(self.snapshot_name, encode(state))  # type: ignore[arg-type]
+            if rows:
+                crash_point(f"{self.service}.after_commit")
             self.state = state
         if self.metrics:
             self.metrics.batch_seconds.labels(self.service).observe(time.perf_counter() - started)
@@ -184,6 +188,8 @@ class Processor(Generic[S]):
             async with self.store.unit() as uow:
                 await uow.add_outbox(self.rows_for(events))
                 await uow.save_snapshot(self.snapshot_name, encode(state))  # type: ignore[arg-type]
+            if events:
+                crash_point(f"{self.service}.after_commit")
             self.state = state
         if events:
             self.relay.kick()

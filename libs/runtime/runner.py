@@ -34,6 +34,7 @@ from libs.errors.handle import ErrorHandler
 from libs.obs.logs import setup_logging
 from libs.obs.metrics import Metrics
 from libs.obs.tracing import setup_tracing
+from libs.runtime import crashpoints
 from libs.runtime.clock import Clock, LiveClock
 from libs.runtime.processor import OutboxRelay, Processor
 
@@ -271,6 +272,11 @@ def main(name: str, build: Build, section: type[Section] | None = None, section_
         raise SystemExit(2) from e
     setup_logging(name, loaded.common.log_level)
     setup_tracing(name)
+    try:
+        crashpoints.arm(loaded.common.crash_at)
+    except ValueError as e:
+        print(f"keel {name}: configuration error: KEEL_CRASH_AT: {e}", file=sys.stderr)
+        raise SystemExit(2) from e
     log.info("effective config", extra={"config": loaded.redacted, "config_sha256": loaded.sha256})
     try:
         asyncio.run(serve(name, build, loaded))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
 from pathlib import Path
 
 import httpx
@@ -71,6 +72,29 @@ class Cluster:
         assert child.process is not None and child.process.returncode == 0, child.log_tail()
         child.start()
         await child.wait_ready()
+
+    async def start_with(self, name: str, **extra_env: str) -> None:
+        """(Re)start one child on its port with the cluster's env plus `extra_env`; wait until ready.
+
+        A running child is stopped first (SIGTERM, it must exit 0); a dead one is just started.
+        Without `extra_env` the child runs as the others do, e.g. a crash-point key left off again.
+        """
+        child = self.children[name]
+        if child.running:
+            await asyncio.to_thread(child.stop)
+            assert child.process is not None and child.process.returncode == 0, child.log_tail()
+        child.env = {**self.env, **extra_env, "KEEL_API_PORT": str(child.port)}
+        child.start()
+        await child.wait_ready()
+
+    async def wait_exit(self, name: str, timeout: float) -> int | None:
+        """Wait for one child to exit; return its exit code (-9: SIGKILL), or None if it still runs."""
+        child = self.children[name]
+        assert child.process is not None, f"{name} was never started"
+        try:
+            return await asyncio.to_thread(child.process.wait, timeout)
+        except subprocess.TimeoutExpired:
+            return None
 
     def stop_all(self) -> None:
         for child in self.children.values():
