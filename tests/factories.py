@@ -32,6 +32,7 @@ from libs.contracts.ops import Watermark
 from libs.contracts.risk import OrderIntent
 from libs.contracts.signal import TargetProposed
 from libs.decide import Ctx
+from services.oms.state import Account, OmsState
 
 D = Decimal
 MINUTE_NS = 60 * 1_000_000_000
@@ -162,6 +163,7 @@ class Events:
         n: int = 1,
         cid: str | None = None,
         strategy: str = "keel",
+        bar_volume: int = 100_000,
     ) -> OrderIntent:
         """Return an intent; its intent_id derives from its client_order_id as in risk."""
         ts = minute(n)
@@ -178,6 +180,7 @@ class Events:
             bar_ts=ts,
             strategy=strategy,
             notional=qty * px,
+            bar_volume=bar_volume,
         )
 
     # --- oms -> execution -------------------------------------------------------------------
@@ -274,3 +277,12 @@ class Events:
             reason_code=reason_code,
             message="connection reset",
         )
+
+
+FUNDED = Account(buying_power=Decimal(10_000_000), cash=Decimal(5_000_000), equity=Decimal(5_000_000), bar_ts=0, seq=0)
+
+
+def oms_state(**changes: Any) -> OmsState:
+    """An OMS state whose last broker snapshot showed a well-funded account (BUYING_POWER_BLOCK
+    fails closed without one); `changes` replace fields."""
+    return OmsState(**{"account": FUNDED, **changes})

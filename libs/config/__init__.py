@@ -57,6 +57,7 @@ DEPLOYMENT_KEYS = frozenset(
         "KEEL_INSTANCE",
         "KEEL_CONFIG_FILE",
         "KEEL_VAR",
+        "KEEL_CRASH_AT",
     }
 )
 SECRET_MARKERS = ("SECRET", "PASSWORD", "TOKEN", "API_KEY", "_KEY_ID")
@@ -92,6 +93,13 @@ class CommonConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     # marketdata may serve bars from its fallback provider while the primary's breaker is open;
     # then an open data_primary breaker no longer blocks new orders (data_fallback's does)
     data_fallback_allowed: bool = False
+    # crash points this process SIGKILLs itself at (libs/runtime/crashpoints.py): the crash-safety
+    # harness's only, refused in live mode
+    crash_at: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.crash_at and self.execution_mode == "live":
+            raise ValueError("KEEL_CRASH_AT: crash points are for the crash-safety harness; refused in live mode")
 
 
 class Section(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

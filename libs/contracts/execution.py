@@ -5,7 +5,20 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Literal
 
-from libs.contracts.base import ClientOrderId, Event, IntentId, Price, Shares, Side, Symbol
+import msgspec
+
+from libs.contracts.base import (
+    ClientOrderId,
+    Event,
+    IntentId,
+    Money,
+    NanoTime,
+    Price,
+    Shares,
+    Side,
+    SignedShares,
+    Symbol,
+)
 
 
 class _OrderEvent(Event, kw_only=True):
@@ -106,6 +119,43 @@ class OrderStatusUnknown(_OrderEvent, kw_only=True, tag="exec.order_status_unkno
     reason: str
 
 
+class BrokerOrderView(msgspec.Struct, frozen=True, kw_only=True):
+    """One order open at the broker, as a broker snapshot lists it."""
+
+    client_order_id: str  # as the broker knows it (an exit leg: the broker's own name for it)
+    broker_order_id: str
+    symbol: str
+    side: str
+    qty: int
+    filled_qty: int = 0
+    filled_avg_price: Decimal | None = None
+    status: str
+    time_in_force: str = ""
+    # keel's client_order_id of the order, when execution knows it (an exit leg's keel name), and
+    # of its parent for an exit leg the broker rolled up under it; '' when keel does not know it
+    keel_client_order_id: str = ""
+    parent_client_order_id: str = ""
+
+
+class BrokerSnapshot(Event, kw_only=True, tag="exec.broker_snapshot.v1"):
+    """What the broker holds, as execution read it: the account, positions and open orders.
+
+    Taken at execution's start (`startup`) and after the watermark of every N bars (`periodic`);
+    published through execution's outbox after every report it had committed, so the OMS has
+    seen every report execution knew of when the snapshot was taken (the OMS reconciles on it).
+    """
+
+    kind: Literal["startup", "periodic"]
+    seq: int  # execution's snapshot counter
+    bar_ts: NanoTime = 0  # the last bar whose watermark execution had passed (0: none yet)
+    cash: Money
+    buying_power: Money
+    equity: Money
+    positions: dict[str, SignedShares] = {}
+    open_orders: tuple[BrokerOrderView, ...] = ()
+    tracked: tuple[str, ...] = ()  # keel client_order_ids execution follows at the broker
+
+
 ExecutionEvent = (
     OrderSubmitted
     | OrderAccepted
@@ -117,4 +167,5 @@ ExecutionEvent = (
     | SubmitSkipped
     | SubmitFailed
     | OrderStatusUnknown
+    | BrokerSnapshot
 )

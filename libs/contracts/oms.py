@@ -70,4 +70,33 @@ class PositionChanged(Event, kw_only=True, tag="oms.position_changed.v1"):
     open_sell_qty: int = 0
 
 
-OmsEvent = PretradeDecision | PositionChanged
+class CancelRequested(Event, kw_only=True, tag="oms.cancel_requested.v1"):
+    """The OMS asks execution to cancel one order at the broker, and says why.
+
+    Reasons: STARTUP_CLEANUP (a leftover found open at the broker when execution started: a
+    foreign order, or one the OMS holds as ended), SESSION_CLOSE_CLEANUP (a DAY order still
+    working at the session's close).
+    """
+
+    client_order_id: str  # as the broker knows it
+    broker_order_id: str
+    symbol: Symbol
+    reason: str
+    message: str = ""
+
+
+class SessionSummary(Event, kw_only=True, tag="oms.session_summary.v1"):
+    """One session's orders at its close (SESSION_CLOSE_CLEANUP): what was decided and how it ended."""
+
+    session: str  # YYYY-MM-DD (XNYS)
+    intents: int
+    approved: int
+    denied: dict[str, int] = {}  # reason code -> intents
+    ended: dict[str, int] = {}  # terminal status -> intents of this session
+    open_at_close: int = 0
+    canceled_at_close: int = 0  # DAY orders the OMS asked execution to cancel
+    positions: dict[str, SignedShares] = {}
+    realized_pnl: Decimal = Decimal(0)
+
+
+OmsEvent = PretradeDecision | PositionChanged | CancelRequested | SessionSummary

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from decimal import Decimal
+from typing import Annotated
 
 import msgspec
 
@@ -58,6 +59,9 @@ class OrderIntent(Event, kw_only=True, tag="risk.order_intent.v1"):
     take_profit_limit_price: Price | None = None
     stop_loss_stop_price: Price | None = None
     stop_loss_limit_price: Price | None = None
+    # the decision bar's traded shares (0: not known): below KEEL_OMS_THIN_VOLUME_SHARES the OMS
+    # collars prices tighter (liquidity is thin)
+    bar_volume: Annotated[int, msgspec.Meta(ge=0)] = 0
 
     def __post_init__(self) -> None:
         super().__post_init__()

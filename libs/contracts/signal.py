@@ -19,6 +19,7 @@ class TargetProposed(Event, kw_only=True, tag="signal.target_proposed.v1"):
     horizon: str = "1m"
     signal_hash: str = ""
     session: str = ""  # XNYS session date of the bar, YYYY-MM-DD
+    bar_volume: int = 0  # the bar's traded shares (0: not known); the OMS's thin-liquidity collar reads it
 
 
 SignalEvent = TargetProposed

@@ -28,7 +28,7 @@ class _Schedule:
 
 @functools.cache
 def _schedule() -> _Schedule:
-    # imported here: building the calendar costs ~0.2 s and modules must not do I/O at import
+    # imported here: building the calendar costs about a second and modules must not do I/O at import
     import exchange_calendars
     import pandas as pd
 
@@ -45,6 +45,12 @@ def _schedule() -> _Schedule:
         opens=tuple(int(x) for x in opens),
         closes=tuple(int(x) for x in closes),
     )
+
+
+def load() -> None:
+    """Build the XNYS schedule now; a service calls it at start (in a worker thread), so its first
+    question about a session does not stall its event loop for the second the build takes."""
+    _schedule()
 
 
 def _check_range(d: date) -> None:

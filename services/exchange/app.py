@@ -22,6 +22,7 @@ from typing import cast
 
 from fastapi import FastAPI
 
+from libs import sessions
 from libs.bus import Bus, Inbound
 from libs.contracts.marketdata import BarClosed
 from libs.errors import classify_exception
@@ -198,6 +199,7 @@ class ExchangeService:
 async def build(deps: Deps, *, ctx: handlers.Ctx | None = None) -> Service:
     """Load the exchange's state from its schema and wire its bar consumer and Alpaca API."""
     store = ExchangeStore(deps.store.pool, deps.store.schema)
+    await asyncio.to_thread(sessions.load)  # the calendar, before the first request or bar needs it
     await store.check_migrated()  # the runtime checked the base tables; this adds the exchange's
     config = cast(ExchangeConfig, deps.section)
     if ctx is None:

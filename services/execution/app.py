@@ -340,6 +340,7 @@ async def build(deps: Deps) -> Service:
         else None
     )
     name = stream.name if stream is not None else "disabled"
+    await consumers.startup_snapshot(processor, broker, errors)
 
     def interval() -> float:
         return poll_interval(cfg, watch, processor.state, live)
@@ -374,6 +375,7 @@ async def build(deps: Deps) -> Service:
             fallback_allowed=deps.common.data_fallback_allowed,
             submit_wait_sec=cfg.rate_limit_submit_wait_sec,
             cancel_on_kill=cfg.cancel_all_on_kill,
+            snapshot_every_bars=cfg.snapshot_every_bars,
         ),
         tasks=tasks,
         router=api.router(processor, watch, name),

@@ -30,11 +30,11 @@ from alpaca.trading.requests import GetOrderByIdRequest, GetOrdersRequest
 from alpaca.trading.stream import TradingStream
 
 from libs.alpacahttp import harden
-from libs.errors import ErrorAction, Throttled, classify_exception
+from libs.errors import BadData, ErrorAction, Throttled, classify_exception
 from libs.errors.ratelimit import RateLimiter, Throttle
 from services.execution import handlers
 from services.execution.orders import build_request
-from services.execution.state import BrokerOrder, ExecOrder
+from services.execution.state import BrokerOrder, ExecOrder, Holdings
 
 T = TypeVar("T")
 
@@ -64,7 +64,16 @@ def to_broker_order(o: Order) -> BrokerOrder:
         updated_at_ns=_ns(o.updated_at),
         order_type=_value(kind) if kind is not None else "",
         legs=tuple(to_broker_order(leg) for leg in o.legs or ()),
+        symbol=o.symbol or "",
+        side=_value(o.side) if o.side is not None else "",
+        time_in_force=_value(o.time_in_force) if o.time_in_force is not None else "",
     )
+
+
+def _money(value: object) -> Decimal:
+    if value is None:
+        raise BadData("the broker's account answer lacks a money field")
+    return Decimal(str(value))
 
 
 def _value(member: object) -> str:
@@ -250,6 +259,27 @@ class AlpacaBroker:
             "GET /v2/orders", self.client.get_orders, GetOrdersRequest(status=QueryOrderStatus.OPEN, limit=500)
         )
         return {o.client_order_id: to_broker_order(o) for o in orders}  # type: ignore[union-attr]
+
+    async def snapshot(self) -> Holdings:
+        """Read the account, every position and every open order (exit legs rolled up under theirs)."""
+        account = await self._call("GET /v2/account", self.client.get_account)
+        positions = await self._call("GET /v2/positions", self.client.get_all_positions)
+        orders = await self._call(
+            "GET /v2/orders",
+            self.client.get_orders,
+            GetOrdersRequest(status=QueryOrderStatus.OPEN, limit=500, nested=True),
+        )
+        held: dict[str, int] = {}
+        for p in positions:  # type: ignore[union-attr]
+            qty = int(Decimal(str(p.qty)))
+            held[p.symbol] = held.get(p.symbol, 0) + qty  # a short is listed with a negative qty
+        return Holdings(
+            cash=_money(account.cash),  # type: ignore[union-attr]
+            buying_power=_money(account.buying_power),  # type: ignore[union-attr]
+            equity=_money(account.equity),  # type: ignore[union-attr]
+            positions=held,
+            open_orders=tuple(to_broker_order(o) for o in orders),  # type: ignore[union-attr]
+        )
 
     async def cancel_all(self) -> int:
         """Cancel every open order; return how many cancel requests the broker took."""

@@ -44,3 +44,6 @@ class ExecConfig(Section, frozen=True, kw_only=True, forbid_unknown_fields=True)
     rate_limit_read_wait_sec: Annotated[float, msgspec.Meta(ge=0)] = 2.0
     # every kill cancels the open orders too (KEEL_CANCEL_ALL_ON_KILL), not only a kill that asks
     cancel_all_on_kill: bool = False
+    # reconciliation: a broker snapshot (account, positions, open orders) goes to the OMS at start
+    # and after the watermark of every N-th bar (3 reads each; 0 = at start only)
+    snapshot_every_bars: Annotated[int, msgspec.Meta(ge=0)] = 1

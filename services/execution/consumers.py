@@ -18,13 +18,15 @@ from libs.bus.consumer import Inbound, OnBatch
 from libs.contracts import subjects as sj
 from libs.contracts.base import derive_id
 from libs.contracts.control import CancelAllOrders, HaltTrading
-from libs.contracts.oms import OmsEvent, PretradeDecision
+from libs.contracts.oms import CancelRequested, OmsEvent, PretradeDecision
 from libs.contracts.ops import Watermark
+from libs.decide import Ctx
 from libs.errors import DependencyFailed, Throttled, calling, dependency_of
 from libs.errors.breakers import Breakers, circuit_open_code
 from libs.errors.handle import ErrorHandler, publish_halt
 from libs.errors.ratelimit import BROKER_LOCKED, RateLimiter
 from libs.obs import tracing
+from libs.runtime.crashpoints import crash_point
 from libs.runtime.processor import Processor
 from services.execution import handlers
 from services.execution import state as st
@@ -35,6 +37,7 @@ log = logging.getLogger(__name__)
 _decision_decoder = msgspec.json.Decoder(OmsEvent | Watermark)
 # how long an order waits for the broker to confirm the cancel of exit legs holding its shares
 LEGS_CANCEL_WAIT_SEC = 5.0
+MINUTE_NS = 60_000_000_000
 
 
 class Live:
@@ -98,6 +101,24 @@ async def after_call(processor: Processor, live: Live, cid: str) -> None:
 
 
 SUBMIT = "broker_submit"  # the dependency of every order sent
+
+
+async def read_holdings(broker: AlpacaBroker, errors: ErrorHandler, when: str) -> st.Holdings | None:
+    """Read the broker's account, positions and open orders; None (said) when it cannot answer."""
+    try:
+        return await calling("broker_positions", broker.snapshot())
+    except Exception as e:  # handled: no snapshot now; the OMS's account view ages meanwhile
+        dependency = e.dependency if isinstance(e, DependencyFailed) else dependency_of(e, "broker_positions")
+        await errors.handle(e, dependency=dependency, context=f"broker snapshot at {when}", key=f"snapshot:{when}")
+        return None
+
+
+async def startup_snapshot(processor: Processor, broker: AlpacaBroker, errors: ErrorHandler) -> None:
+    """Send the OMS what the broker holds as execution starts (its start-up reconciliation)."""
+    held = await read_holdings(broker, errors, "start")
+    if held is not None:
+        ctx = processor.ctx()
+        await processor.commit(lambda s: handlers.broker_snapshot(s, "startup", held, s.last_watermark, ctx))
 
 
 async def resend_allowed(bus: Bus, breakers: Breakers) -> bool:
@@ -172,6 +193,7 @@ def consumers(
     fallback_allowed: bool = False,
     submit_wait_sec: float = 5.0,
     cancel_on_kill: bool = False,
+    snapshot_every_bars: int = 0,
 ) -> list[tuple[ConsumerSpec, OnBatch]]:
     """Return execution's durable consumers; `live` holds the orders whose broker call is under way."""
     subjects = bus.subjects
@@ -254,6 +276,7 @@ def consumers(
             ctx = processor.ctx()
             traceparent = tracing.inject({}).get(sj.H_TRACEPARENT, "")
             await processor.commit(lambda s: handlers.hand_over(s, d, broker.name, traceparent, ctx))
+            crash_point("execution.handed_over")
         order = processor.state.orders.get(cid)
         outcome: handlers.Outcome | None = None
         if order is not None and fresh:
@@ -262,6 +285,8 @@ def consumers(
             # handed over before a crash, answer unknown: look it up before sending again
             outcome = await broker.recover(order, resend=await resend_allowed(bus, breakers))
         # else: resolved (or finished) by a poll before this redelivery
+        if outcome is not None:
+            crash_point("execution.after_response")
         await count_submit(processor, breakers, errors, outcome)
         await halt_if_needed(bus, processor, cid, outcome)
         await processor.apply(
@@ -405,19 +430,65 @@ def consumers(
                 await submit_all(approved)
                 approved = []
                 now = await health(breakers, broker.limiter)
+                due = (
+                    snapshot_every_bars
+                    and ev.source == handlers.UPSTREAM
+                    and ev.bar_ts > processor.state.last_watermark
+                )
+                held = (
+                    await read_holdings(broker, errors, f"bar {ev.bar_ts}")
+                    if due and ev.bar_ts // MINUTE_NS % snapshot_every_bars == 0
+                    else None
+                )
                 await processor.apply(
                     decisions.durable,
                     [*passive, inbound],
-                    lambda s, e, c, now=now: (
-                        handlers.on_watermark(s, e, now, c) if isinstance(e, Watermark) else handlers.step(s, e, c)
+                    lambda s, e, c, now=now, held=held: (
+                        watermark_step(s, e, now, held, c) if isinstance(e, Watermark) else handlers.step(s, e, c)
                     ),
                 )
                 passive = []
+            elif isinstance(ev, CancelRequested):
+                await submit_all(approved)
+                approved = []
+                if passive:
+                    await processor.apply(decisions.durable, passive, handlers.step)
+                    passive = []
+                await cancel_requested(inbound, ev)
             else:
                 passive.append(inbound)
         await submit_all(approved)
         if passive:
             await processor.apply(decisions.durable, passive, handlers.step)
+
+    async def cancel_requested(inbound: Inbound, ev: CancelRequested) -> None:
+        """Cancel the order the OMS asked for (cleanup at start or at the session's close)."""
+        if await processor.store.is_tracked(decisions.durable, inbound.stream_seq):
+            return  # canceled before a crash lost the ack
+        try:
+            refused = await calling("broker_submit", broker.cancel(ev.broker_order_id))
+        except Exception as e:  # handled: said, and not asked again (the next cleanup finds it again)
+            dependency = e.dependency if isinstance(e, DependencyFailed) else dependency_of(e, SUBMIT)
+            await errors.handle(e, dependency=dependency, context=f"{ev.reason} cancel of {ev.client_order_id}",
+                                symbol=ev.symbol, key=ev.event_id)  # fmt: skip
+            refused = "not sent"
+        log.warning(
+            "%s: cancel %s (%s) %s",
+            ev.reason, ev.client_order_id, ev.broker_order_id, f"refused: {refused}" if refused else "sent",
+            extra={"reason": ev.reason, "client_order_id": ev.client_order_id, "refused": refused},
+        )  # fmt: skip
+        if processor.metrics:
+            processor.metrics.decision("cleanup_cancel", ev.reason)
+        await processor.apply(decisions.durable, [inbound], lambda s, _e, _c: (s, []))
+
+    def watermark_step(
+        s: st.ExecState, wm: Watermark, now: st.Health, held: st.Holdings | None, c: Ctx
+    ) -> tuple[st.ExecState, list]:  # type: ignore[type-arg]
+        s, events = handlers.on_watermark(s, wm, now, c)
+        if held is None:
+            return s, events
+        s, snap = handlers.broker_snapshot(s, "periodic", held, wm.bar_ts, c)
+        return s, [*snap, *events]  # the snapshot first: the OMS reconciles before the bar ends
 
     async def on_control(batch: list[Inbound]) -> None:
         for inbound in batch:

@@ -15,6 +15,8 @@ import msgspec
 
 from libs.contracts.base import Event, ExitLeg, derive_id, exit_legs, intent_id_for, leg_client_order_id
 from libs.contracts.execution import (
+    BrokerOrderView,
+    BrokerSnapshot,
     OrderAccepted,
     OrderCanceled,
     OrderExpired,
@@ -554,3 +556,55 @@ def step(state: st.ExecState, event: object, ctx: Ctx) -> tuple[st.ExecState, Se
     if isinstance(event, Watermark):
         return on_watermark(state, event, st.Health(), ctx)
     return state, []
+
+
+def broker_snapshot(
+    state: st.ExecState, kind: str, holdings: st.Holdings, bar_ts: int, ctx: Ctx
+) -> tuple[st.ExecState, list[Event]]:
+    """Say what the broker holds (account, positions, open orders) for the OMS to reconcile.
+
+    Each open order is named as keel knows it where execution can tell (its own orders, exit legs
+    by alias, legs rolled up under a parent); the OMS decides what is foreign.
+    """
+    views: list[BrokerOrderView] = []
+    for bo in holdings.open_orders:
+        keel_cid = state.aliases.get(bo.client_order_id, bo.client_order_id)
+        views.append(_view(bo, keel_cid if keel_cid in state.orders else "", ""))
+        for leg in bo.legs:
+            leg_cid = state.aliases.get(leg.client_order_id, "")
+            views.append(_view(leg, leg_cid, keel_cid))
+    seq = state.snapshots
+    event_id = derive_id("exec.broker_snapshot.v1", ctx.service, seq)
+    snap = BrokerSnapshot(
+        event_id=event_id,
+        correlation_id=event_id,
+        causation_id=event_id,
+        ts_event=bar_ts or ctx.now_ns,
+        ts_init=ctx.now_ns,
+        kind=kind,  # type: ignore[arg-type]
+        seq=seq,
+        bar_ts=bar_ts,
+        cash=holdings.cash,
+        buying_power=holdings.buying_power,
+        equity=holdings.equity,
+        positions=dict(sorted(holdings.positions.items())),
+        open_orders=tuple(sorted(views, key=lambda v: v.broker_order_id)),
+        tracked=tuple(sorted(state.orders)),
+    )
+    return msgspec.structs.replace(state, snapshots=seq + 1), [snap]
+
+
+def _view(bo: st.BrokerOrder, keel_cid: str, parent_cid: str) -> BrokerOrderView:
+    return BrokerOrderView(
+        client_order_id=bo.client_order_id,
+        broker_order_id=bo.id,
+        symbol=bo.symbol,
+        side=bo.side,
+        qty=bo.qty,
+        filled_qty=bo.filled_qty,
+        filled_avg_price=bo.filled_avg_price,
+        status=bo.status,
+        time_in_force=bo.time_in_force,
+        keel_client_order_id=keel_cid,
+        parent_client_order_id=parent_cid,
+    )

@@ -75,6 +75,19 @@ class BrokerOrder(msgspec.Struct, frozen=True, kw_only=True):
     legs: tuple[BrokerOrder, ...] = ()
     # fetched with its legs rolled up: an empty `legs` then means the broker holds none
     nested: bool = False
+    symbol: str = ""
+    side: str = ""
+    time_in_force: str = ""
+
+
+class Holdings(msgspec.Struct, frozen=True, kw_only=True):
+    """What the broker account holds now: money, positions by symbol, open orders."""
+
+    cash: Decimal
+    buying_power: Decimal
+    equity: Decimal
+    positions: dict[str, int]
+    open_orders: tuple[BrokerOrder, ...]
 
 
 class ExecOrder(msgspec.Struct, frozen=True, kw_only=True):
@@ -146,3 +159,4 @@ class ExecState(msgspec.Struct, frozen=True, kw_only=True):
     # exit legs: the broker's client_order_id -> keel's (stream frames carry the broker's)
     aliases: dict[str, str] = {}
     last_watermark: int = 0
+    snapshots: int = 0  # broker snapshots taken (the next one's seq)

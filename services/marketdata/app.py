@@ -102,6 +102,7 @@ async def feed(
 ) -> None:
     """Emit bar timestamps until the configured minutes are done (or forever)."""
     cfg: MdConfig = deps.section
+    await asyncio.to_thread(sessions.load)  # the calendar, before the first request or bar needs it
     run_cfg = msgspec.structs.replace(cfg, minutes=processor.state.emitted + cfg.minutes) if cfg.minutes else cfg
     timeout = cfg.watermark_timeout_sec or None
     speed = cfg.speed_multiplier

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
+from libs import sessions
 from libs.runtime.runner import Deps, Service, processor_for
 from services.oms import api, consumers, store
 from services.oms.config import OmsConfig
@@ -15,6 +17,7 @@ log = logging.getLogger(__name__)
 async def build(deps: Deps) -> Service:
     """Wire the OMS core to its log, consumers and views; re-assert the halt flag at start."""
     cfg: OmsConfig = deps.section
+    await asyncio.to_thread(sessions.load)  # the calendar, before the first request or bar needs it
     if cfg.canary_symbols:
         # seed 000 §F: canary mode is said at start, and every other symbol's intent is denied
         log.warning(
@@ -23,4 +26,10 @@ async def build(deps: Deps) -> Service:
         )  # fmt: skip
     processor = await processor_for(deps, OmsState(), project=store.project)
     await consumers.sync_halt_flag(deps.bus, processor.state)
-    return Service(consumers=consumers.consumers(deps.bus, processor), router=api.router(processor, deps.store))
+    breakers = await deps.breakers()
+    return Service(
+        consumers=consumers.consumers(
+            deps.bus, processor, breakers, fallback_allowed=deps.common.data_fallback_allowed
+        ),
+        router=api.router(processor, deps.store),
+    )

@@ -13,6 +13,8 @@ from libs.contracts.control import HaltState
 from libs.contracts.execution import ExecutionEvent
 from libs.contracts.ops import Watermark
 from libs.contracts.risk import OrderIntent
+from libs.errors.breakers import Breakers
+from libs.errors.handle import publish_halt
 from libs.runtime.processor import Processor
 from services.oms import handlers
 from services.oms.state import OmsState
@@ -57,7 +59,9 @@ async def sync_halt_flag(bus: Bus, state: OmsState) -> None:
         await bus.put_halt_state(wanted)
 
 
-def consumers(bus: Bus, processor: Processor) -> list[tuple[ConsumerSpec, OnBatch]]:
+def consumers(
+    bus: Bus, processor: Processor, breakers: Breakers, *, fallback_allowed: bool = False
+) -> list[tuple[ConsumerSpec, OnBatch]]:
     """Return the OMS's durable consumers."""
     subjects = bus.subjects
     intents = ConsumerSpec(
@@ -81,10 +85,21 @@ def consumers(bus: Bus, processor: Processor) -> list[tuple[ConsumerSpec, OnBatc
     )
 
     async def on_intents(batch: list[Inbound]) -> None:
-        await processor.apply(intents.durable, batch, handlers.step)
+        # CIRCUIT_OPEN_<dep>: the breakers are read once per batch, at the edge, and handed to the
+        # pure checks (execution reads them again at the hand-over)
+        circuit = await breakers.order_block(fallback_allowed=fallback_allowed)
+        await processor.apply(intents.durable, batch, lambda s, e, c: handlers.step(s, e, c, circuit))
 
     async def on_reports(batch: list[Inbound]) -> None:
         await processor.apply(reports.durable, batch, handlers.step)
+        state = processor.state
+        # a halt this batch made, not one the control consumer applied meanwhile (an operator's
+        # kill or execution's AUTH_HALT must not be said twice)
+        if state.halted and state.halt_command_id in {getattr(i.payload, "event_id", None) for i in batch}:
+            # reconciliation halted trading (RECON_MISMATCH): said on keel.ctl.kill as an operator
+            # would, so every service stops (and cancels, with cancel-all on kill)
+            await sync_halt_flag(bus, processor.state)
+            await publish_halt(bus, processor.service, processor.state.halt_reason, processor.state.halt_command_id)
 
     async def on_control(batch: list[Inbound]) -> None:
         await processor.apply(control.durable, [_stamp(i) for i in batch], handlers.step)

@@ -112,6 +112,7 @@ class IntentState(msgspec.Struct, frozen=True, kw_only=True):
     parent_intent_id: str = ""
     leg_role: str = ""
     bar_ts: int = 0  # the decision bar (event time of the pre-trade checks about it)
+    time_in_force: str = "day"
     stuck_alerted: bool = False  # STUCK_INTENT said (once per intent)
 
     @property
@@ -131,6 +132,16 @@ class Position(msgspec.Struct, frozen=True, kw_only=True):
     qty: int = 0
     avg_price: Decimal = Decimal(0)
     realized_pnl: Decimal = Decimal(0)
+
+
+class Account(msgspec.Struct, frozen=True, kw_only=True):
+    """The broker account as the last broker snapshot showed it."""
+
+    buying_power: Decimal
+    cash: Decimal
+    equity: Decimal
+    bar_ts: int  # the bar the snapshot followed (0: taken before any bar)
+    seq: int
 
 
 class OmsState(msgspec.Struct, frozen=True, kw_only=True):
@@ -154,3 +165,16 @@ class OmsState(msgspec.Struct, frozen=True, kw_only=True):
     recent_orders: tuple[tuple[int, str], ...] = ()
     cancels: dict[str, tuple[int, ...]] = {}
     blocked_until: dict[str, int] = {}
+    recent_cancel_ts: tuple[int, ...] = ()  # event time of the last minute's cancels (all symbols)
+    # reconciliation with the broker (BrokerSnapshot): the account; differences seen so far, each
+    # with the count of snapshots in a row that showed it unchanged; broker orders found foreign
+    account: Account | None = None
+    position_gaps: dict[str, tuple[int, int, int]] = {}  # symbol -> (broker qty, keel qty, snapshots)
+    fill_gaps: dict[str, tuple[int, int]] = {}  # client_order_id -> (broker filled qty, snapshots)
+    foreign: dict[str, int] = {}  # broker order id -> bar_ts first seen (alerted once)
+    # RECON_MISMATCH: why keel only reduces positions now ('' = not reduce-only); a halt the OMS
+    # decided and its edge has not yet published on keel.ctl.kill
+    reduce_only: str = ""
+    halt_pending: str = ""
+    # this session's counts (intents, approved, denied:<reason>, ended:<status>): its summary at the close
+    session_counts: dict[str, int] = {}

@@ -161,6 +161,7 @@ def on_target(state: RiskState, ev: TargetProposed, ctx: Ctx) -> tuple[RiskState
                 sleeves=tuple(SleeveShare(sleeve=k, shares=v) for k, v in sorted(sleeves.items())),
                 notional=qty * ev.reference_price,
                 risk_seq=sym.emitted + 1,
+                bar_volume=ev.bar_volume,
                 **order_terms(cfg, side, ev.reference_price, closing=sym.position * delta < 0),  # type: ignore[arg-type]
             )
         )

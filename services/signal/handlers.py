@@ -93,6 +93,7 @@ def on_bar(state: SignalState, bar: BarClosed, ctx: Ctx) -> tuple[SignalState, l
                 score=Decimal(repr(round(sym.ema_fast - sym.ema_slow, 6))),
                 signal_hash=signal_hash,
                 session=bar.session,
+                bar_volume=bar.volume,
             )
         )
         sym = msgspec.structs.replace(sym, last_target=target)

@@ -19,6 +19,8 @@ from libs.contracts.base import ClientOrderId, IntentId, Symbol, derive_id, tag_
 from libs.contracts.codec import all_event_types, encode
 from libs.contracts.control import CancelAllOrders, HaltTrading, ResumeTrading
 from libs.contracts.execution import (
+    BrokerOrderView,
+    BrokerSnapshot,
     OrderAccepted,
     OrderCanceled,
     OrderExpired,
@@ -31,7 +33,7 @@ from libs.contracts.execution import (
     SubmitSkipped,
 )
 from libs.contracts.marketdata import BarClosed
-from libs.contracts.oms import PositionChanged, PretradeDecision
+from libs.contracts.oms import CancelRequested, PositionChanged, PretradeDecision, SessionSummary
 from libs.contracts.ops import AlertRaised, CycleSummary, Heartbeat, Watermark
 from libs.contracts.risk import OrderIntent, SleeveShare
 from libs.contracts.signal import TargetProposed
@@ -233,6 +235,51 @@ def examples() -> list[msgspec.Struct]:
         ),
         ResumeTrading(**envelope("ctl.resume_trading.v1"), operator="ops@desk", reason="cleared"),
         CancelAllOrders(**envelope("ctl.cancel_all_orders.v1"), operator="ops@desk", reason="eod"),
+        BrokerSnapshot(
+            **envelope("exec.broker_snapshot.v1"),
+            kind="periodic",
+            seq=7,
+            bar_ts=BAR_TS,
+            cash=Decimal("71912.50"),
+            buying_power=Decimal("143825.00"),
+            equity=Decimal("100000.00"),
+            positions={"AAPL": 150, "MSFT": -20},
+            open_orders=(
+                BrokerOrderView(
+                    client_order_id=CID,
+                    broker_order_id="b0d4f5a2-8c1e-4f3a-9d2b-6e7f8a9b0c1d",
+                    symbol="AAPL",
+                    side="buy",
+                    qty=150,
+                    filled_qty=50,
+                    filled_avg_price=Decimal("187.20"),
+                    status="partially_filled",
+                    time_in_force="day",
+                    keel_client_order_id=CID,
+                ),
+            ),
+            tracked=(CID,),
+        ),
+        CancelRequested(
+            **envelope("oms.cancel_requested.v1"),
+            client_order_id="manual-order-1",
+            broker_order_id="4e1c2b3a-0f9d-4c8b-a7e6-5d4c3b2a1f0e",
+            symbol=AAPL,
+            reason="STARTUP_CLEANUP",
+            message="foreign order open at start",
+        ),
+        SessionSummary(
+            **envelope("oms.session_summary.v1"),
+            session="2026-01-05",
+            intents=12,
+            approved=9,
+            denied={"PRICE_COLLAR_BLOCK": 2, "MARKET_CLOSED_BLOCK": 1},
+            ended={"FILLED": 8, "CANCELED": 1},
+            open_at_close=0,
+            canceled_at_close=1,
+            positions={"AAPL": 150},
+            realized_pnl=Decimal("12.34"),
+        ),
     ]
 
 

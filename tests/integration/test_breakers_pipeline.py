@@ -123,10 +123,11 @@ async def test_breaker_when_429_storm_then_orders_blocked_circuit_open_and_tradi
     assert all(gap >= 1_000_000_000 for gap in gaps), gaps
     assert no_resend_while_open
     assert (shown, closed) == ({"oms": 1.0, "execution": 1.0}, {"oms": 0.0, "execution": 0.0})
-    # the next order never left: refused before hand-over with the seed's reason code
+    # the next order never left: the OMS denied it with the seed's reason code (it reads the shared
+    # breakers before its checks; execution would refuse it again at the hand-over)
     assert blocked.get(BLOCKED) == oms.REJECTED
     (refusal,) = [r for r in seen.reports if r["symbol"] == BLOCKED and r["type"] == "exec.submit_skipped.v1"]
-    assert (refusal["reason_code"], refusal["stage"]) == ("CIRCUIT_OPEN_broker_submit", "execution")
+    assert (refusal["reason_code"], refusal["stage"]) == ("CIRCUIT_OPEN_broker_submit", "oms")
     assert refusal["details"]["dependency"] == "broker_submit"
     circuit = [a for a in seen.alerts if a["code"] == "CIRCUIT_OPEN"]
     # one alert per open episode (each Retry-After hold, then the window's opening), none twice

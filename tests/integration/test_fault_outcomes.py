@@ -34,7 +34,7 @@ from services.oms import state as oms
 from tests.factories import Events
 from tests.support import pipeline
 from tests.support.exchange import AUTH_HEADERS, add_fault, clear_faults, list_faults
-from tests.support.pipeline import Seen, start_pipeline
+from tests.support.pipeline import Seen, finished, settled, start_pipeline, status_of
 from tests.support.processes import Cluster, ServiceProcess
 from tests.support.servers import Namespace
 
@@ -136,19 +136,6 @@ BLOCKED_SYMBOL = "AMD"
 async def settle(probe: Callable[[], Awaitable[T]], done: Callable[[T], bool], timeout: float = SETTLE_SEC) -> T:
     """Poll probe until done(result) or timeout (SETTLE_SEC); return the last result either way."""
     return await pipeline.settle(probe, done, timeout)
-
-
-def status_of(row: dict | None) -> str:
-    return row["status"] if row else "absent"
-
-
-def settled(row: dict | None) -> bool:
-    # acknowledged (a fill is due on the next bar) or finished
-    return status_of(row) == oms.ACKED or status_of(row) in oms.TERMINAL
-
-
-def finished(row: dict | None) -> bool:
-    return status_of(row) in oms.TERMINAL
 
 
 @dataclass

@@ -11,6 +11,7 @@ from typing import TypeVar
 
 import nats
 
+from services.oms import state as oms
 from tests.support.exchange import KEY, SECRET
 from tests.support.processes import Cluster
 from tests.support.servers import Namespace
@@ -41,6 +42,20 @@ class Seen:
     def kinds(self, cid: str) -> tuple[str, ...]:
         """Return the types of the reports about one order, in order."""
         return tuple(r["type"] for r in self.about(cid))
+
+
+def status_of(row: dict | None) -> str:
+    """The status of an OMS intent row (GET /intents), 'absent' when there is none."""
+    return row["status"] if row else "absent"
+
+
+def settled(row: dict | None) -> bool:
+    """Acknowledged (a fill is due on the next bar) or finished."""
+    return status_of(row) == oms.ACKED or status_of(row) in oms.TERMINAL
+
+
+def finished(row: dict | None) -> bool:
+    return status_of(row) in oms.TERMINAL
 
 
 async def current(value: T) -> T:
@@ -78,6 +93,10 @@ async def start_pipeline(cluster: Cluster, namespace: Namespace, nc: nats.NATS, 
     await cluster.start("exchange")
     cluster.env["KEEL_EXEC_BASE_URL"] = cluster["exchange"].url
     await cluster.start("oms", "execution")
+    # execution's start-up broker snapshot gives the OMS its account: before it, BUYING_POWER_BLOCK
+    # denies every order that adds exposure (fail closed), so a test's first intent waits for it
+    state = await settle(lambda: cluster["oms"].get_json("/state"), lambda s: s.get("account") is not None, 15.0)  # type: ignore[union-attr]
+    assert state.get("account") is not None, "the OMS got no broker snapshot from execution at start"  # type: ignore[union-attr]
     seen = Seen()
     await nc.subscribe(f"{namespace.prefix}.exec.>", cb=seen.on_report)
     await nc.subscribe(f"{namespace.prefix}.ops.alert_raised.>", cb=seen.on_alert)

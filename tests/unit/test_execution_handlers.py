@@ -34,6 +34,7 @@ from services.execution.handlers import (
     Rejected,
     Unknown,
     alert,
+    broker_snapshot,
     fail,
     hand_over,
     on_broker_order,
@@ -869,3 +870,33 @@ def test_watermark_when_from_another_source_then_ignored(f: Events) -> None:
 
     assert out == []
     assert state == st.ExecState()
+
+
+# --- broker snapshots (reconciliation input for the OMS) -------------------------------------
+
+
+def test_broker_snapshot_when_orders_open_then_keel_names_known_legs_nested_and_strangers_blank(
+    d: PretradeDecision,
+) -> None:
+    state = msgspec.structs.replace(working(d), aliases={"broker-leg-1": "keel-leg-tp"})
+    leg = msgspec.structs.replace(broker(d, "held", id="bo-leg"), client_order_id="broker-leg-1")
+    ours = msgspec.structs.replace(broker(d), legs=(leg,), symbol="AAPL", side="buy")
+    stranger = msgspec.structs.replace(broker(d, id="bo-x"), client_order_id="by-hand")
+    held = st.Holdings(
+        cash=D(1000), buying_power=D(2000), equity=D(1500), positions={"AAPL": 10}, open_orders=(ours, stranger)
+    )
+
+    state, out = broker_snapshot(state, "periodic", held, minute(3), CTX)
+    again, out2 = broker_snapshot(state, "periodic", held, minute(3), CTX)
+
+    (snap,) = out
+    views = {v.broker_order_id: (v.keel_client_order_id, v.parent_client_order_id) for v in snap.open_orders}
+    assert views == {
+        "bo-1": (d.client_order_id, ""),
+        "bo-leg": ("keel-leg-tp", d.client_order_id),
+        "bo-x": ("", ""),
+    }
+    assert (snap.seq, snap.bar_ts, snap.buying_power, snap.positions, snap.tracked) == (
+        0, minute(3), D(2000), {"AAPL": 10}, (d.client_order_id,)
+    )  # fmt: skip
+    assert again.snapshots == 2 and out2[0].event_id != snap.event_id  # each snapshot its own id

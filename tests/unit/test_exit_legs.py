@@ -41,7 +41,7 @@ from services.oms.config import OmsConfig
 from services.tca import handlers as tca
 from services.tca.config import TcaConfig
 from services.tca.state import TcaState
-from tests.factories import NOW_NS, Events, ctx, minute
+from tests.factories import NOW_NS, Events, ctx, minute, oms_state
 
 D = Decimal
 OMS_CTX = ctx("oms", OmsConfig(), config_sha256="sha-of-oms-config")
@@ -170,7 +170,7 @@ def adopted(d: PretradeDecision) -> est.ExecState:
 
 
 def oms_given(events: Iterable[object], *, state: ost.OmsState | None = None) -> tuple[ost.OmsState, list[Event]]:
-    state = state or ost.OmsState()
+    state = state or oms_state()
     out: list[Event] = []
     for ev in events:
         state, emitted = oms.step(state, ev, OMS_CTX)
@@ -306,7 +306,7 @@ def test_check_order_family_when_oco_sell_exit_take_profit_below_stop_then_refus
 def test_intent_when_bracket_approved_then_two_child_intents_submitting_beside_the_parent(f: Events) -> None:
     intent = bracket(f, "buy")
 
-    state, out = oms.on_intent(ost.OmsState(), intent, OMS_CTX)
+    state, out = oms.on_intent(oms_state(), intent, OMS_CTX)
 
     assert isinstance(out[0], PretradeDecision) and out[0].approved is True
     assert set(state.intents) == {
@@ -345,7 +345,7 @@ def test_intent_when_bracket_approved_then_two_child_intents_submitting_beside_t
 def test_intent_when_bracket_approved_then_working_qty_counts_the_entry_only(f: Events) -> None:
     intent = bracket(f, "buy", qty=100)
 
-    state, out = oms.on_intent(ost.OmsState(), intent, OMS_CTX)
+    state, out = oms.on_intent(oms_state(), intent, OMS_CTX)
 
     pos = out[1]
     assert isinstance(pos, PositionChanged)
@@ -357,7 +357,7 @@ def test_intent_when_bracket_approved_then_working_qty_counts_the_entry_only(f: 
 def test_intent_when_bracket_denied_then_no_child_intents(f: Events) -> None:
     intent = bracket(f, "buy", qty=OmsConfig().max_order_shares + 1)
 
-    state, out = oms.on_intent(ost.OmsState(), intent, OMS_CTX)
+    state, out = oms.on_intent(oms_state(), intent, OMS_CTX)
 
     assert isinstance(out[0], PretradeDecision)
     assert (out[0].approved, out[0].reason) == (False, oms.ORDER_SIZE_BLOCK)
@@ -369,7 +369,7 @@ def test_intent_when_bracket_denied_then_no_child_intents(f: Events) -> None:
 def test_intent_when_oco_approved_then_one_stop_loss_child_on_the_same_side(f: Events) -> None:
     intent = oco(f, "sell", tp="55", sl="45")
 
-    state, _ = oms.on_intent(ost.OmsState(), intent, OMS_CTX)
+    state, _ = oms.on_intent(oms_state(), intent, OMS_CTX)
 
     (child,) = (i for i in state.intents.values() if i.parent_intent_id)
     assert (child.client_order_id, child.leg_role, child.side, child.arrival_price, child.qty) == (
@@ -385,7 +385,7 @@ def test_intent_when_oco_approved_then_one_stop_loss_child_on_the_same_side(f: E
 def test_intent_when_simple_approved_then_no_child_intents(f: Events) -> None:
     intent = f.intent("AAPL", "buy", 100, "50")
 
-    state, out = oms.on_intent(ost.OmsState(), intent, OMS_CTX)
+    state, out = oms.on_intent(oms_state(), intent, OMS_CTX)
 
     assert list(state.intents) == [intent.intent_id]
     assert all(not i.leg_role and not i.parent_intent_id for i in state.intents.values())
@@ -395,8 +395,8 @@ def test_intent_when_simple_approved_then_no_child_intents(f: Events) -> None:
 def test_intent_when_bracket_decided_twice_then_byte_identical(f: Events) -> None:
     intent = bracket(f, "buy")
 
-    first_state, first = oms.on_intent(ost.OmsState(), intent, OMS_CTX)
-    second_state, second = oms.on_intent(ost.OmsState(), intent, OMS_CTX)
+    first_state, first = oms.on_intent(oms_state(), intent, OMS_CTX)
+    second_state, second = oms.on_intent(oms_state(), intent, OMS_CTX)
 
     assert [encode(e) for e in first] == [encode(e) for e in second]
     assert encode(first_state) == encode(second_state)

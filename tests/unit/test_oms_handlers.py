@@ -25,7 +25,7 @@ from services.oms.handlers import (
     pretrade,
     step,
 )
-from tests.factories import NOW_NS, Events, ctx, minute
+from tests.factories import NOW_NS, Events, ctx, minute, oms_state
 
 D = Decimal
 CFG = OmsConfig()
@@ -38,7 +38,7 @@ def f() -> Events:
 
 
 def given(events: Iterable[object], *, state: st.OmsState | None = None) -> tuple[st.OmsState, list[Event]]:
-    state = state or st.OmsState()
+    state = state or oms_state()
     out: list[Event] = []
     for ev in events:
         state, emitted = step(state, ev, CTX)
@@ -67,7 +67,7 @@ def assert_pruned_at_next_watermark(f: Events, state: st.OmsState, intent: Order
 def test_intent_when_within_limits_then_approved_and_position_reports_working_qty(f: Events) -> None:
     intent = f.intent("AAPL", "buy", 100, "50")
 
-    state, out = step(st.OmsState(), intent, CTX)
+    state, out = step(oms_state(), intent, CTX)
 
     decision, pos = out
     assert isinstance(decision, PretradeDecision)
@@ -83,7 +83,7 @@ def test_intent_when_within_limits_then_approved_and_position_reports_working_qt
 
 
 def test_intent_when_sell_approved_then_open_order_qty_is_negative(f: Events) -> None:
-    _, out = step(st.OmsState(), f.intent("AAPL", "sell", 30, "50"), CTX)
+    _, out = step(oms_state(), f.intent("AAPL", "sell", 30, "50"), CTX)
 
     (pos,) = of(PositionChanged, out)
     assert pos.open_order_qty == -30
@@ -110,7 +110,7 @@ def test_intent_when_second_for_symbol_then_intents_seen_counts_both(f: Events) 
 def test_intent_when_shares_above_max_then_order_size_block(f: Events) -> None:
     intent = f.intent("AAPL", "buy", CFG.max_order_shares + 1, "1")  # $10,001: inside the dollar limit
 
-    state, out = step(st.OmsState(), intent, CTX)
+    state, out = step(oms_state(), intent, CTX)
 
     decision, pos = out
     assert decision.approved is False
@@ -124,7 +124,7 @@ def test_intent_when_shares_above_max_then_order_size_block(f: Events) -> None:
 def test_intent_when_dollars_above_max_then_order_size_block(f: Events) -> None:
     intent = f.intent("AAPL", "buy", 1_000, "50.01")  # $50,010 with 1,000 shares: inside the share limit
 
-    _, out = step(st.OmsState(), intent, CTX)
+    _, out = step(oms_state(), intent, CTX)
 
     decision, pos = out
     assert decision.approved is False
@@ -134,7 +134,7 @@ def test_intent_when_dollars_above_max_then_order_size_block(f: Events) -> None:
 
 
 def test_intent_when_exactly_at_limits_then_approved(f: Events) -> None:
-    _, out = step(st.OmsState(), f.intent("AAPL", "buy", 1_000, "50"), CTX)
+    _, out = step(oms_state(), f.intent("AAPL", "buy", 1_000, "50"), CTX)
 
     assert of(PretradeDecision, out)[0].approved is True
 
@@ -171,7 +171,7 @@ def test_pretrade_when_state_already_holds_client_order_id_then_duplicate_order_
 
     assert reason == DUPLICATE_ORDER_BLOCK
     assert details == {"client_order_id": intent.client_order_id}
-    assert pretrade(st.OmsState(), intent, CFG)[0] == "APPROVED"
+    assert pretrade(oms_state(), intent, CFG)[0] == "APPROVED"
 
 
 def test_intent_when_same_intent_again_then_nothing_happens(f: Events) -> None:
@@ -355,14 +355,14 @@ def test_fill_when_order_was_pruned_then_unknown_order_alert_and_position_moves_
 def test_report_when_client_order_id_unknown_then_unknown_order_alert(f: Events) -> None:
     stranger = f.intent("AAPL", cid="CIDv2:other:AAPL:buy:20240305:1m:000000000000:1:1")
 
-    after, out = step(st.OmsState(), f.accepted(stranger), CTX)
+    after, out = step(oms_state(), f.accepted(stranger), CTX)
 
     (alert,) = out
     assert isinstance(alert, AlertRaised)
     assert alert.code == "OMS_UNKNOWN_ORDER"
     assert alert.details["client_order_id"] == stranger.client_order_id
     assert alert.details["report"] == "exec.order_accepted"
-    assert after == st.OmsState()
+    assert after == oms_state()
 
 
 def test_fill_when_same_execution_id_twice_then_position_moves_once(f: Events) -> None:
@@ -691,7 +691,7 @@ def test_intent_when_order_family_set_then_decision_carries_family_legs_and_exit
     f: Events, family: dict[str, object], approved: bool
 ) -> None:
     intent = msgspec.structs.replace(f.intent("AAPL", "buy", 100, "50"), **family)
-    state = st.OmsState() if approved else msgspec.structs.replace(st.OmsState(), halted=True, halt_reason="manual")
+    state = oms_state() if approved else msgspec.structs.replace(oms_state(), halted=True, halt_reason="manual")
 
     _, out = step(state, intent, CTX)
 

@@ -28,7 +28,7 @@ from services.oms.handlers import (
     pretrade,
     step,
 )
-from tests.factories import SESSION, Events, ctx, minute
+from tests.factories import SESSION, Events, ctx, minute, oms_state
 
 D = Decimal
 CFG = OmsConfig(
@@ -48,7 +48,7 @@ def f() -> Events:
 
 
 def run(events: list[object], state: st.OmsState | None = None) -> tuple[st.OmsState, list[PretradeDecision]]:
-    state = state or st.OmsState()
+    state = state or oms_state()
     decided: list[PretradeDecision] = []
     for ev in events:
         state, out = step(state, ev, CTX)
@@ -68,11 +68,11 @@ def test_market_closed_when_the_decision_bar_is_the_close_or_outside_a_session_t
     open_ns, close_ns = session_open_close(date.fromisoformat(SESSION))
     inside = at(f.intent("AAPL", "buy", 10, "50"), close_ns - MINUTE_NS)
 
-    assert pretrade(st.OmsState(), inside, CFG)[0] == "APPROVED"
-    reason, details = pretrade(st.OmsState(), at(inside, close_ns), CFG)
+    assert pretrade(oms_state(), inside, CFG)[0] == "APPROVED"
+    reason, details = pretrade(oms_state(), at(inside, close_ns), CFG)
     assert (reason, details) == (MARKET_CLOSED_BLOCK, {"bar_ts": str(close_ns)})
-    assert pretrade(st.OmsState(), at(inside, close_ns + 60 * MINUTE_NS), CFG)[0] == MARKET_CLOSED_BLOCK
-    assert pretrade(st.OmsState(), at(inside, open_ns - MINUTE_NS), CFG)[0] == MARKET_CLOSED_BLOCK
+    assert pretrade(oms_state(), at(inside, close_ns + 60 * MINUTE_NS), CFG)[0] == MARKET_CLOSED_BLOCK
+    assert pretrade(oms_state(), at(inside, open_ns - MINUTE_NS), CFG)[0] == MARKET_CLOSED_BLOCK
 
 
 @pytest.mark.parametrize(
@@ -94,7 +94,7 @@ def test_price_collar_when_a_price_is_far_through_the_market_then_blocked(
 ) -> None:
     intent = limit(f.intent("AAPL", side, 10, "50"), price, field=field, order_type=order_type)
 
-    reason, details = pretrade(st.OmsState(), intent, CFG)
+    reason, details = pretrade(oms_state(), intent, CFG)
 
     assert (reason == PRICE_COLLAR_BLOCK) is blocked, (reason, details)
     if blocked:
@@ -176,11 +176,11 @@ def test_cancel_loop_when_a_fill_comes_between_the_cancels_then_no_block(f: Even
 def test_canary_when_symbols_listed_then_only_they_trade_and_the_rest_are_denied_canary_mode_active(f: Events) -> None:
     cfg = msgspec.structs.replace(CFG, canary_symbols=("MSFT",))
 
-    reason, details = pretrade(st.OmsState(), f.intent("AAPL", "buy", 10, "50"), cfg)
+    reason, details = pretrade(oms_state(), f.intent("AAPL", "buy", 10, "50"), cfg)
 
     assert (reason, details) == (CANARY_MODE_ACTIVE, {"canary_symbols": "MSFT"})
-    assert pretrade(st.OmsState(), f.intent("MSFT", "buy", 10, "50"), cfg)[0] == "APPROVED"
-    assert pretrade(st.OmsState(), f.intent("AAPL", "buy", 10, "50"), CFG)[0] == "APPROVED"  # off: all trade
+    assert pretrade(oms_state(), f.intent("MSFT", "buy", 10, "50"), cfg)[0] == "APPROVED"
+    assert pretrade(oms_state(), f.intent("AAPL", "buy", 10, "50"), CFG)[0] == "APPROVED"  # off: all trade
 
 
 def test_canary_when_set_by_the_seeds_key_then_the_oms_reads_it_and_a_conflict_is_refused() -> None:
