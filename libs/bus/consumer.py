@@ -1,9 +1,15 @@
 """Durable pull consumers with explicit ack and the ack policy of STYLE 20.
 
 handled -> ack after the batch commits; undecodable or invalid -> copied to the dead-letter
-stream and terminated; transient failure -> nak with delay; a message whose handling raises
-a non-transient error is isolated from its batch and dead-lettered, so one bad message never
-stops a consumer and nothing is silently dropped.
+stream and terminated; a message whose handling raises a non-transient error is isolated from
+its batch and dead-lettered, so one bad message never stops a consumer and nothing is silently
+dropped.
+
+Order is kept across failures and crashes: a transient failure holds the batch and retries it
+(nothing newer is fetched meanwhile, unlike a nak, behind which newer messages would overtake);
+a consumer that finds messages its previous run fetched and never acknowledged (a SIGKILL) starts
+again at its ack floor, so those come first instead of after ack_wait behind newer ones. The
+messages redelivered that were applied already are skipped by the processor's tracking rows.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from typing import TYPE_CHECKING
 
 import msgspec
 import nats.errors
+import nats.js.errors
 from nats.aio.msg import Msg
 from nats.js import api
 
@@ -43,7 +50,7 @@ class ConsumerSpec:
     fetch_timeout: float = 1.0
     ack_wait_sec: float = 10.0  # how long a crashed consumer's messages wait before redelivery
     max_ack_pending: int = 4096
-    nak_delay_sec: float = 1.0
+    retry_delay_sec: float = 1.0  # a batch held by a transient failure is tried again after this
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,22 +88,55 @@ async def fetch_batch(sub, batch: int, timeout: float) -> list[Msg]:  # type: ig
     return msgs
 
 
-async def subscribe(bus: Bus, spec: ConsumerSpec):  # type: ignore[no-untyped-def]
-    """Create (or bind to) the durable pull consumer of a spec."""
-    config = api.ConsumerConfig(
+def consumer_config(spec: ConsumerSpec, start_seq: int = 0) -> api.ConsumerConfig:
+    """The durable's JetStream config: from the stream's start, or from start_seq when given."""
+    return api.ConsumerConfig(
         durable_name=spec.durable,
         ack_policy=api.AckPolicy.EXPLICIT,
-        deliver_policy=api.DeliverPolicy.ALL,
+        deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE if start_seq else api.DeliverPolicy.ALL,
+        opt_start_seq=start_seq or None,
         ack_wait=spec.ack_wait_sec,
         max_deliver=-1,
         max_ack_pending=spec.max_ack_pending,
         filter_subject=spec.filter_subject,
     )
+
+
+async def restart_at_ack_floor(bus: Bus, spec: ConsumerSpec) -> int:
+    """Recreate the durable at its ack floor when a previous run left messages unacknowledged.
+
+    A process killed while it held fetched messages leaves them pending; JetStream would hand them
+    out again only after ack_wait, behind everything published since (a stale intent approved
+    bars late, a fill applied after a later one). Recreated at the ack floor, the consumer delivers
+    them first, in stream order. One process runs a service's consumer, so nobody else holds
+    them. Return the stream sequence it starts at (0: nothing was pending, nothing changed).
+    """
+    stream = bus.subjects.stream(spec.family)
+    try:
+        info = await bus.js.consumer_info(stream, spec.durable)
+    except nats.js.errors.NotFoundError:
+        return 0
+    if not info.num_ack_pending:
+        return 0
+    floor = info.ack_floor.stream_seq if info.ack_floor else 0
+    start = (floor or 0) + 1
+    log.warning(
+        "messages of a previous run unacknowledged: consumer restarts at its ack floor",
+        extra={"consumer": spec.durable, "pending": info.num_ack_pending, "start_seq": start},
+    )
+    await bus.js.delete_consumer(stream, spec.durable)
+    await bus.js.add_consumer(stream, config=consumer_config(spec, start))
+    return start
+
+
+async def subscribe(bus: Bus, spec: ConsumerSpec):  # type: ignore[no-untyped-def]
+    """Create (or bind to) the durable pull consumer of a spec, unacknowledged messages first."""
+    await restart_at_ack_floor(bus, spec)
     return await bus.js.pull_subscribe(
         spec.filter_subject,
         durable=spec.durable,
         stream=bus.subjects.stream(spec.family),
-        config=config,
+        config=consumer_config(spec),
     )
 
 
@@ -140,10 +180,11 @@ async def _apply(
     on_batch: OnBatch,
     metrics: Metrics | None,
     errors: ErrorHandler | None = None,
-) -> None:
+) -> list[Inbound]:
+    """Apply a batch; return what a transient failure left to try again (empty: all done)."""
     try:
         await on_batch(batch)
-    except Exception as e:  # classified: transient -> nak; anything else -> isolate, dead-letter, act
+    except Exception as e:  # classified: transient -> held and retried; anything else -> isolate, dead-letter, act
         dependency = dependency_of(e, spec.durable)
         info = classify_exception(e, dependency=dependency)
         if info.retryable:
@@ -151,15 +192,14 @@ async def _apply(
                 await _handle(errors, e, dependency=dependency, context=f"consumer {spec.durable}")
             elif metrics:
                 metrics.errors.labels(metrics.service, info.category.value, info.reason_code).inc()
-            log.warning("transient failure, will redeliver", extra={"consumer": spec.durable, "error": repr(e)})
-            for inbound in batch:
-                await inbound.msg.nak(delay=spec.nak_delay_sec)
-            return
+            log.warning("transient failure, batch held for retry", extra={"consumer": spec.durable, "error": repr(e)})
+            return batch
         if len(batch) > 1:
             # find the poison message: apply one at a time (each apply is atomic)
-            for inbound in batch:
-                await _apply(bus, spec, [inbound], on_batch, metrics, errors)
-            return
+            for n, inbound in enumerate(batch):
+                if await _apply(bus, spec, [inbound], on_batch, metrics, errors):
+                    return batch[n:]  # held from here: the ones before it are done (acked)
+            return []
         log.exception("handler failed; dead-lettering", extra={"consumer": spec.durable, "reason": info.reason_code})
         await bus.dead_letter(spec.durable, batch[0].msg, e)
         if metrics:
@@ -171,11 +211,41 @@ async def _apply(
             await _handle(errors, e, dependency=dependency, context=where, key=f"{spec.durable}:{batch[0].stream_seq}")
         elif metrics:
             metrics.errors.labels(metrics.service, info.category.value, info.reason_code).inc()
-        return
+        return []
     for inbound in batch:
         await inbound.msg.ack()
     if metrics:
         metrics.consumed.labels(metrics.service, spec.durable).inc(len(batch))
+    return []
+
+
+async def _apply_in_order(
+    bus: Bus,
+    spec: ConsumerSpec,
+    batch: list[Inbound],
+    on_batch: OnBatch,
+    stop: asyncio.Event,
+    metrics: Metrics | None,
+    errors: ErrorHandler | None,
+) -> None:
+    """Apply a batch, holding it through transient failures so nothing newer overtakes it.
+
+    While held, the messages are kept ours (in_progress resets their ack_wait). On stop they are
+    nak'd: the next run gets them first.
+    """
+    while batch := await _apply(bus, spec, batch, on_batch, metrics, errors):
+        try:
+            await asyncio.wait_for(stop.wait(), timeout=spec.retry_delay_sec)
+        except TimeoutError:
+            pass
+        try:
+            for inbound in batch:
+                await (inbound.msg.nak() if stop.is_set() else inbound.msg.in_progress())
+        except Exception as e:  # classified: the bus is down too; redelivery after ack_wait covers it
+            info = classify_exception(e, dependency=dependency_of(e, "bus"))
+            log.warning("could not keep a held batch", extra={"consumer": spec.durable, "reason": info.reason_code})
+        if stop.is_set():
+            return
 
 
 async def run_consumer(
@@ -204,4 +274,4 @@ async def run_consumer(
             raise
         batch = await _decode_batch(bus, spec, msgs, metrics, errors)
         if batch:
-            await _apply(bus, spec, batch, on_batch, metrics, errors)
+            await _apply_in_order(bus, spec, batch, on_batch, stop, metrics, errors)

@@ -222,7 +222,7 @@ def consumers(
         # same decision sees that one's commit when it gets in (checked under the hold)
         async with live.calling(cid):
             if await processor.store.is_tracked(decisions.durable, inbound.stream_seq):
-                return  # applied before (a crash or a nak lost the ack)
+                return  # applied before (a crash or a held batch lost the ack)
             with tracing.span("execution submit", parent_headers=inbound.headers):
                 await submit_or_refuse(inbound, d)
         await after_call(processor, live, cid)
@@ -236,7 +236,7 @@ def consumers(
         # other checks only stop orders that have not yet left for the broker
         fresh = not await processor.store.has_outbox_event(handlers.submitted_event_id(cid))
         if fresh and any([await processor.store.has_outbox_event(i) for i in handlers.refused_event_ids(cid)]):
-            # skipped or failed already (its tracking row was lost with a nak): that is its outcome
+            # skipped or failed already (its tracking row was lost with a failed batch): that is its outcome
             await processor.apply(decisions.durable, [inbound], lambda s, _e, _c: (s, []))
             return
         if fresh:
@@ -410,7 +410,7 @@ def consumers(
                 await submit_one(inbound, d)
 
         # every symbol's task runs to its end before a failure of one is raised (and the batch
-        # nak'd), so no task is still deciding an order when its redelivery arrives
+        # held for retry), so no task is still deciding an order when it is tried again
         done = await asyncio.gather(*(in_order(items) for items in by_symbol.values()), return_exceptions=True)
         failures = [r for r in done if isinstance(r, BaseException)]
         if failures:

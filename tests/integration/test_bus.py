@@ -16,7 +16,7 @@ import pytest
 from nats.js import api
 
 from libs.bus import Bus, ConsumerSpec, Inbound, run_consumer
-from libs.bus.consumer import OnBatch
+from libs.bus.consumer import OnBatch, subscribe
 from libs.contracts import subjects as sj
 from libs.contracts.base import derive_id
 from libs.contracts.codec import decode_event, encode
@@ -86,7 +86,7 @@ def md_spec(bus: Bus, **overrides: object) -> ConsumerSpec:
         filter_subject=bus.subjects.family_wildcard(sj.MD),
         decode=lambda _subject, data: decode_event(data),
         fetch_timeout=0.2,
-        nak_delay_sec=0.05,
+        retry_delay_sec=0.05,
     )
     fields.update(overrides)
     return ConsumerSpec(**fields)  # type: ignore[arg-type]
@@ -306,26 +306,68 @@ async def test_consume_when_handler_fails_for_one_message_in_a_batch_then_only_t
     assert decode_event(letter.data).symbol == "POISON"  # type: ignore[attr-defined]
 
 
-async def test_consume_when_handler_raises_transient_error_then_message_is_redelivered_and_handled(bus: Bus):
-    attempts: list[int] = []
+async def test_consume_when_handler_raises_transient_error_then_batch_is_held_and_applied_before_newer_messages(
+    bus: Bus,
+):
+    """A transient failure (the database blinked) holds the batch: it is tried again, in place,
+    and a bar published meanwhile is applied after it, never before (a nak would let it overtake)."""
+    attempts: list[tuple[str, int]] = []
     committed: list[str] = []
+    failed_once = asyncio.Event()
 
     async def on_batch(batch: list[Inbound]) -> None:
-        attempts.append(batch[0].msg.metadata.num_delivered)
-        if len(attempts) == 1:
+        symbols = [i.payload.symbol for i in batch]  # type: ignore[attr-defined]
+        attempts.append((",".join(symbols), batch[0].msg.metadata.num_delivered))
+        if not failed_once.is_set():
+            failed_once.set()
             raise ConnectionError("postgres connection reset")
-        committed.extend(i.payload.symbol for i in batch)  # type: ignore[attr-defined]
+        committed.extend(symbols)
 
-    await bus.publish(bar("RETRY", 1))
+    await bus.publish(bar("FIRST", 1))
 
-    async with consuming(bus, md_spec(bus), on_batch):
-        await eventually(lambda: committed == ["RETRY"], what="the redelivered bar")
+    async with consuming(bus, md_spec(bus, retry_delay_sec=0.3), on_batch):
+        await asyncio.wait_for(failed_once.wait(), timeout=5)
+        await bus.publish(bar("SECOND", 2))  # while FIRST is held
+        await eventually(lambda: committed == ["FIRST", "SECOND"], what="both bars, in order")
         info = await bus.js.consumer_info(bus.subjects.stream(sj.MD), CONSUMER)
 
-    assert attempts == [1, 2]  # the nak brought the same message back, delivered a second time
+    # FIRST tried twice in the same delivery (held, not redelivered), SECOND only after it
+    assert attempts == [("FIRST", 1), ("FIRST", 1), ("SECOND", 1)]
     assert info.num_ack_pending == 0 and info.num_pending == 0
-    assert info.delivered.consumer_seq == 2
+    assert info.num_redelivered == 0 and info.delivered.consumer_seq == 2
     assert await stream_count(bus, sj.DLQ) == 0
+
+
+async def test_consume_when_previous_run_died_holding_messages_then_they_come_first_without_waiting_ack_wait(
+    bus: Bus,
+):
+    """A process killed while it held fetched messages leaves them pending at JetStream; the next
+    run starts at the ack floor, so they come before newer ones and without waiting ack_wait."""
+    spec = md_spec(bus, ack_wait_sec=60.0)  # a redelivery by timeout would fail the test below
+    # the previous run: applies bar 1, then fetches bar 2 and dies before it acks
+    await bus.publish(bar("ONE", 1))
+    await bus.publish(bar("TWO", 2))
+    dead = await subscribe(bus, spec)
+    [one] = await dead.fetch(1, timeout=2)
+    await one.ack()
+    [held] = await dead.fetch(1, timeout=2)
+    await dead.unsubscribe()
+    await bus.publish(bar("THREE", 3))  # published while the service was down
+    stream = bus.subjects.stream(sj.MD)
+    before = await bus.js.consumer_info(stream, CONSUMER)
+
+    applied: list[str] = []
+
+    async def on_batch(batch: list[Inbound]) -> None:
+        applied.extend(i.payload.symbol for i in batch)  # type: ignore[attr-defined]
+
+    async with consuming(bus, spec, on_batch):
+        await eventually(lambda: len(applied) >= 2, what="the held bar and the newer one")
+        after = await bus.js.consumer_info(stream, CONSUMER)
+
+    assert (json.loads(held.data)["symbol"], before.num_ack_pending, before.ack_floor.stream_seq) == ("TWO", 1, 1)
+    assert applied == ["TWO", "THREE"]  # the held one first; ONE (acked) not again
+    assert (after.num_ack_pending, after.num_pending, after.ack_floor.stream_seq) == (0, 0, 3)
 
 
 # --- processor idempotency and the outbox relay ---------------------------------------------

@@ -443,21 +443,21 @@ async def test_submit_when_killed_at_each_crash_point_then_no_duplicate_order_an
     }
 
 
-async def test_fills_when_oms_dies_holding_a_delivered_fill_then_position_counts_each_fill_once(
+async def test_fills_when_oms_dies_holding_a_delivered_fill_then_it_comes_first_and_each_fill_counts_once(
     cluster: Cluster, namespace: Namespace, nats_url: str, nc: nats.NATS, pg: asyncpg.Connection
 ):
-    """A report JetStream delivered to the OMS just before it died comes back after the ones behind it.
+    """A report JetStream delivered to the OMS just before it died comes back first, in stream order.
 
     What a SIGKILL leaves when it lands while the OMS holds a fetched, not yet committed message
     (the crash points above hit it now and then: a report delivered in the instant before the
-    kill). Redelivery waits for the consumer's ack_wait, and the restarted OMS is meanwhile
-    handed the newer messages. Here the test stands in for the OMS's last fetch, so it is
-    deterministic: with the OMS killed, it fetches the order's first (partial) fill from the
-    durable `oms-reports` and never acks it, as a dead process would not; then the order's
+    kill). JetStream alone would redeliver it only after the consumer's ack_wait, behind the
+    newer messages; the restarted OMS finds it pending and starts its consumer at the ack floor
+    (libs.bus.consumer.restart_at_ack_floor). Here the test stands in for the OMS's last fetch,
+    so it is deterministic: with the OMS killed, it fetches the order's first (partial) fill from
+    the durable `oms-reports` and never acks it, as a dead process would not; then the order's
     second fill comes, and the OMS is restarted.
 
-    The log keeps the order the OMS saw them in (the later fill first); the position moves by
-    cumulative quantity, so it counts every share once whatever that order.
+    The log has the fills in the venue's order, and the position counts every share once.
     """
     # Arrange: an order that fills over two bars, acknowledged
     run = await arrange(cluster, namespace, nats_url, nc, pg)
@@ -486,7 +486,7 @@ async def test_fills_when_oms_dies_holding_a_delivered_fill_then_position_counts
         await settle(lambda: current(run.seen.about(cid, FILLED)), bool)
         await run.restart("oms")
         row = await run.until(cid, finished)
-        # the held fill comes back once its ack_wait has run out: wait until the OMS acked everything
+        # wait until the OMS acked everything
         consumer = await settle(
             lambda: js.consumer_info(stream, "oms-reports"), lambda c: c.num_ack_pending == 0 and c.num_pending == 0
         )
@@ -499,7 +499,7 @@ async def test_fills_when_oms_dies_holding_a_delivered_fill_then_position_counts
                 sum(int(o["filled_qty"]) for o in await run.venue_orders(symbol) if o["client_order_id"] == cid),
             ),
             "position (oms, venue)": (await run.oms_position(symbol), await run.venue_position(symbol)),
-            "fills in the log, as seen": sorted((r["event_type"], r["cum_qty"]) for r in logged),
+            "fills in the log, in log order": [(r["event_type"], r["cum_qty"]) for r in logged],
             "oms alerts": [(a["code"], a["message"]) for a in run.seen.alerts if a["source"] == "oms"],
         }
     finally:
@@ -511,6 +511,6 @@ async def test_fills_when_oms_dies_holding_a_delivered_fill_then_position_counts
         "oms": oms.FILLED,
         "filled (oms, venue)": (TWO_BAR_QTY, TWO_BAR_QTY),
         "position (oms, venue)": (TWO_BAR_QTY, TWO_BAR_QTY),
-        "fills in the log, as seen": sorted([(PARTIAL, 100), (FILLED, TWO_BAR_QTY)]),
+        "fills in the log, in log order": [(PARTIAL, 100), (FILLED, TWO_BAR_QTY)],
         "oms alerts": [],
     }
