@@ -89,9 +89,10 @@ class SoakOptions:
 
     kills: int = 200
     seed: int = 7
-    # five XNYS sessions: 200 kills take ~10 min, in which the feed (waiting for every restarted
-    # service) made 200 to 1424 bar timestamps on 2 cores; bars still flow at the last kill
-    minutes: int = 1950
+    # ten XNYS sessions: 200 kills take ~10 min, in which the feed (waiting for every restarted
+    # service) made 200 to 1424 bar timestamps on 2 cores; the run's bound holds across
+    # marketdata's restarts, so it must outlast the kills by itself
+    minutes: int = 3900
     # keel up's --speed; a multiple of real time (e.g. 240) caps the feed so it cannot run out
     # before the kills whatever the pipeline does (a halted one runs ~4 bar timestamps/s)
     speed: str = "max"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 
 import nats
 import nats.errors
@@ -14,6 +15,7 @@ from nats.aio.msg import Msg
 from nats.js import api
 from nats.js.kv import KeyValue
 
+from libs.config import redact_url
 from libs.contracts import subjects as sj
 from libs.contracts.base import Event
 from libs.contracts.codec import decode_halt_state, encode
@@ -28,6 +30,10 @@ log = logging.getLogger(__name__)
 DUPLICATE_WINDOW_SEC = 20 * 60
 HEARTBEAT_MAX_AGE_SEC = 10 * 60
 CONNECT_TIMEOUT_SEC = 5.0
+SERVER_ERRORS_KEPT = 8
+# what a server says (nats-py lowercased) when it refuses a connection's user or password
+REFUSED_CREDENTIALS = "authorization violation"
+DENIED = "permissions violation"  # ... for publish to "<subject>": a publish the server dropped
 
 
 class BusUnavailable(DependencyUnavailable):
@@ -58,38 +64,81 @@ class Bus:
         self._ctl_kv: KeyValue | None = None
         self._brk_kv: KeyValue | None = None
         self._rl_kv: KeyValue | None = None
+        self.server_errors: deque[str] = deque(maxlen=SERVER_ERRORS_KEPT)
+        self.denied = asyncio.Event()  # set when the server refused a publish (permissions)
 
     @classmethod
     async def connect(cls, url: str, subjects: sj.Subjects, *, service: str) -> Bus:
-        """Connect or raise BusUnavailable naming the URL (fail fast at start)."""
+        """Connect or raise BusUnavailable naming the URL, never its password (fail fast at start).
+
+        A server that refuses the credentials fails the connect at once with the server's words
+        (nats-py, allowed to reconnect, would otherwise retry the handshake until the time bound).
+        """
         nc = NatsClient()
-        try:
-            # a bounded first connect: with reconnects allowed nats-py would retry forever
-            await asyncio.wait_for(
-                nc.connect(
-                    url,
-                    name=f"keel-{service}",
-                    connect_timeout=2,
-                    allow_reconnect=True,
-                    max_reconnect_attempts=-1,
-                    reconnect_time_wait=0.5,
-                ),
-                timeout=CONNECT_TIMEOUT_SEC,
+        where = redact_url(url)
+        server_errors: deque[str] = deque(maxlen=SERVER_ERRORS_KEPT)
+        refused = asyncio.Event()
+        denied = asyncio.Event()
+
+        async def on_error(e: Exception) -> None:
+            said = str(e) or type(e).__name__
+            server_errors.append(said)
+            if not nc.is_connected and REFUSED_CREDENTIALS in said.lower():
+                refused.set()
+            if DENIED in said.lower():
+                denied.set()
+            log.warning("nats error", extra={"service": service, "error": said})
+
+        connecting = asyncio.ensure_future(
+            nc.connect(
+                url,
+                name=f"keel-{service}",
+                connect_timeout=2,
+                allow_reconnect=True,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.5,
+                error_cb=on_error,
             )
-        except (OSError, nats.errors.Error, TimeoutError) as e:
+        )
+        # a bounded first connect: with reconnects allowed nats-py would retry forever
+        waiting = asyncio.ensure_future(refused.wait())
+        await asyncio.wait({connecting, waiting}, timeout=CONNECT_TIMEOUT_SEC, return_when=asyncio.FIRST_COMPLETED)
+        waiting.cancel()
+        problem: BaseException | None = None
+        if not connecting.done():
+            connecting.cancel()
+            why = server_errors[-1] if server_errors else f"no answer within {CONNECT_TIMEOUT_SEC:.0f} s"
+            problem = TimeoutError(why)
+        elif connecting.cancelled():
+            problem = TimeoutError("connect canceled")
+        elif connecting.exception() is not None:
+            problem = connecting.exception()
+        if problem is not None:
             await nc.close()
-            why = str(e) or f"no answer within {CONNECT_TIMEOUT_SEC:.0f} s"
-            raise BusUnavailable(f"NATS at {url} is unreachable: {why}") from e
+            why = str(problem) or (server_errors[-1] if server_errors else type(problem).__name__)
+            if refused.is_set():  # the server's words, not the reset that followed them
+                said = next(e for e in server_errors if REFUSED_CREDENTIALS in e.lower())
+                why = f"{said} (the server refused the credentials in the URL)"
+            raise BusUnavailable(f"NATS at {where} is unreachable: {why}") from problem
         bus = cls(nc, subjects, service)
+        bus.server_errors = server_errors
+        bus.denied = denied
         try:
             await bus.js.account_info()
         except nats.js.errors.Error as e:
             await nc.close()
-            raise BusUnavailable(f"NATS at {url} has no JetStream enabled: {e}") from e
+            raise BusUnavailable(f"NATS at {where} has no JetStream enabled: {e}") from e
         return bus
 
+    def last_server_error(self) -> str:
+        """The last error the server sent this connection (a refused publish), or ''."""
+        return self.server_errors[-1] if self.server_errors else ""
+
     async def provision(self) -> None:
-        """Create or update every stream and the control bucket; safe to run concurrently."""
+        """Create or update every stream and bucket; safe to run concurrently.
+
+        Needs JetStream administration: `keel provision` as the operator, `keel up`, the tests.
+        """
         for family in sj.FAMILIES:
             config = _stream_config(self.subjects, family)
             try:
@@ -98,6 +147,53 @@ class Bus:
                 # exists with another config (e.g. an older keel): bring it up to date
                 await self.js.update_stream(config)
         await self.control_kv()
+        await self.breakers_kv()
+        await self.limits_kv()
+
+    async def unprovisioned(self) -> list[str]:
+        """Return the streams (key-value buckets as their KV_ streams) that do not exist yet."""
+        names = [self.subjects.stream(f) for f in sj.FAMILIES]
+        names += [f"KV_{self.subjects.kv(b)}" for b in (sj.KV_CONTROL, sj.KV_BREAKERS, sj.KV_LIMITS)]
+        missing = []
+        for name in names:
+            try:
+                await self.js.stream_info(name)
+            except nats.js.errors.NotFoundError:
+                missing.append(name)
+        return missing
+
+    async def ensure_provisioned(self) -> None:
+        """Check every stream and bucket exists; create what is missing, or fail naming who may.
+
+        Under the deploy config a service's identity may not create or change streams (a stream's
+        republish or sources could land a message on keel.ctl.resume): `keel provision`, run as
+        the operator, does it. Where the identity may (keel up, the tests), what is missing is
+        created here.
+        """
+        missing = await self.unprovisioned()
+        if not missing:
+            return
+        # a JetStream API request the permissions refuse gets no answer, only the server's error:
+        # that error ends the wait at once instead of the request's timeout
+        self.denied.clear()
+        creating = asyncio.ensure_future(self.provision())
+        denied = asyncio.ensure_future(self.denied.wait())
+        await asyncio.wait({creating, denied}, return_when=asyncio.FIRST_COMPLETED)
+        denied.cancel()
+        problem: BaseException | None = None
+        if not creating.done():
+            creating.cancel()
+            problem = PermissionError(self.last_server_error())
+        elif not creating.cancelled() and creating.exception() is not None:
+            problem = creating.exception()
+        if isinstance(problem, (PermissionError, nats.errors.Error, TimeoutError)):
+            said = self.last_server_error() or repr(problem)
+            raise BusUnavailable(
+                f"JetStream lacks {', '.join(missing)} and this NATS user may not create them ({said}): "
+                "run `keel provision` with the operator identity"
+            ) from problem
+        if problem is not None:
+            raise problem
 
     async def control_kv(self) -> KeyValue:
         """Return the control bucket holding the halt flag, creating it if needed."""

@@ -15,6 +15,7 @@ messages redelivered that were applied already are skipped by the processor's tr
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -234,10 +235,8 @@ async def _apply_in_order(
     nak'd: the next run gets them first.
     """
     while batch := await _apply(bus, spec, batch, on_batch, metrics, errors):
-        try:
+        with contextlib.suppress(TimeoutError):  # the retry delay ran out without a stop: try again
             await asyncio.wait_for(stop.wait(), timeout=spec.retry_delay_sec)
-        except TimeoutError:
-            pass
         try:
             for inbound in batch:
                 await (inbound.msg.nak() if stop.is_set() else inbound.msg.in_progress())

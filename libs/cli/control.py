@@ -13,14 +13,17 @@ import time
 from typing import Any
 
 import httpx
+import nats.errors
 from nats.js.errors import NotFoundError
 
 from libs.bus import Bus, BusUnavailable
+from libs.config import redact_url
 from libs.contracts import subjects as sj
 from libs.contracts.control import HaltState
 from libs.contracts.subjects import Subjects
 from libs.errors.breakers import BreakerPolicy, Breakers
 
+CTL_ACK_TIMEOUT_SEC = 3.0  # a stored command is acknowledged in milliseconds
 COUNTED = {
     "bars": (sj.MD, "bar_closed"),
     "targets": (sj.SIGNAL, "target_proposed"),
@@ -59,15 +62,28 @@ async def counts(bus: Bus) -> dict[str, int]:
     return out
 
 
+class CommandNotStored(RuntimeError):
+    """The stream did not acknowledge a control command (refused by permissions, or no answer)."""
+
+
 async def send(
     nats_url: str, prefix: str, verb: str, body: dict[str, Any], *, wait_halt: bool | None
 ) -> dict[str, Any]:
     """Publish a control command; optionally wait (up to 5 s) until the halt flag shows it applied."""
     bus = await Bus.connect(nats_url, Subjects(prefix), service="cli")
     try:
-        await bus.provision()
+        await bus.ensure_provisioned()
         started = time.monotonic()
-        ack = await bus.js.publish(bus.subjects.ctl(verb), json.dumps(body).encode())
+        subject = bus.subjects.ctl(verb)
+        try:
+            ack = await bus.js.publish(subject, json.dumps(body).encode(), timeout=CTL_ACK_TIMEOUT_SEC)
+        except (nats.errors.TimeoutError, TimeoutError) as e:
+            # a publish the server's permissions refuse is dropped, and no PubAck ever comes
+            said = bus.last_server_error() or f"no PubAck within {CTL_ACK_TIMEOUT_SEC:.0f} s"
+            raise CommandNotStored(
+                f"{subject} was not stored: {said}. Resume and cancel-all need the NATS operator "
+                "identity (KEEL_NATS_URL=nats://operator:<password>@host:4222)"
+            ) from e
         result: dict[str, Any] = {"subject": bus.subjects.ctl(verb), "stream_seq": ack.seq, "body": body}
         if wait_halt is not None:
             state: HaltState | None = None
@@ -81,6 +97,21 @@ async def send(
             result["applied_after_ms"] = round((time.monotonic() - started) * 1000, 1)
             result["halt"] = {"halted": state.halted, "reason": state.reason} if state else None
         return result
+    finally:
+        await bus.close()
+
+
+async def provision(nats_url: str, prefix: str) -> dict[str, Any]:
+    """Create or update every stream and bucket (`keel provision`, as the NATS operator)."""
+    bus = await Bus.connect(nats_url, Subjects(prefix), service="cli")
+    try:
+        missing = await bus.unprovisioned()
+        try:
+            await bus.provision()
+        except (nats.errors.Error, TimeoutError) as e:
+            said = bus.last_server_error() or repr(e)
+            raise CommandNotStored(f"streams not provisioned: {said}; provisioning needs the operator identity") from e
+        return {"provisioned": prefix, "created": missing}
     finally:
         await bus.close()
 
@@ -101,7 +132,7 @@ async def status(up: dict[str, Any]) -> dict[str, Any]:
             services[name] = entry
     out: dict[str, Any] = {
         "prefix": up.get("prefix"),
-        "nats_url": up.get("nats_url"),
+        "nats_url": redact_url(up.get("nats_url") or ""),
         "database_url": up.get("database_url_redacted"),
         "services": services,
         "exchange": up.get("exchange"),

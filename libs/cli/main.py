@@ -1,4 +1,4 @@
-"""`keel`: up, status, kill, resume, cancel-all, migrate."""
+"""`keel`: up, status, kill, resume, cancel-all, migrate, provision."""
 
 from __future__ import annotations
 
@@ -72,6 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     ca = sub.add_parser("cancel-all", help="cancel every open order at the broker")
     ca.add_argument("--reason", default="operator")
     sub.add_parser("migrate", help="alembic upgrade head for KEEL_DATABASE_URL / KEEL_SCHEMA_PREFIX")
+    sub.add_parser(
+        "provision", help="create or update the JetStream streams and buckets (KEEL_NATS_URL as the operator)"
+    )
 
     args = parser.parse_args(argv)
     try:
@@ -104,6 +107,14 @@ def main(argv: list[str] | None = None) -> int:
             return _control(args, "resume", {"reason": args.reason}, False)
         if args.verb == "cancel-all":
             return _control(args, "cancel_all", {"reason": args.reason}, None)
+        if args.verb == "provision":
+            from libs.cli import control
+
+            common = load(None).common
+            if not common.nats_url:
+                raise ConfigError("KEEL_NATS_URL: expected the NATS URL (as the operator), was empty")
+            print(json.dumps(asyncio.run(control.provision(common.nats_url, common.prefix))))
+            return 0
         if args.verb == "migrate":
             from libs.runtime.migrate import migrate
 

@@ -102,7 +102,7 @@ def _servers(opts: UpOptions) -> tuple[str, str, EmbeddedNats | None, EmbeddedPo
     return nats_url, database_url, en, ep
 
 
-def _child_env(cluster: Cluster, opts: UpOptions, keys: dict[str, str]) -> dict[str, str]:
+def _child_env(cluster: Cluster, opts: UpOptions, keys: dict[str, str], run_id: str) -> dict[str, str]:
     # keel up trades the local exchange: a shell's Alpaca keys must not reach its execution
     env = {k: v for k, v in os.environ.items() if k not in ("ALPACA_API_KEY", "ALPACA_SECRET_KEY")}
     env.update(
@@ -124,6 +124,7 @@ def _child_env(cluster: Cluster, opts: UpOptions, keys: dict[str, str]) -> dict[
         "KEEL_MD_FILE_PATH": opts.file,
         "KEEL_MD_SYMBOLS": opts.symbols,
         "KEEL_MD_MINUTES": str(opts.minutes) if opts.minutes else "",
+        "KEEL_MD_RUN_ID": run_id,  # a marketdata restart goes on to this run's end, not N more
         "KEEL_MD_SPEED": opts.speed,
         "KEEL_MD_START_DATE": opts.start_date,
         "KEEL_MD_SEED": "" if opts.seed is None else str(opts.seed),
@@ -149,7 +150,7 @@ async def _write_manifest(cluster: Cluster, opts: UpOptions, run_id: str) -> dic
     doc = manifest.build(
         run_id=run_id,
         options=vars(opts) | {"var": str(opts.var)},
-        env=_child_env(cluster, opts, {"api_key_id": "", "api_secret_key": ""}),
+        env=_child_env(cluster, opts, {"api_key_id": "", "api_secret_key": ""}, run_id),
     )
     manifest.write_file(opts.var / "runs", doc)
     conn = await asyncpg.connect(cluster.database_url)
@@ -240,7 +241,7 @@ async def run(opts: UpOptions) -> int:
         keys = _exchange_keys(opts.var)
         run_id = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S") + "-" + secrets.token_hex(3)
         doc = await _write_manifest(cluster, opts, run_id)
-        env = _child_env(cluster, opts, keys)
+        env = _child_env(cluster, opts, keys, run_id)
         start_counts = await control.counts(bus)
         for name in SERVICES:
             child_env = dict(env)

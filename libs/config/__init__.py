@@ -58,6 +58,7 @@ DEPLOYMENT_KEYS = frozenset(
         "KEEL_CONFIG_FILE",
         "KEEL_VAR",
         "KEEL_CRASH_AT",
+        "KEEL_MD_RUN_ID",
     }
 )
 SECRET_MARKERS = ("SECRET", "PASSWORD", "TOKEN", "API_KEY", "_KEY_ID")
@@ -134,13 +135,19 @@ def _is_secret(key: str) -> bool:
     return any(marker in key.upper() for marker in SECRET_MARKERS)
 
 
+def redact_url(url: str) -> str:
+    """Return a URL with its user:password replaced by *** (scheme, host and path kept)."""
+    if "://" not in url or "@" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
+
+
 def _redact_value(key: str, value: object) -> object:
     if _is_secret(key) and value not in ("", None):
         return "***"
-    if isinstance(value, str) and "://" in value and "@" in value:
-        # a URL with credentials: keep scheme and host, drop user:password
-        scheme, rest = value.split("://", 1)
-        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    if isinstance(value, str):
+        return redact_url(value)
     return value
 
 

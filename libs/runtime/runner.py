@@ -190,7 +190,7 @@ async def connect(name: str, loaded: Loaded, clock: Clock | None = None) -> Deps
     if not common.database_url:
         raise DependencyUnavailable("KEEL_DATABASE_URL: expected a Postgres URL, was empty")
     bus = await Bus.connect(common.nats_url, Subjects(common.prefix), service=name)
-    await bus.provision()
+    await bus.ensure_provisioned()
     pool = await connect_pool(common.database_url)
     store = Store(pool, schema_name(common.schema_prefix, name))
     await store.check_migrated()

@@ -17,7 +17,7 @@ def router(processor: Processor, progress: Any) -> APIRouter:  # type: ignore[ty
     @r.get("/progress")
     async def get_progress() -> dict[str, object]:
         return {
-            "emitted_this_run": progress.emitted_this_run,
+            "emitted_this_run": processor.state.emitted - processor.state.run_start,
             "done": progress.done,
             "last_ts": processor.state.last_ts,
             "session": processor.state.session,

@@ -38,8 +38,7 @@ class Progress:
     """What this run of the feed has done (for `keel up` progress and exit-when-done)."""
 
     def __init__(self) -> None:
-        self.emitted_this_run = 0
-        self.done = False
+        self.done = False  # the run's minutes are emitted (the counts are in the feed state)
 
 
 async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
@@ -103,7 +102,9 @@ async def feed(
     """Emit bar timestamps until the configured minutes are done (or forever)."""
     cfg: MdConfig = deps.section
     await asyncio.to_thread(sessions.load)  # the calendar, before the first request or bar needs it
-    run_cfg = msgspec.structs.replace(cfg, minutes=processor.state.emitted + cfg.minutes) if cfg.minutes else cfg
+    await processor.commit(lambda s: (handlers.start_run(s, cfg), []))
+    end = processor.state.run_end  # the run's last emitted count (0 = unbounded)
+    run_cfg = msgspec.structs.replace(cfg, minutes=end)
     timeout = cfg.watermark_timeout_sec or None
     speed = cfg.speed_multiplier
     file_groups = feeds.file_feed(cfg.file_path, processor.ctx()) if cfg.feed == "file" else None
@@ -116,7 +117,7 @@ async def feed(
             )
         if file_groups is not None:
             group = next((g for g in file_groups if g[1].bar_ts > state.last_ts), None)
-            if group is None or (cfg.minutes and progress.emitted_this_run >= cfg.minutes):
+            if group is None or (end and state.emitted >= end):
                 break
             bars, wm = group
 
@@ -137,7 +138,7 @@ async def feed(
             if not answered:
                 await _sleep_or_stop(stop, cfg.data_retry_sec)
                 continue
-            last = bool(cfg.minutes) and progress.emitted_this_run + 1 >= cfg.minutes
+            last = bool(end) and state.emitted + 1 >= end
 
             def advance(  # type: ignore[no-untyped-def]
                 s: FeedState, bars: list[BarClosed] = fetched, ts: int = ts, now: int = now, last: bool = last
@@ -160,11 +161,11 @@ async def feed(
         # each bar timestamp starts a trace that its bars carry to every hop down to the fills
         with tracing.span("marketdata cycle", kind=SpanKind.PRODUCER):
             await processor.commit(advance)
-        progress.emitted_this_run += 1
         if speed is not None:
             await _sleep_or_stop(stop, 60.0 / speed)
     progress.done = True
-    log.info("feed finished", extra={"emitted_this_run": progress.emitted_this_run, "last_ts": processor.state.last_ts})
+    done = processor.state
+    log.info("feed finished", extra={"emitted_this_run": done.emitted - done.run_start, "last_ts": done.last_ts})
     await stop.wait()
 
 

@@ -41,6 +41,9 @@ class MdConfig(Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
     symbols: Annotated[tuple[str, ...], msgspec.Meta(min_length=1)] = ("AAPL", "MSFT", "SPY")
     start_date: str = "2026-01-05"  # first session date to generate, YYYY-MM-DD
     minutes: Annotated[int, msgspec.Meta(ge=0)] = 0  # bar timestamps to emit in this run; 0 = unbounded
+    # the run these minutes belong to (keel up sets it): a restart with the same id keeps the run's
+    # end; without one, every start is a new run of `minutes`
+    run_id: str = ""
     speed: str = "max"  # "max" or a positive multiple of real time
     file_path: str = ""
     seed: int = 7

@@ -93,6 +93,18 @@ def watermark(ts_ns: int, now_ns: int, *, final: bool = False) -> Watermark:
     )
 
 
+def start_run(state: FeedState, cfg: MdConfig) -> FeedState:
+    """Fix where this run starts and ends, counted from its first start, not from each restart.
+
+    The same run_id as the stored state's is the same run going on (a restart under `keel up`):
+    its end stays. Anything else starts a run of cfg.minutes from what was emitted so far.
+    """
+    if cfg.run_id and state.run_id == cfg.run_id:
+        return state
+    end = state.emitted + cfg.minutes if cfg.minutes else 0
+    return msgspec.structs.replace(state, run_id=cfg.run_id, run_start=state.emitted, run_end=end)
+
+
 def next_timestamp(state: FeedState, cfg: MdConfig) -> int | None:
     """Return the next bar close to emit after state, or None when cfg.minutes are done."""
     if cfg.minutes and state.emitted >= cfg.minutes:

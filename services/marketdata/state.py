@@ -14,6 +14,11 @@ class FeedState(msgspec.Struct, frozen=True, kw_only=True):
     last_ts: int = 0  # close time (ns UTC) of the last bar emitted; 0 = nothing emitted yet
     session: str = ""  # XNYS session of last_ts, YYYY-MM-DD
     emitted: int = 0  # bar timestamps emitted so far, counted against MdConfig.minutes
+    # the run under way (handlers.start_run): its id, where it started and where it ends, so a
+    # restart inside `keel up --minutes N` goes on to the same end instead of N more
+    run_id: str = ""
+    run_start: int = 0  # emitted when the run first started
+    run_end: int = 0  # emitted at which the run is done; 0 = unbounded
 
 
 INITIAL = FeedState()

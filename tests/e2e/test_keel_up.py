@@ -242,7 +242,7 @@ async def test_keel_up_when_bracket_policy_trades_then_exit_legs_fill_and_ledger
     assert set(by) <= {(role, s) for role in ("take_profit", "stop_loss") for s in ("FILLED", "CANCELED", "ACKED")}
 
 
-@pytest.mark.parametrize("victim", ["oms", "execution"])
+@pytest.mark.parametrize("victim", ["oms", "execution", "marketdata"])
 async def test_keel_up_when_a_service_is_sigkilled_mid_run_then_nothing_lost_or_duplicated(
     keel_up, namespace, database_url, victim
 ):

@@ -24,10 +24,15 @@ from pathlib import Path
 
 import nats
 import nats.errors
+import nats.js.errors
 import pytest
+from nats.js import api
 
-from libs.bus import Bus
+from libs.bus import Bus, ConsumerSpec
 from libs.bus.client import BusUnavailable
+from libs.bus.consumer import restart_at_ack_floor, subscribe
+from libs.cli import control
+from libs.cli import main as cli
 from libs.contracts import subjects as sj
 from libs.contracts.control import HaltState
 from libs.contracts.subjects import Subjects
@@ -41,9 +46,10 @@ ERROR_WAIT_SEC = 5.0
 # no PubAck comes for a denied JetStream publish; this bounds the wait for it
 DENIED_PUBACK_TIMEOUT_SEC = 1.0
 SUBJECTS = Subjects("keel")  # the rules name the production prefix
-USERS = ("keel", "operator", "monitor")
+USERS = ("keel", "oms", "operator", "monitor")
 PASSWORD_ENV = {
     "keel": "KEEL_NATS_PASSWORD",
+    "oms": "KEEL_NATS_OMS_PASSWORD",
     "operator": "KEEL_NATS_OPERATOR_PASSWORD",
     "monitor": "KEEL_NATS_MONITOR_PASSWORD",
 }
@@ -211,15 +217,35 @@ async def connect(authed_nats: AuthedNats) -> AsyncIterator[Callable[[str], Awai
 
 
 @pytest.fixture
-async def keel_bus(authed_nats: AuthedNats) -> AsyncIterator[Bus]:
-    """Yield a service's Bus connected as `keel` (credentials in the URL), streams provisioned.
+async def provisioned(authed_nats: AuthedNats) -> dict[str, object]:
+    """Provision the streams and buckets as `keel provision` does: as the operator."""
+    return await control.provision(authed_nats.url("operator"), "keel")
 
-    Provisioning creates every stream and the control bucket, so it needs the identity's
-    JetStream rights, and anonymous connections are refused: a Bus here proves Bus.connect
-    hands the URL's user:password to the server.
+
+async def service_bus(authed_nats: AuthedNats, user: str) -> Bus:
+    """Connect a service's Bus as `user` (credentials in the URL) and check what it needs is there,
+    as every service does at start (libs/runtime/runner.py connect)."""
+    bus = await Bus.connect(authed_nats.url(user), SUBJECTS, service=f"perm-test-{user}")
+    await bus.ensure_provisioned()
+    return bus
+
+
+@pytest.fixture
+async def keel_bus(authed_nats: AuthedNats, provisioned: dict[str, object]) -> AsyncIterator[Bus]:
+    """Yield a service's Bus connected as `keel`, streams provisioned by the operator.
+
+    Anonymous connections are refused: a Bus here proves Bus.connect hands the URL's
+    user:password to the server.
     """
-    bus = await Bus.connect(authed_nats.url("keel"), SUBJECTS, service="perm-test")
-    await bus.provision()
+    bus = await service_bus(authed_nats, "keel")
+    yield bus
+    await bus.close()
+
+
+@pytest.fixture
+async def oms_bus(authed_nats: AuthedNats, provisioned: dict[str, object]) -> AsyncIterator[Bus]:
+    """Yield the OMS's Bus, connected as `oms` (the one identity that writes the halt flag)."""
+    bus = await service_bus(authed_nats, "oms")
     yield bus
     await bus.close()
 
@@ -254,14 +280,16 @@ async def test_publish_operator_command_when_keel_identity_then_refused_and_not_
     assert keel.nc.is_connected  # a refused publish does not cost the service its connection
 
 
-async def test_publish_kill_and_events_when_keel_identity_then_stored(authed_nats: AuthedNats, keel_bus: Bus, connect):
+async def test_publish_kill_and_events_when_keel_identity_then_stored(
+    authed_nats: AuthedNats, keel_bus: Bus, oms_bus: Bus, connect
+):
     operator = await connect("operator")
     families = [f for f in sj.FAMILIES if f != sj.CTL]
 
     # the error handler's and execution's AUTH_HALT path: halting is always allowed
     await publish_halt(keel_bus, "perm-test", "AUTH_HALT: test", "k1")
     acks = {f: await keel_bus.js.publish(f"keel.{f}.perm_test.x", b"{}") for f in families}
-    await keel_bus.put_halt_state(HaltState(halted=True, reason="test", since_ns=1, command_id="c1"))
+    await oms_bus.put_halt_state(HaltState(halted=True, reason="test", since_ns=1, command_id="c1"))
     halt = await keel_bus.halt_state()
     # a service's durable pull consumer: fetch and ack (publish on $JS.ACK)
     sub = await keel_bus.js.pull_subscribe("keel.md.>", durable="perm-test-md", stream=SUBJECTS.stream(sj.MD))
@@ -295,11 +323,13 @@ async def test_publish_command_when_operator_identity_then_stored_and_delivered(
     assert await operator.quiet(), authed_nats.version
 
 
-async def test_subscribe_and_read_when_monitor_identity_then_allowed(authed_nats: AuthedNats, keel_bus: Bus, connect):
+async def test_subscribe_and_read_when_monitor_identity_then_allowed(
+    authed_nats: AuthedNats, keel_bus: Bus, oms_bus: Bus, connect
+):
     monitor = await connect("monitor")
     everything = await monitor.nc.subscribe("keel.>")  # `nats sub 'keel.>'`
     await processed(monitor.nc)
-    await keel_bus.put_halt_state(HaltState(halted=True, reason="watch me", since_ns=1, command_id="c1"))
+    await oms_bus.put_halt_state(HaltState(halted=True, reason="watch me", since_ns=1, command_id="c1"))
 
     await keel_bus.js.publish("keel.md.bar.AAPL", b'{"bar":1}')
     seen = await everything.next_msg(timeout=5)
@@ -352,8 +382,152 @@ async def test_connect_when_credentials_wrong_then_authorization_violation(
     assert "authorization violation" in str(raised.value).lower(), authed_nats.version
 
 
-async def test_bus_connect_when_password_wrong_then_bus_unavailable(authed_nats: AuthedNats):
-    # Bus.connect allows reconnects, so nats-py retries the refused handshake until Bus.connect's
-    # own bound (CONNECT_TIMEOUT_SEC) runs out: a service with a wrong password fails at start
-    with pytest.raises(BusUnavailable):
+async def test_bus_connect_when_password_wrong_then_bus_unavailable_says_so_without_the_password(
+    authed_nats: AuthedNats,
+):
+    # the server's refusal ends the connect at once (nats-py, allowed to reconnect, would retry the
+    # handshake until Bus.connect's time bound and the error would read as a silent server)
+    with pytest.raises(BusUnavailable) as raised:
         await Bus.connect(authed_nats.url("keel", "kwrong"), SUBJECTS, service="perm-test")
+
+    said = str(raised.value)
+    assert "authorization violation" in said.lower(), said
+    assert "refused the credentials" in said
+    assert "kwrong" not in said and f"nats://***@127.0.0.1:{authed_nats.port}" in said
+
+
+async def test_keel_resume_when_keel_identity_then_cli_says_operator_needed_and_halt_stays(
+    authed_nats: AuthedNats,
+    keel_bus: Bus,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+):
+    """`keel resume` as the services' identity: refused by the server, told plainly, nothing stored."""
+    await publish_halt(keel_bus, "perm-test", "TEST: halted", "episode-1")
+    monkeypatch.setenv("KEEL_NATS_URL", authed_nats.url("keel"))
+    monkeypatch.setenv("KEEL_PREFIX", "keel")
+
+    code = await asyncio.to_thread(cli.main, ["--var", str(tmp_path), "resume", "--reason", "test: try as keel"])
+
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert violation(SUBJECTS.ctl(sj.CTL_RESUME)) in err, err
+    assert "operator identity" in err and authed_nats.passwords["keel"] not in err
+    stored = await keel_bus.js.stream_info(SUBJECTS.stream(sj.CTL), subjects_filter=SUBJECTS.ctl(sj.CTL_RESUME))
+    assert (stored.state.subjects or {}).get(SUBJECTS.ctl(sj.CTL_RESUME), 0) == 0
+
+
+async def test_keel_status_when_nats_url_has_a_password_then_it_is_never_printed(authed_nats: AuthedNats):
+    for url in (authed_nats.url("operator"), authed_nats.url("operator", "kwrong")):  # reachable, refused
+        out = await control.status({"nats_url": url, "prefix": "keel", "services": {}})
+
+        printed = json.dumps(out)
+        assert out["nats_url"] == f"nats://***@127.0.0.1:{authed_nats.port}"
+        assert authed_nats.passwords["operator"] not in printed and "kwrong" not in printed
+        assert ("halt" in out) == (url == authed_nats.url("operator")), out
+
+
+# --- JetStream administration: only the operator -----------------------------------------------
+
+
+async def test_stream_admin_and_halt_flag_when_keel_identity_then_refused_and_ctl_resume_unreachable(
+    authed_nats: AuthedNats, keel_bus: Bus, connect
+):
+    """What a compromised service could try to reach keel.ctl.resume without publishing on it: a
+    stream that republishes to it, a stream sourcing into ctl, or rewriting the halt flag."""
+    keel = await connect("keel")
+    operator = await connect("operator")
+    md = await operator.nc.jetstream().stream_info(SUBJECTS.stream(sj.MD))
+    rewired = md.config.evolve(republish=api.RePublish(src="keel.md.>", dest=SUBJECTS.ctl(sj.CTL_RESUME)))
+    tries = {
+        "update a stream to republish": lambda: keel.nc.jetstream().update_stream(rewired),
+        "create a stream on ctl.resume": lambda: keel.nc.jetstream().add_stream(
+            api.StreamConfig(
+                name="EVIL", subjects=["evil.>"], republish=api.RePublish(src="evil.>", dest="keel.ctl.resume")
+            )
+        ),
+        "purge the ctl stream": lambda: keel.nc.jetstream().purge_stream(SUBJECTS.stream(sj.CTL)),
+        "put the halt flag": lambda: keel.nc.jetstream().publish("$KV.keel_ctl.halt", b'{"halted":false}'),
+    }
+    errors = {}
+    for what, attempt in tries.items():
+        with pytest.raises((nats.errors.TimeoutError, TimeoutError)):  # refused: no answer comes
+            await asyncio.wait_for(attempt(), DENIED_PUBACK_TIMEOUT_SEC)
+        errors[what] = (await keel.next_error()).split(" to ")[0]
+    await keel.nc.publish("keel.md.bar.AAPL", b"{}")  # would be republished had the update gone through
+    await processed(keel.nc)
+
+    assert errors == dict.fromkeys(tries, "nats: permissions violation for publish"), authed_nats.version
+    assert await stored_on(operator, SUBJECTS.ctl(sj.CTL_RESUME)) == 0
+    kv = await operator.nc.jetstream().key_value(SUBJECTS.kv(sj.KV_CONTROL))
+    with pytest.raises(nats.js.errors.KeyNotFoundError):
+        await kv.get(sj.KV_HALT_KEY)
+    assert (await operator.nc.jetstream().stream_info(SUBJECTS.stream(sj.MD))).config.republish is None
+
+
+async def test_service_bus_when_keel_identity_then_consumers_breakers_and_ack_floor_restart_work(
+    authed_nats: AuthedNats, keel_bus: Bus, oms_bus: Bus
+):
+    """Everything a service does on JetStream at run time stays allowed without administration."""
+    spec = ConsumerSpec(
+        durable="perm-test-md",
+        family=sj.MD,
+        filter_subject=SUBJECTS.family_wildcard(sj.MD),
+        decode=lambda _s, data: data,
+    )
+    await keel_bus.js.publish("keel.md.perm_test.a", b"1")
+    await keel_bus.js.publish("keel.md.perm_test.b", b"2")
+    dead = await subscribe(keel_bus, spec)
+    [held] = await dead.fetch(1, timeout=5)  # a run that dies holding a message
+    await dead.unsubscribe()
+
+    started_at = await restart_at_ack_floor(keel_bus, spec)  # delete and re-create the consumer
+    again = await subscribe(keel_bus, spec)
+    first = await again.fetch(2, timeout=5)
+    for m in first:
+        await m.ack_sync()
+    breakers = await keel_bus.breakers_kv()
+    await breakers.put("perm_test", b"{}")
+    await (await keel_bus.limits_kv()).put("perm_test", b"{}")
+    await oms_bus.put_halt_state(HaltState(halted=True, reason="oms says", since_ns=1, command_id="c1"))
+    halt = await keel_bus.halt_state()
+    await processed(keel_bus.nc)
+
+    assert (held.data, started_at, [m.data for m in first]) == (b"1", 1, [b"1", b"2"])
+    assert (await breakers.get("perm_test")).value == b"{}"
+    assert halt is not None and halt.reason == "oms says"
+    assert authed_nats.violations() == [], authed_nats.version
+
+
+async def test_service_start_when_streams_not_provisioned_and_keel_identity_then_fails_naming_keel_provision(
+    authed_nats: AuthedNats,
+):
+    bus = await Bus.connect(authed_nats.url("keel"), SUBJECTS, service="perm-test")
+    try:
+        with pytest.raises(BusUnavailable) as raised:
+            await bus.ensure_provisioned()
+    finally:
+        await bus.close()
+
+    said = str(raised.value)
+    assert "run `keel provision` with the operator identity" in said
+    assert violation("$JS.API.STREAM.CREATE." + SUBJECTS.stream(sj.FAMILIES[0])) in said, said
+
+
+async def test_keel_provision_when_operator_then_streams_made_and_when_keel_then_refused(
+    authed_nats: AuthedNats, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+):
+    monkeypatch.setenv("KEEL_PREFIX", "keel")
+    monkeypatch.setenv("KEEL_NATS_URL", authed_nats.url("keel"))
+    refused = await asyncio.to_thread(cli.main, ["provision"])
+    refused_err = capsys.readouterr().err
+    monkeypatch.setenv("KEEL_NATS_URL", authed_nats.url("operator"))
+    made = await asyncio.to_thread(cli.main, ["provision"])
+    first = json.loads(capsys.readouterr().out)
+    again = await asyncio.to_thread(cli.main, ["provision"])  # idempotent
+    second = json.loads(capsys.readouterr().out)
+
+    assert refused == 2 and "operator identity" in refused_err, refused_err
+    assert (made, again) == (0, 0)
+    assert len(first["created"]) == len(sj.FAMILIES) + 3 and second["created"] == []

@@ -23,7 +23,7 @@ from libs.errors import BadData, DependencyUnavailable, InvariantViolation
 from libs.sessions import MINUTE_NS
 from services.marketdata.config import MdConfig
 from services.marketdata.feeds import file_feed, write_bars
-from services.marketdata.handlers import bars_for, next_timestamp, provider_bar, start_price
+from services.marketdata.handlers import bars_for, next_timestamp, provider_bar, start_price, start_run
 from services.marketdata.providers import AlpacaBars
 from services.marketdata.state import INITIAL, FeedState
 
@@ -415,3 +415,32 @@ def test_alpaca_feed_when_fallback_allowed_but_no_fallback_feed_then_refused_at_
     with pytest.raises(DependencyUnavailable, match="KEEL_MD_FALLBACK_FEED is empty"):
         AlpacaBars(cfg, fallback_allowed=True, breakers=None, errors=None)  # type: ignore[arg-type]
     assert [p.feed for p in AlpacaBars(cfg, fallback_allowed=False, breakers=None, errors=None).providers] == ["iex"]  # type: ignore[arg-type]
+
+
+# --- the run's bound across restarts -----------------------------------------------------------
+
+
+def test_start_run_when_restarted_inside_the_same_run_then_it_ends_where_the_run_ends():
+    # keel up --minutes 100 (run r1); marketdata dies after 40 bar timestamps and is started again
+    cfg = MdConfig(minutes=100, run_id="r1")
+    first = start_run(INITIAL, cfg)
+    after_40, _ = run(msgspec.structs.replace(cfg, minutes=40), first)
+
+    again = start_run(after_40, cfg)
+    end, steps = run(msgspec.structs.replace(cfg, minutes=again.run_end), again)
+
+    assert (first.run_start, first.run_end) == (0, 100)
+    assert (again.run_start, again.run_end) == (0, 100)  # not 40 + 100
+    assert (len(steps), end.emitted) == (60, 100)
+
+
+def test_start_run_when_a_new_run_or_no_run_id_then_minutes_count_from_what_was_emitted():
+    stored = msgspec.structs.replace(start_run(INITIAL, MdConfig(minutes=100, run_id="r1")), emitted=70)
+
+    new_run = start_run(stored, MdConfig(minutes=30, run_id="r2"))
+    standalone = start_run(stored, MdConfig(minutes=30))
+    unbounded = start_run(stored, MdConfig(run_id="r3"))
+
+    assert (new_run.run_id, new_run.run_start, new_run.run_end) == ("r2", 70, 100)
+    assert (standalone.run_id, standalone.run_start, standalone.run_end) == ("", 70, 100)
+    assert (unbounded.run_start, unbounded.run_end) == (70, 0)
