@@ -1,7 +1,8 @@
 """Crash points: where the crash-safety harness SIGKILLs a process on the submit path.
 
 A crash point is a named instant (`oms.after_commit`, `execution.after_response` ...) at which
-a process armed with `KEEL_CRASH_AT=<name>[,<name>]` kills itself with SIGKILL - no cleanup, no
+a process armed with `KEEL_CRASH_AT=<name>[@<n>][,...]` kills itself with SIGKILL at the n-th
+time it gets there (default the first) - no cleanup, no
 flush, exactly what a power cut or the OOM killer does. Unarmed (the default) a crash point is a
 lookup in an empty set. Arming is refused in live mode (libs.config), and every armed point is
 in the effective config logged at start, so a process that dies at one never does so silently.
@@ -33,22 +34,40 @@ POINTS: dict[str, str] = {
     "execution.after_response": "execution: broker answered, state not yet updated",
 }
 
-_armed: frozenset[str] = frozenset()
+_armed: dict[str, int] = {}  # crash point -> the hit that kills
+_hits: dict[str, int] = {}
 
 
-def arm(names: tuple[str, ...] | list[str]) -> None:
-    """Arm the named crash points for this process (an unknown name is a ValueError)."""
-    global _armed
-    unknown = sorted(set(names) - set(POINTS))
-    if unknown:
-        raise ValueError(f"unknown crash point(s) {unknown}; known: {sorted(POINTS)}")
-    _armed = frozenset(names)
-    for name in sorted(_armed):
-        log.warning("CRASH_POINT_ARMED: this process will SIGKILL itself at %s", name, extra={"crash_point": name})
+def parse(spec: str) -> tuple[str, int]:
+    """Split `name[@n]` into the point's name and the hit that kills (1-based); ValueError if bad."""
+    name, at, nth = spec.partition("@")
+    if name not in POINTS:
+        raise ValueError(f"unknown crash point {name!r}; known: {sorted(POINTS)}")
+    if at and not (nth.isdigit() and int(nth) >= 1):
+        raise ValueError(f"crash point {spec!r}: expected <name>@<n> with n >= 1")
+    return name, int(nth or 1)
+
+
+def arm(specs: tuple[str, ...] | list[str]) -> None:
+    """Arm the crash points for this process: `name` (first hit) or `name@n` (n-th hit)."""
+    global _armed, _hits
+    _armed = dict(parse(spec) for spec in specs)
+    _hits = {}
+    for name, nth in sorted(_armed.items()):
+        log.warning(
+            "CRASH_POINT_ARMED: this process will SIGKILL itself at %s (hit %d)",
+            name,
+            nth,
+            extra={"crash_point": name, "hit": nth},
+        )
 
 
 def crash_point(name: str) -> None:
-    """SIGKILL this process here when `name` is armed; otherwise do nothing."""
-    if name in _armed:
-        print(f"CRASH_POINT {name}: SIGKILL", file=sys.stderr, flush=True)
+    """SIGKILL this process here when `name` is armed and this is its n-th hit; else do nothing."""
+    nth = _armed.get(name)
+    if nth is None:
+        return
+    _hits[name] = _hits.get(name, 0) + 1
+    if _hits[name] == nth:
+        print(f"CRASH_POINT {name}: SIGKILL (hit {nth})", file=sys.stderr, flush=True)
         os.kill(os.getpid(), signal.SIGKILL)
