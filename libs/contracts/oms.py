@@ -85,6 +85,29 @@ class CancelRequested(Event, kw_only=True, tag="oms.cancel_requested.v1"):
     message: str = ""
 
 
+class OrderLookupRequested(Event, kw_only=True, tag="oms.order_lookup_requested.v1"):
+    """The OMS asks execution to look an order up at the broker and report how it ended.
+
+    Reason RECON_ORDER_ENDED_UNSEEN: an order open in keel's log that the broker no longer lists
+    as open and execution no longer follows, over recon_confirm_snapshots snapshots - it ended
+    at the broker and no report said so. Execution follows it again by its broker id (never
+    re-sent) and reports what it finds; the report ids derive from (broker order, cumulative
+    quantity), so nothing is counted twice.
+    """
+
+    intent_id: IntentId
+    client_order_id: ClientOrderId
+    broker_order_id: str
+    symbol: Symbol
+    side: Side
+    qty: Shares
+    filled_qty: int = 0  # what keel's log holds filled
+    avg_fill_price: Decimal = Decimal(0)
+    time_in_force: TimeInForce = "day"
+    bar_ts: NanoTime = 0  # the decision bar
+    reason: str
+
+
 class SessionSummary(Event, kw_only=True, tag="oms.session_summary.v1"):
     """One session's orders at its close (SESSION_CLOSE_CLEANUP): what was decided and how it ended."""
 
@@ -99,4 +122,4 @@ class SessionSummary(Event, kw_only=True, tag="oms.session_summary.v1"):
     realized_pnl: Decimal = Decimal(0)
 
 
-OmsEvent = PretradeDecision | PositionChanged | CancelRequested | SessionSummary
+OmsEvent = PretradeDecision | PositionChanged | CancelRequested | OrderLookupRequested | SessionSummary

@@ -18,7 +18,7 @@ from libs.bus.consumer import Inbound, OnBatch
 from libs.contracts import subjects as sj
 from libs.contracts.base import derive_id
 from libs.contracts.control import CancelAllOrders, HaltTrading
-from libs.contracts.oms import CancelRequested, OmsEvent, PretradeDecision
+from libs.contracts.oms import CancelRequested, OmsEvent, OrderLookupRequested, PretradeDecision
 from libs.contracts.ops import Watermark
 from libs.decide import Ctx
 from libs.errors import DependencyFailed, Throttled, calling, dependency_of
@@ -460,6 +460,8 @@ def consumers(
         await submit_all(approved)
         if passive:
             await processor.apply(decisions.durable, passive, handlers.step)
+        if any(isinstance(i.payload, OrderLookupRequested) for i in batch):
+            live.wake.set()  # an order followed again (handlers.follow_again): look it up now
 
     async def cancel_requested(inbound: Inbound, ev: CancelRequested) -> None:
         """Cancel the order the OMS asked for (cleanup at start or at the session's close)."""

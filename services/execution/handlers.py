@@ -28,7 +28,7 @@ from libs.contracts.execution import (
     SubmitFailed,
     SubmitSkipped,
 )
-from libs.contracts.oms import PretradeDecision
+from libs.contracts.oms import OrderLookupRequested, PretradeDecision
 from libs.contracts.ops import AlertRaised, CycleSummary, Watermark
 from libs.decide import Ctx, episode_alert, forward_watermark
 from libs.errors import ErrorInfo
@@ -39,6 +39,9 @@ UPSTREAM = "oms"
 KILL_SWITCH_BLOCK = "KILL_SWITCH_BLOCK"
 DUPLICATE_ORDER_BLOCK = "DUPLICATE_ORDER_BLOCK"  # the OMS refused an intent sent again
 UNKNOWN_ORDER_BLOCK = "UNKNOWN_ORDER_BLOCK"
+# the status an order followed again on the OMS's request starts from: acknowledged (not one
+# of PRE_ACK, so it is looked up by its broker id, never re-sent), its broker status unknown
+LOOKED_UP = "accepted"
 BROKER_REJECTED = "BROKER_REJECTED"  # the broker rejected an order it had accepted
 EXIT_LEG_FILLED = "EXIT_LEG_FILLED"  # an exit leg filled while being canceled for the order
 BRACKET_ENTRY_PARTIAL = "BRACKET_ENTRY_PARTIAL"  # a bracket/oto entry ended part filled
@@ -555,7 +558,36 @@ def step(state: st.ExecState, event: object, ctx: Ctx) -> tuple[st.ExecState, Se
         return on_denied(state, event, ctx)
     if isinstance(event, Watermark):
         return on_watermark(state, event, st.Health(), ctx)
+    if isinstance(event, OrderLookupRequested):
+        return follow_again(state, event)
     return state, []
+
+
+def follow_again(state: st.ExecState, ev: OrderLookupRequested) -> tuple[st.ExecState, list[Event]]:
+    """Follow an order again that ended at the broker unseen (the OMS asked: RECON_ORDER_ENDED_UNSEEN).
+
+    It is held as acknowledged with what keel's log has filled, by its broker id, so the poller
+    asks the broker for it by id (never by a re-send) and reports the difference: its fills and
+    its end. An order still followed needs nothing.
+    """
+    if ev.client_order_id in state.orders:
+        return state, []
+    order = st.ExecOrder(
+        intent_id=ev.intent_id,
+        client_order_id=ev.client_order_id,
+        symbol=ev.symbol,
+        side=ev.side,
+        qty=ev.qty,
+        time_in_force=ev.time_in_force,
+        bar_ts=ev.bar_ts,
+        correlation_id=ev.correlation_id,
+        decision_id=ev.event_id,
+        broker_order_id=ev.broker_order_id,
+        broker_status=LOOKED_UP,
+        cum_qty=ev.filled_qty,
+        avg_px=ev.avg_fill_price,
+    )
+    return msgspec.structs.replace(state, orders={**state.orders, ev.client_order_id: order}), []
 
 
 def broker_snapshot(

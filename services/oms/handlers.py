@@ -21,7 +21,7 @@ from libs.contracts.execution import (
     SubmitSkipped,
 )
 from libs.contracts.oms import APPROVED as APPROVED_REASON
-from libs.contracts.oms import CancelRequested, PositionChanged, PretradeDecision, SessionSummary
+from libs.contracts.oms import CancelRequested, OrderLookupRequested, PositionChanged, PretradeDecision, SessionSummary
 from libs.contracts.ops import AlertRaised, Watermark
 from libs.contracts.risk import OrderIntent
 from libs.decide import Ctx, forward_watermark
@@ -42,6 +42,7 @@ BUYING_POWER_BLOCK = "BUYING_POWER_BLOCK"
 RECON_MISMATCH = "RECON_MISMATCH"  # reduce-only after a position differed from the broker's
 STARTUP_CLEANUP = "STARTUP_CLEANUP"
 SESSION_CLOSE_CLEANUP = "SESSION_CLOSE_CLEANUP"
+RECON_ORDER_ENDED_UNSEEN = "RECON_ORDER_ENDED_UNSEEN"
 _PX = Decimal("0.000001")
 DUPLICATE_WINDOW_NS = 24 * 3600 * 1_000_000_000
 MINUTE_NS = 60_000_000_000
@@ -585,6 +586,13 @@ def on_snapshot(state: st.OmsState, snap: BrokerSnapshot, ctx: Ctx) -> tuple[st.
         for cid in snap.tracked
         if cid not in listed and (i := state.intents.get(state.by_cid.get(cid, ""))) is not None
     }
+    unseen, asked = _ended_unseen(state, snap, listed, ctx)
+    events.extend(asked)
+    # an order asked about has recon_confirm_snapshots more snapshots to be reported before its
+    # symbol's position is judged
+    settling |= {
+        state.intents[state.by_cid[cid]].symbol for cid, n in unseen.items() if n < 2 * cfg.recon_confirm_snapshots
+    }
     gaps: dict[str, tuple[int, int, int]] = {}
     halt = ""
     for symbol in sorted({*snap.positions, *state.positions}):
@@ -606,7 +614,7 @@ def on_snapshot(state: st.OmsState, snap: BrokerSnapshot, ctx: Ctx) -> tuple[st.
                                 symbol=symbol, broker_qty=str(broker), keel_qty=str(keel),
                                 action=cfg.recon_mismatch_action))  # fmt: skip
             halt = halt or why
-    new = msgspec.structs.replace(state, foreign=foreign, fill_gaps=fill_gaps, position_gaps=gaps)
+    new = msgspec.structs.replace(state, foreign=foreign, fill_gaps=fill_gaps, position_gaps=gaps, unseen_ends=unseen)
     if halt and cfg.recon_mismatch_action == "reduce_only":
         new = msgspec.structs.replace(new, reduce_only=new.reduce_only or halt)
     elif halt and not new.halted:
@@ -614,6 +622,64 @@ def on_snapshot(state: st.OmsState, snap: BrokerSnapshot, ctx: Ctx) -> tuple[st.
             new, halted=True, halt_reason=halt, halt_since_ns=snap.ts_event, halt_command_id=snap.event_id
         )
     return new, events
+
+
+def _ended_unseen(
+    state: st.OmsState, snap: BrokerSnapshot, listed: set[str], ctx: Ctx
+) -> tuple[dict[str, int], list[Event]]:
+    """Find orders open in keel's log that ended at the broker with no report (RECON_ORDER_ENDED_UNSEEN).
+
+    Acknowledged at the broker, not listed open there, not followed by execution: nobody will
+    say how it ended. Seen so in recon_confirm_snapshots snapshots in a row, it is alerted and
+    execution is asked to look it up (once; the id derives from the order). Exit legs are left
+    to their parent (execution adopts them from it). Return the counts and the events.
+    """
+    cfg: OmsConfig = ctx.config
+    tracked = set(snap.tracked)
+    counts: dict[str, int] = {}
+    events: list[Event] = []
+    for cid in sorted(state.by_cid):
+        intent = state.intents.get(state.by_cid[cid])
+        if (
+            intent is None
+            or intent.status not in (st.ACKED, st.PARTIALLY_FILLED)
+            or intent.leg_role
+            or not intent.broker_order_id
+            or cid in listed
+            or cid in tracked
+        ):
+            continue
+        times = state.unseen_ends.get(cid, 0) + 1
+        counts[cid] = min(times, 2 * cfg.recon_confirm_snapshots)
+        if times != cfg.recon_confirm_snapshots:
+            continue
+        message = (
+            f"order {cid} ({intent.symbol} {intent.side} {intent.qty}) is {intent.status} in keel's log, "
+            "but the broker no longer lists it open and no report said how it ended; looking it up"
+        )
+        events.append(alert(RECON_ORDER_ENDED_UNSEEN, "warning", message, snap, ctx, key=cid, client_order_id=cid,
+                            broker_order_id=intent.broker_order_id, symbol=intent.symbol))  # fmt: skip
+        events.append(
+            OrderLookupRequested(
+                event_id=derive_id("oms.order_lookup_requested.v1", cid, intent.broker_order_id),
+                correlation_id=snap.correlation_id,
+                causation_id=snap.event_id,
+                ts_event=snap.ts_event,
+                ts_init=ctx.now_ns,
+                intent_id=intent.intent_id,
+                client_order_id=cid,
+                broker_order_id=intent.broker_order_id,
+                symbol=intent.symbol,
+                side=intent.side,  # type: ignore[arg-type]
+                qty=intent.qty,
+                filled_qty=intent.filled_qty,
+                avg_fill_price=intent.avg_fill_price,
+                time_in_force=intent.time_in_force,  # type: ignore[arg-type]
+                bar_ts=intent.bar_ts,
+                reason=RECON_ORDER_ENDED_UNSEEN,
+            )
+        )
+    return counts, events
 
 
 def _order_alert(code: str, message: str, snap: BrokerSnapshot, v: BrokerOrderView, ctx: Ctx) -> AlertRaised:

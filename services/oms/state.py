@@ -171,6 +171,8 @@ class OmsState(msgspec.Struct, frozen=True, kw_only=True):
     account: Account | None = None
     position_gaps: dict[str, tuple[int, int, int]] = {}  # symbol -> (broker qty, keel qty, snapshots)
     fill_gaps: dict[str, tuple[int, int]] = {}  # client_order_id -> (broker filled qty, snapshots)
+    # client_order_id -> snapshots in a row showing it open in the log, ended at the broker unseen
+    unseen_ends: dict[str, int] = {}
     foreign: dict[str, int] = {}  # broker order id -> bar_ts first seen (alerted once)
     # RECON_MISMATCH: why keel only reduces positions now ('' = not reduce-only); a halt the OMS
     # decided and its edge has not yet published on keel.ctl.kill

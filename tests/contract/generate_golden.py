@@ -33,7 +33,7 @@ from libs.contracts.execution import (
     SubmitSkipped,
 )
 from libs.contracts.marketdata import BarClosed
-from libs.contracts.oms import CancelRequested, PositionChanged, PretradeDecision, SessionSummary
+from libs.contracts.oms import CancelRequested, OrderLookupRequested, PositionChanged, PretradeDecision, SessionSummary
 from libs.contracts.ops import AlertRaised, CycleSummary, Heartbeat, Watermark
 from libs.contracts.risk import OrderIntent, SleeveShare
 from libs.contracts.signal import TargetProposed
@@ -267,6 +267,20 @@ def examples() -> list[msgspec.Struct]:
             symbol=AAPL,
             reason="STARTUP_CLEANUP",
             message="foreign order open at start",
+        ),
+        OrderLookupRequested(
+            **envelope("oms.order_lookup_requested.v1"),
+            intent_id=INTENT,
+            client_order_id=CID,
+            broker_order_id="4e1c2b3a-0f9d-4c8b-a7e6-5d4c3b2a1f0e",
+            symbol=AAPL,
+            side="buy",
+            qty=100,
+            filled_qty=40,
+            avg_fill_price=Decimal("187.20"),
+            time_in_force="day",
+            bar_ts=BAR_TS,
+            reason="RECON_ORDER_ENDED_UNSEEN",
         ),
         SessionSummary(
             **envelope("oms.session_summary.v1"),

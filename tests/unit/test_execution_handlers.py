@@ -23,7 +23,7 @@ from libs.contracts.execution import (
     SubmitFailed,
     SubmitSkipped,
 )
-from libs.contracts.oms import PretradeDecision
+from libs.contracts.oms import OrderLookupRequested, PretradeDecision
 from libs.contracts.ops import CycleSummary, Watermark
 from libs.errors import classify_exception
 from services.execution import state as st
@@ -900,3 +900,55 @@ def test_broker_snapshot_when_orders_open_then_keel_names_known_legs_nested_and_
         0, minute(3), D(2000), {"AAPL": 10}, (d.client_order_id,)
     )  # fmt: skip
     assert again.snapshots == 2 and out2[0].event_id != snap.event_id  # each snapshot its own id
+
+
+# --- followed again on the OMS's request (RECON_ORDER_ENDED_UNSEEN) ----------------------------
+
+
+def lookup_of(d: PretradeDecision, *, filled: int = 0, avg: str = "0") -> OrderLookupRequested:
+    return OrderLookupRequested(
+        event_id="lookup-1",
+        correlation_id=d.correlation_id,
+        causation_id="snap-2",
+        ts_event=minute(5),
+        ts_init=NOW_NS,
+        intent_id=d.intent_id,
+        client_order_id=d.client_order_id,
+        broker_order_id="bo-1",
+        symbol=d.symbol,
+        side=d.side,
+        qty=d.qty,
+        filled_qty=filled,
+        avg_fill_price=D(avg),
+        bar_ts=minute(1),
+        reason="RECON_ORDER_ENDED_UNSEEN",
+    )
+
+
+def test_lookup_when_order_not_followed_then_followed_by_broker_id_and_the_rest_of_its_fill_reported(
+    d: PretradeDecision,
+) -> None:
+    # keel's log has 40 of 100 filled; the broker filled the rest and nobody reported it
+    state, said = step(st.ExecState(), lookup_of(d, filled=40, avg="10.00"), CTX)
+    order = state.orders[d.client_order_id]
+    state, out = on_broker_order(state, d.client_order_id, broker(d, "filled", filled=100, avg="10.03"), CTX)
+
+    assert said == []
+    assert (order.broker_order_id, order.broker_status, order.cum_qty, order.decision_id) == (
+        "bo-1",
+        "accepted",
+        40,
+        "lookup-1",
+    )
+    (filled,) = out
+    assert isinstance(filled, OrderFilled)
+    assert (filled.last_qty, filled.cum_qty, filled.client_order_id) == (60, 100, d.client_order_id)
+    assert d.client_order_id not in state.orders  # ended: forgotten again
+
+
+def test_lookup_when_order_still_followed_then_nothing_changes(d: PretradeDecision) -> None:
+    followed = working(d)
+
+    state, out = step(followed, lookup_of(d), CTX)
+
+    assert (state, out) == (followed, [])

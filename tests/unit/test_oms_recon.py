@@ -11,7 +11,7 @@ import msgspec
 import pytest
 
 from libs.contracts.execution import BrokerOrderView, BrokerSnapshot, OrderPartiallyFilled
-from libs.contracts.oms import CancelRequested, PretradeDecision, SessionSummary
+from libs.contracts.oms import CancelRequested, OrderLookupRequested, PretradeDecision, SessionSummary
 from libs.contracts.ops import AlertRaised
 from libs.contracts.risk import OrderIntent
 from libs.sessions import session_open_close
@@ -23,6 +23,7 @@ from services.oms.handlers import (
     PRICE_COLLAR_BLOCK,
     RATE_THROTTLE_BLOCK,
     RECON_MISMATCH,
+    RECON_ORDER_ENDED_UNSEEN,
     SESSION_CLOSE_CLEANUP,
     STARTUP_CLEANUP,
     pretrade,
@@ -301,9 +302,54 @@ def test_recon_when_an_order_ended_at_the_broker_is_still_followed_then_its_symb
     for seq in (1, 2, 3):
         state, out = apply(state, msgspec.structs.replace(followed, seq=seq, event_id=f"snap-{seq}"))
         assert not [e for e in out if isinstance(e, AlertRaised)] and not state.halted
-    # execution stopped following it and no report came: now the difference is judged
-    state, _ = apply(state, snapshot(4, positions={"AAPL": 100}), snapshot(5, positions={"AAPL": 100}))
+    # execution stopped following it and no report came: it is looked up (RECON_ORDER_ENDED_UNSEEN),
+    # and if that brings no report either, the difference is judged
+    state, out = apply(state, *(snapshot(n, positions={"AAPL": 100}) for n in (4, 5, 6, 7)))
+    assert [type(e).__name__ for e in out] == ["AlertRaised", "OrderLookupRequested"] and not state.halted
+    state, _ = apply(state, snapshot(8, positions={"AAPL": 100}))
     assert state.halted and state.halt_reason.startswith("RECON_MISMATCH: AAPL position 100")
+
+
+def test_recon_when_an_acked_order_ended_at_the_broker_unseen_then_looked_up_once_and_its_fill_explains_it(
+    f: Events,
+) -> None:
+    # acknowledged, then nothing: the broker filled it and no report came (nobody follows it)
+    intent = f.intent("AAPL", "buy", 100, "50")
+    state, _ = apply(oms_state(), intent, f.accepted(intent, broker_order_id="bo-7"))
+
+    state, first = apply(state, snapshot(1, positions={"AAPL": 100}))
+    state, second = apply(state, snapshot(2, positions={"AAPL": 100}))
+    # execution follows it again and reports the fill it finds; later snapshots see nothing odd
+    fill = f.fill(intent, last_qty=100, last_px="50", cum_qty=100)
+    state, later = apply(state, fill, snapshot(3, positions={"AAPL": 100}), snapshot(4, positions={"AAPL": 100}))
+
+    assert first == []  # one snapshot is not yet a confirmed difference
+    [said, lookup] = second
+    assert isinstance(said, AlertRaised) and said.code == RECON_ORDER_ENDED_UNSEEN
+    assert isinstance(lookup, OrderLookupRequested)
+    assert (lookup.client_order_id, lookup.broker_order_id, lookup.qty, lookup.filled_qty, lookup.reason) == (
+        intent.client_order_id,
+        "bo-7",
+        100,
+        0,
+        RECON_ORDER_ENDED_UNSEEN,
+    )
+    assert [e for e in later if isinstance(e, (AlertRaised, OrderLookupRequested))] == []
+    assert not state.halted and state.intents[intent.intent_id].status == st.FILLED
+    assert state.positions["AAPL"].qty == 100 and state.unseen_ends == {}
+
+
+def test_recon_when_order_listed_open_or_followed_then_not_looked_up(f: Events) -> None:
+    listed, followed = f.intent("AAPL", "buy", 10, "50"), f.intent("MSFT", "buy", 10, "50")
+    state, _ = apply(oms_state(), listed, followed, f.accepted(listed), f.accepted(followed, broker_order_id="bo-2"))
+    snap = msgspec.structs.replace(
+        snapshot(0), open_orders=(open_at_broker(listed),), tracked=(followed.client_order_id,)
+    )
+
+    for n in (1, 2, 3):
+        state, out = apply(state, msgspec.structs.replace(snap, seq=n, event_id=f"snap-{n}"))
+        assert [e for e in out if isinstance(e, OrderLookupRequested)] == []
+    assert state.unseen_ends == {}
 
 
 def test_fills_when_reports_of_one_order_arrive_out_of_order_then_each_share_counted_once(f: Events) -> None:
