@@ -136,7 +136,9 @@ async def terminated_advisories(nc: nats.NATS, bus: Bus, durable: str) -> list[d
 
 def _expected_streams(prefix: str) -> set[str]:
     subjects = sj.Subjects(prefix)
-    return {subjects.stream(f) for f in sj.FAMILIES} | {f"KV_{subjects.kv(sj.KV_CONTROL)}"}
+    return {subjects.stream(f) for f in sj.FAMILIES} | {
+        f"KV_{subjects.kv(b)}" for b in (sj.KV_CONTROL, sj.KV_BREAKERS, sj.KV_LIMITS)
+    }
 
 
 async def _namespace_streams(js, namespace: Namespace) -> dict[str, api.StreamInfo]:  # type: ignore[no-untyped-def]
