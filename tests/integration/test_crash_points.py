@@ -32,12 +32,12 @@ OMS must still count every fill once, in the venue's order.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import count
-from typing import TypeVar
 
 import asyncpg
 import httpx
@@ -61,7 +61,6 @@ from tests.support.servers import Namespace
 
 pytestmark = pytest.mark.timeout(300)
 
-T = TypeVar("T")
 
 # upper bounds only: a restart costs about 2 s, an armed process dies within a second of the
 # intent, a case takes 5 s; they are this long so that a loaded machine is slow, not failing
@@ -156,9 +155,8 @@ LOST_RESPONSE = Case("lose_response+kill", "NFLX", {"execution": "none"})
 ALL_CASES = (*CASES, LOST_RESPONSE)
 
 
-async def settle(probe: Callable[[], Awaitable[T]], done: Callable[[T], bool], timeout: float = SETTLE_SEC) -> T:
-    """Poll probe until done(result) or timeout (SETTLE_SEC); return the last result either way."""
-    return await pipeline.settle(probe, done, timeout)
+# poll until done or SETTLE_SEC; the last result either way (tests.support.pipeline.settle)
+settle = functools.partial(pipeline.settle, timeout=SETTLE_SEC)
 
 
 @dataclass

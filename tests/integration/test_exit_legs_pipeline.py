@@ -11,12 +11,12 @@ asserted, so one failure shows the outcome of all of them.
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from itertools import count
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import msgspec
@@ -37,7 +37,6 @@ from tests.support.servers import Namespace
 
 pytestmark = pytest.mark.timeout(120)
 
-T = TypeVar("T")
 D = Decimal
 SETTLE_SEC = 15.0
 QTY = 10  # far below the exchange's participation cap (10 % of a 1,000-share bar): one fill each
@@ -52,9 +51,8 @@ UNKNOWN = "exec.order_status_unknown.v1"
 SYMBOLS = ("AAPL", "MSFT", "NVDA", "AMZN", "META", "TSLA")
 
 
-async def settle(probe: Callable[[], Awaitable[T]], done: Callable[[T], bool], timeout: float = SETTLE_SEC) -> T:
-    """Poll probe until done(result) or timeout (SETTLE_SEC); return the last result either way."""
-    return await pipeline.settle(probe, done, timeout)
+# poll until done or SETTLE_SEC; the last result either way (tests.support.pipeline.settle)
+settle = functools.partial(pipeline.settle, timeout=SETTLE_SEC)
 
 
 @dataclass

@@ -15,12 +15,13 @@ Every case runs before anything is asserted, so one failure shows the outcome of
 
 from __future__ import annotations
 
+import functools
 import json
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import count
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import nats
@@ -40,7 +41,6 @@ from tests.support.servers import Namespace
 
 pytestmark = pytest.mark.timeout(120)
 
-T = TypeVar("T")
 
 # execution gives up on a broker call after this; the `delay` case stays below it, `timeout` above
 HTTP_TIMEOUT_SEC = 2.0
@@ -133,9 +133,8 @@ CASES = (
 BLOCKED_SYMBOL = "AMD"
 
 
-async def settle(probe: Callable[[], Awaitable[T]], done: Callable[[T], bool], timeout: float = SETTLE_SEC) -> T:
-    """Poll probe until done(result) or timeout (SETTLE_SEC); return the last result either way."""
-    return await pipeline.settle(probe, done, timeout)
+# poll until done or SETTLE_SEC; the last result either way (tests.support.pipeline.settle)
+settle = functools.partial(pipeline.settle, timeout=SETTLE_SEC)
 
 
 @dataclass
