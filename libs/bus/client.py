@@ -6,6 +6,8 @@ import asyncio
 import logging
 import time
 from collections import deque
+from collections.abc import Awaitable
+from typing import TypeVar
 
 import nats
 import nats.errors
@@ -24,6 +26,7 @@ from libs.errors import DependencyUnavailable
 from libs.obs import tracing
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # JetStream de-duplicates on Nats-Msg-Id within this window (seconds); it must outlast a
 # restart of any publisher so an outbox re-publish after a crash is recognised (STYLE 18).
@@ -173,27 +176,37 @@ class Bus:
         missing = await self.unprovisioned()
         if not missing:
             return
-        # a JetStream API request the permissions refuse gets no answer, only the server's error:
-        # that error ends the wait at once instead of the request's timeout
-        self.denied.clear()
-        creating = asyncio.ensure_future(self.provision())
-        denied = asyncio.ensure_future(self.denied.wait())
-        await asyncio.wait({creating, denied}, return_when=asyncio.FIRST_COMPLETED)
-        denied.cancel()
-        problem: BaseException | None = None
-        if not creating.done():
-            creating.cancel()
-            problem = PermissionError(self.last_server_error())
-        elif not creating.cancelled() and creating.exception() is not None:
-            problem = creating.exception()
-        if isinstance(problem, (PermissionError, nats.errors.Error, TimeoutError)):
-            said = self.last_server_error() or repr(problem)
+        try:
+            await self.or_refused(self.provision())
+        except PermissionError as e:
             raise BusUnavailable(
-                f"JetStream lacks {', '.join(missing)} and this NATS user may not create them ({said}): "
+                f"JetStream lacks {', '.join(missing)} and this NATS user may not create them ({e}): "
                 "run `keel provision` with the operator identity"
-            ) from problem
+            ) from e
+
+    async def or_refused(self, work: Awaitable[T]) -> T:
+        """Run work that publishes (JetStream administration, a command); raise PermissionError
+        with the server's words if the server refuses one of its publishes.
+
+        A request the permissions refuse gets no answer, only the server's error on the
+        connection: that error ends the wait at once instead of the request's timeout.
+        """
+        self.denied.clear()
+        doing = asyncio.ensure_future(work)
+        denied = asyncio.ensure_future(self.denied.wait())
+        await asyncio.wait({doing, denied}, return_when=asyncio.FIRST_COMPLETED)
+        denied.cancel()
+        if not doing.done():
+            doing.cancel()
+            raise PermissionError(self.last_server_error())
+        if doing.cancelled():
+            raise PermissionError("canceled before the server answered")
+        problem = doing.exception()
+        if isinstance(problem, (nats.errors.Error, TimeoutError)):
+            raise PermissionError(self.last_server_error() or repr(problem)) from problem
         if problem is not None:
             raise problem
+        return doing.result()
 
     async def control_kv(self) -> KeyValue:
         """Return the control bucket holding the halt flag, creating it if needed."""

@@ -13,7 +13,6 @@ import time
 from typing import Any
 
 import httpx
-import nats.errors
 from nats.js.errors import NotFoundError
 
 from libs.bus import Bus, BusUnavailable
@@ -76,10 +75,11 @@ async def send(
         started = time.monotonic()
         subject = bus.subjects.ctl(verb)
         try:
-            ack = await bus.js.publish(subject, json.dumps(body).encode(), timeout=CTL_ACK_TIMEOUT_SEC)
-        except (nats.errors.TimeoutError, TimeoutError) as e:
-            # a publish the server's permissions refuse is dropped, and no PubAck ever comes
-            said = bus.last_server_error() or f"no PubAck within {CTL_ACK_TIMEOUT_SEC:.0f} s"
+            # a publish the server's permissions refuse is dropped, and no PubAck ever comes: the
+            # server's error says so at once
+            ack = await bus.or_refused(bus.js.publish(subject, json.dumps(body).encode(), timeout=CTL_ACK_TIMEOUT_SEC))
+        except PermissionError as e:
+            said = str(e) or f"no PubAck within {CTL_ACK_TIMEOUT_SEC:.0f} s"
             raise CommandNotStored(
                 f"{subject} was not stored: {said}. Resume and cancel-all need the NATS operator "
                 "identity (KEEL_NATS_URL=nats://operator:<password>@host:4222)"
@@ -107,10 +107,9 @@ async def provision(nats_url: str, prefix: str) -> dict[str, Any]:
     try:
         missing = await bus.unprovisioned()
         try:
-            await bus.provision()
-        except (nats.errors.Error, TimeoutError) as e:
-            said = bus.last_server_error() or repr(e)
-            raise CommandNotStored(f"streams not provisioned: {said}; provisioning needs the operator identity") from e
+            await bus.or_refused(bus.provision())
+        except PermissionError as e:
+            raise CommandNotStored(f"streams not provisioned: {e}; provisioning needs the operator identity") from e
         return {"provisioned": prefix, "created": missing}
     finally:
         await bus.close()
