@@ -78,18 +78,17 @@ class Bus:
         (nats-py, allowed to reconnect, would otherwise retry the handshake until the time bound).
         """
         nc = NatsClient()
+        bus = cls(nc, subjects, service)
         where = redact_url(url)
-        server_errors: deque[str] = deque(maxlen=SERVER_ERRORS_KEPT)
         refused = asyncio.Event()
-        denied = asyncio.Event()
 
         async def on_error(e: Exception) -> None:
             said = str(e) or type(e).__name__
-            server_errors.append(said)
+            bus.server_errors.append(said)
             if not nc.is_connected and REFUSED_CREDENTIALS in said.lower():
                 refused.set()
             if DENIED in said.lower():
-                denied.set()
+                bus.denied.set()
             log.warning("nats error", extra={"service": service, "error": said})
 
         connecting = asyncio.ensure_future(
@@ -107,25 +106,18 @@ class Bus:
         waiting = asyncio.ensure_future(refused.wait())
         await asyncio.wait({connecting, waiting}, timeout=CONNECT_TIMEOUT_SEC, return_when=asyncio.FIRST_COMPLETED)
         waiting.cancel()
-        problem: BaseException | None = None
-        if not connecting.done():
-            connecting.cancel()
-            why = server_errors[-1] if server_errors else f"no answer within {CONNECT_TIMEOUT_SEC:.0f} s"
-            problem = TimeoutError(why)
-        elif connecting.cancelled():
-            problem = TimeoutError("connect canceled")
-        elif connecting.exception() is not None:
+        if connecting.done():
             problem = connecting.exception()
+        else:
+            connecting.cancel()
+            problem = TimeoutError(bus.last_server_error() or f"no answer within {CONNECT_TIMEOUT_SEC:.0f} s")
         if problem is not None:
             await nc.close()
-            why = str(problem) or (server_errors[-1] if server_errors else type(problem).__name__)
+            why = str(problem) or bus.last_server_error() or type(problem).__name__
             if refused.is_set():  # the server's words, not the reset that followed them
-                said = next(e for e in server_errors if REFUSED_CREDENTIALS in e.lower())
+                said = next(e for e in bus.server_errors if REFUSED_CREDENTIALS in e.lower())
                 why = f"{said} (the server refused the credentials in the URL)"
             raise BusUnavailable(f"NATS at {where} is unreachable: {why}") from problem
-        bus = cls(nc, subjects, service)
-        bus.server_errors = server_errors
-        bus.denied = denied
         try:
             await bus.js.account_info()
         except nats.js.errors.Error as e:

@@ -119,8 +119,7 @@ async def restart_at_ack_floor(bus: Bus, spec: ConsumerSpec) -> int:
         return 0
     if not info.num_ack_pending:
         return 0
-    floor = info.ack_floor.stream_seq if info.ack_floor else 0
-    start = (floor or 0) + 1
+    start = (info.ack_floor.stream_seq if info.ack_floor else 0) + 1
     log.warning(
         "messages of a previous run unacknowledged: consumer restarts at its ack floor",
         extra={"consumer": spec.durable, "pending": info.num_ack_pending, "start_seq": start},

@@ -84,7 +84,7 @@ async def send(
                 f"{subject} was not stored: {said}. Resume and cancel-all need the NATS operator "
                 "identity (KEEL_NATS_URL=nats://operator:<password>@host:4222)"
             ) from e
-        result: dict[str, Any] = {"subject": bus.subjects.ctl(verb), "stream_seq": ack.seq, "body": body}
+        result: dict[str, Any] = {"subject": subject, "stream_seq": ack.seq, "body": body}
         if wait_halt is not None:
             state: HaltState | None = None
             while time.monotonic() - started < 5.0:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from decimal import Decimal
+from typing import Any
 
 import msgspec
 
@@ -264,11 +265,7 @@ def position_changed(state: st.OmsState, symbol: str, cause: Event, ctx: Ctx) ->
     seen = state.intents_seen.get(symbol, 0)
     buys, sells = open_qty_by_side(state, symbol)
     return PositionChanged(
-        event_id=derive_id("oms.position_changed.v1", cause.event_id, symbol),
-        correlation_id=cause.correlation_id,
-        causation_id=cause.event_id,
-        ts_event=cause.ts_event,
-        ts_init=ctx.now_ns,
+        **_envelope(derive_id("oms.position_changed.v1", cause.event_id, symbol), cause, ctx),
         symbol=symbol,
         qty=pos.qty,
         avg_price=pos.avg_price,
@@ -278,6 +275,17 @@ def position_changed(state: st.OmsState, symbol: str, cause: Event, ctx: Ctx) ->
         open_buy_qty=buys,
         open_sell_qty=sells,
     )
+
+
+def _envelope(event_id: str, cause: Event, ctx: Ctx) -> dict[str, Any]:
+    """The envelope of an event the OMS makes because of `cause`: same correlation, cause's event time."""
+    return {
+        "event_id": event_id,
+        "correlation_id": cause.correlation_id,
+        "causation_id": cause.event_id,
+        "ts_event": cause.ts_event,
+        "ts_init": ctx.now_ns,
+    }
 
 
 def alert(
@@ -387,11 +395,7 @@ def _decision(ev: OrderIntent, approved: bool, reason: str, details: dict[str, s
     # a refusal of a re-sent intent must not share the id of the original decision
     parts = (ev.intent_id,) if reason != DUPLICATE_ORDER_BLOCK else (ev.intent_id, reason, ev.event_id)
     return PretradeDecision(
-        event_id=derive_id("oms.pretrade_decision.v1", *parts),
-        correlation_id=ev.correlation_id,
-        causation_id=ev.event_id,
-        ts_event=ev.ts_event,
-        ts_init=ctx.now_ns,
+        **_envelope(derive_id("oms.pretrade_decision.v1", *parts), ev, ctx),
         intent_id=ev.intent_id,
         client_order_id=ev.client_order_id,
         approved=approved,
@@ -661,11 +665,7 @@ def _ended_unseen(
                             broker_order_id=intent.broker_order_id, symbol=intent.symbol))  # fmt: skip
         events.append(
             OrderLookupRequested(
-                event_id=derive_id("oms.order_lookup_requested.v1", cid, intent.broker_order_id),
-                correlation_id=snap.correlation_id,
-                causation_id=snap.event_id,
-                ts_event=snap.ts_event,
-                ts_init=ctx.now_ns,
+                **_envelope(derive_id("oms.order_lookup_requested.v1", cid, intent.broker_order_id), snap, ctx),
                 intent_id=intent.intent_id,
                 client_order_id=cid,
                 broker_order_id=intent.broker_order_id,
@@ -696,11 +696,7 @@ def _cancel(
     cid: str, broker_order_id: str, symbol: str, reason: str, message: str, cause: Event, ctx: Ctx
 ) -> CancelRequested:
     return CancelRequested(
-        event_id=derive_id("oms.cancel_requested.v1", reason, broker_order_id),
-        correlation_id=cause.correlation_id,
-        causation_id=cause.event_id,
-        ts_event=cause.ts_event,
-        ts_init=ctx.now_ns,
+        **_envelope(derive_id("oms.cancel_requested.v1", reason, broker_order_id), cause, ctx),
         client_order_id=cid,
         broker_order_id=broker_order_id,
         symbol=symbol,
@@ -716,11 +712,7 @@ def _missing_fill(intent: st.IntentState, v: BrokerOrderView, snap: BrokerSnapsh
     px = (avg * v.filled_qty - intent.avg_fill_price * intent.filled_qty) / delta
     px = px.quantize(_PX) if px > 0 else avg
     return OrderPartiallyFilled(
-        event_id=derive_id("exec.order_partially_filled.v1", "recon", v.broker_order_id, v.filled_qty),
-        correlation_id=snap.correlation_id,
-        causation_id=snap.event_id,
-        ts_event=snap.ts_event,
-        ts_init=ctx.now_ns,
+        **_envelope(derive_id("exec.order_partially_filled.v1", "recon", v.broker_order_id, v.filled_qty), snap, ctx),
         intent_id=intent.intent_id,
         client_order_id=intent.client_order_id,
         symbol=intent.symbol,
@@ -754,11 +746,7 @@ def session_close(state: st.OmsState, wm: Watermark, ctx: Ctx) -> tuple[st.OmsSt
     counts = state.session_counts
     open_now = sum(1 for i in state.intents.values() if i.status not in st.TERMINAL and not i.leg_role)
     summary = SessionSummary(
-        event_id=derive_id("oms.session_summary.v1", ctx.service, day.isoformat()),
-        correlation_id=wm.correlation_id,
-        causation_id=wm.event_id,
-        ts_event=wm.ts_event,
-        ts_init=ctx.now_ns,
+        **_envelope(derive_id("oms.session_summary.v1", ctx.service, day.isoformat()), wm, ctx),
         session=day.isoformat(),
         intents=counts.get("intents", 0),
         approved=counts.get("approved", 0),
@@ -791,20 +779,8 @@ def stuck_intents(state: st.OmsState, wm: Watermark, ctx: Ctx) -> tuple[st.OmsSt
                 f"intent {intent.client_order_id} ({intent.symbol} {intent.side} {intent.qty}) still "
                 f"{intent.status} {bars} bars after its decision"
             )
-            alerts.append(
-                AlertRaised(
-                    event_id=derive_id("ops.alert_raised.v1", ctx.service, "STUCK_INTENT", iid),
-                    correlation_id=wm.correlation_id,
-                    causation_id=wm.event_id,
-                    ts_event=wm.ts_event,
-                    ts_init=ctx.now_ns,
-                    code="STUCK_INTENT",
-                    severity="warning",
-                    source=ctx.service,
-                    message=message,
-                    details={"client_order_id": intent.client_order_id, "status": intent.status, "bars": str(bars)},
-                )
-            )
+            alerts.append(alert("STUCK_INTENT", "warning", message, wm, ctx, key=iid, client_order_id=intent.client_order_id,
+                                status=intent.status, bars=str(bars)))  # fmt: skip
             intents[iid] = msgspec.structs.replace(intent, stuck_alerted=True)
     return (msgspec.structs.replace(state, intents=intents), alerts) if alerts else (state, [])
 
