@@ -531,3 +531,16 @@ async def test_keel_provision_when_operator_then_streams_made_and_when_keel_then
     assert refused == 2 and "operator identity" in refused_err, refused_err
     assert (made, again) == (0, 0)
     assert len(first["created"]) == len(sj.FAMILIES) + 3 and second["created"] == []
+
+
+def test_keel_provision_when_no_nats_url_then_exit_2_naming_the_key(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+):
+    monkeypatch.delenv("KEEL_NATS_URL", raising=False)
+
+    code = cli.main(["provision"])
+
+    assert (code, capsys.readouterr().err.strip()) == (
+        2,
+        "keel provision: KEEL_NATS_URL: expected the NATS URL (as the operator), was empty",
+    )
