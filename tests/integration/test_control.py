@@ -92,7 +92,13 @@ async def test_kill_when_operator_publishes_cli_recipe_then_halted_within_a_seco
     # and it still obeys commands after the restart, without re-applying the old ones
     sent = await nats_pub(nc, resume, b'{"reason":"morning"}')
     await wait_for_flag(nc, namespace, resumed_with("morning"), since=sent, within=HALT_WITHIN_SEC)
-    info = await nc.jetstream().consumer_info(f"{namespace.stream_prefix}CTL", "oms-control")
+    # the flag is written inside the batch, its ack goes after it: wait for the ack to land
+    deadline = time.monotonic() + HALT_WITHIN_SEC
+    while True:
+        info = await nc.jetstream().consumer_info(f"{namespace.stream_prefix}CTL", "oms-control")
+        if info.num_ack_pending == 0 or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.02)
     assert info.delivered.consumer_seq == 4 and info.num_ack_pending == 0
 
 
