@@ -10,12 +10,12 @@ from libs.contracts.execution import ExecutionEvent
 from libs.contracts.marketdata import BarClosed
 from libs.contracts.oms import OmsEvent
 from libs.contracts.ops import OpsEvent
-from libs.contracts.risk import OrderIntent
+from libs.contracts.risk import RiskEvent
 from libs.contracts.signal import TargetProposed
 from libs.contracts.subjects import CTL_CANCEL_ALL, CTL_KILL, CTL_RESUME
-from libs.contracts.tca import TcaRecorded
+from libs.contracts.tca import TcaEvent
 
-AnyEvent = BarClosed | TargetProposed | OrderIntent | OmsEvent | ExecutionEvent | TcaRecorded | OpsEvent
+AnyEvent = BarClosed | TargetProposed | RiskEvent | OmsEvent | ExecutionEvent | TcaEvent | OpsEvent
 
 _encoder = msgspec.json.Encoder(decimal_format="string")
 _any_decoder = msgspec.json.Decoder(AnyEvent)

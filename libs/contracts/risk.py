@@ -62,10 +62,40 @@ class OrderIntent(Event, kw_only=True, tag="risk.order_intent.v1"):
     # the decision bar's traded shares (0: not known): below KEEL_OMS_THIN_VOLUME_SHARES the OMS
     # collars prices tighter (liquidity is thin)
     bar_volume: Annotated[int, msgspec.Meta(ge=0)] = 0
+    # the decision bar's quote and volatility, as the target carried them (TCA's arrival quote)
+    spread_bps: Decimal = Decimal(0)
+    spread_is_proxy: bool = True
+    sigma_bps: Decimal = Decimal(0)
+    # risk's cost gate: the expected one-way cost of this order when it was decided (None: the
+    # gate did not price it) and the trading profile risk ran under
+    expected_cost_bps: Decimal | None = None
+    trading_profile: str = ""
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_order_family(self)
 
 
-RiskEvent = OrderIntent
+class EntryBlocked(Event, kw_only=True, tag="risk.entry_blocked.v1"):
+    """Risk did not order a gap that would open or add to a position, and says why.
+
+    Reasons: COST_GATE_BLOCK (its expected cost is above KEEL_RISK_MAX_ENTRY_COST_BPS),
+    TCA_STALE_BLOCK (the cost model is stale or out of bounds, with
+    KEEL_BLOCK_TRADING_IF_TCA_STALE=1). Orders that reduce a position are never blocked here.
+    """
+
+    symbol: Symbol
+    side: Side
+    qty: Shares
+    reason_code: str
+    message: str
+    bar_ts: NanoTime
+    session: str = ""
+    strategy: str = ""
+    sleeves: tuple[SleeveShare, ...] = ()
+    order_type: OrderType = "market"
+    expected_cost_bps: Decimal | None = None
+    details: dict[str, str] = {}
+
+
+RiskEvent = OrderIntent | EntryBlocked

@@ -20,6 +20,7 @@ class Ctx:
     service: str
     config: Any
     config_sha256: str
+    trading_profile: str = ""  # TRADING_PROFILE of the process (stamped on what it decides)
 
 
 def forward_watermark(last_bar_ts: int, wm: Watermark, ctx: Ctx) -> tuple[int, list[Event]]:

@@ -114,6 +114,7 @@ class Processor(Generic[S]):
         metrics: Metrics | None = None,
         project: Project[S] | None = None,
         snapshot_name: str = "state",
+        trading_profile: str = "",
     ) -> None:
         self.service = service
         self.store = store
@@ -127,6 +128,7 @@ class Processor(Generic[S]):
         self.metrics = metrics
         self.project = project
         self.snapshot_name = snapshot_name
+        self.trading_profile = trading_profile
         self.lock = asyncio.Lock()
         self._decoder = msgspec.json.Decoder(state_type)
 
@@ -143,6 +145,7 @@ class Processor(Generic[S]):
             service=self.service,
             config=self.config,
             config_sha256=self.config_sha256,
+            trading_profile=self.trading_profile,
         )
 
     def rows_for(self, events: Sequence[Event]) -> list[tuple[str, str, bytes, dict[str, str]]]:

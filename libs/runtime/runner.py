@@ -299,6 +299,7 @@ async def processor_for(deps: Deps, initial_state: object, *, project=None) -> P
         state_type=type(initial_state),
         metrics=deps.metrics,
         project=project,
+        trading_profile=deps.loaded.common.trading_profile,
     )
     await processor.restore()
     return processor

@@ -12,14 +12,14 @@ from libs.contracts.codec import decode_command
 from libs.contracts.control import HaltState
 from libs.contracts.execution import ExecutionEvent
 from libs.contracts.ops import Watermark
-from libs.contracts.risk import OrderIntent
+from libs.contracts.risk import RiskEvent
 from libs.errors.breakers import Breakers
 from libs.errors.handle import publish_halt
 from libs.runtime.processor import Processor
 from services.oms import handlers
 from services.oms.state import OmsState
 
-_intent_decoder = msgspec.json.Decoder(OrderIntent | Watermark)
+_intent_decoder = msgspec.json.Decoder(RiskEvent | Watermark)
 _report_decoder = msgspec.json.Decoder(ExecutionEvent | Watermark)
 
 

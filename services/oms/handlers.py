@@ -24,7 +24,7 @@ from libs.contracts.execution import (
 from libs.contracts.oms import APPROVED as APPROVED_REASON
 from libs.contracts.oms import CancelRequested, OrderLookupRequested, PositionChanged, PretradeDecision, SessionSummary
 from libs.contracts.ops import AlertRaised, Watermark
-from libs.contracts.risk import OrderIntent
+from libs.contracts.risk import EntryBlocked, OrderIntent
 from libs.decide import Ctx, forward_watermark
 from libs.errors.breakers import circuit_open_code
 from services.oms import state as st
@@ -826,6 +826,8 @@ def step(
         return on_watermark(state, event, ctx)
     if isinstance(event, HaltTrading | ResumeTrading | CancelAllOrders):
         return on_control(state, event, ctx)
+    if isinstance(event, EntryBlocked):
+        return state, []  # risk never ordered it: nothing for the OMS to decide
     if isinstance(event, Event):
         return on_report(state, event, ctx)  # type: ignore[arg-type]
     return state, []

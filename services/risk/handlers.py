@@ -162,6 +162,10 @@ def on_target(state: RiskState, ev: TargetProposed, ctx: Ctx) -> tuple[RiskState
                 notional=qty * ev.reference_price,
                 risk_seq=sym.emitted + 1,
                 bar_volume=ev.bar_volume,
+                spread_bps=ev.spread_bps,
+                spread_is_proxy=ev.spread_is_proxy,
+                sigma_bps=ev.sigma_bps,
+                trading_profile=ctx.trading_profile,
                 **order_terms(cfg, side, ev.reference_price, closing=sym.position * delta < 0),  # type: ignore[arg-type]
             )
         )

@@ -20,8 +20,11 @@ from libs.contracts.marketdata import BarClosed
 from libs.contracts.ops import Watermark
 from libs.contracts.signal import TargetProposed
 from libs.decide import Ctx, forward_watermark
+from libs.fillsim import bar_sigma
 from services.signal.config import SignalConfig
 from services.signal.state import SignalState, SymbolSignal
+
+SIGMA_Q = Decimal("0.0001")
 
 MINUTES_PER_YEAR = 390 * 252
 
@@ -94,6 +97,9 @@ def on_bar(state: SignalState, bar: BarClosed, ctx: Ctx) -> tuple[SignalState, l
                 signal_hash=signal_hash,
                 session=bar.session,
                 bar_volume=bar.volume,
+                spread_bps=bar.spread_bps,
+                spread_is_proxy=bar.spread_is_proxy,
+                sigma_bps=(bar_sigma(bar) * 10_000).quantize(SIGMA_Q),
             )
         )
         sym = msgspec.structs.replace(sym, last_target=target)

@@ -1,4 +1,4 @@
-"""NATS edge of TCA: intents (arrival prices) and execution reports (fills)."""
+"""NATS edge of TCA: intents and risk's blocks, execution reports, and bars (prices over time)."""
 
 from __future__ import annotations
 
@@ -8,13 +8,15 @@ from libs.bus import ConsumerSpec
 from libs.bus.consumer import Inbound, OnBatch
 from libs.contracts import subjects as sj
 from libs.contracts.execution import ExecutionEvent
+from libs.contracts.marketdata import BarClosed
 from libs.contracts.ops import Watermark
-from libs.contracts.risk import OrderIntent
+from libs.contracts.risk import RiskEvent
 from libs.runtime.processor import Processor
 from services.tca import handlers
 
-_intent_decoder = msgspec.json.Decoder(OrderIntent | Watermark)
+_intent_decoder = msgspec.json.Decoder(RiskEvent | Watermark)
 _report_decoder = msgspec.json.Decoder(ExecutionEvent | Watermark)
+_bar_decoder = msgspec.json.Decoder(BarClosed | Watermark)
 
 
 def consumers(subjects: sj.Subjects, processor: Processor) -> list[tuple[ConsumerSpec, OnBatch]]:
@@ -31,6 +33,12 @@ def consumers(subjects: sj.Subjects, processor: Processor) -> list[tuple[Consume
         filter_subject=subjects.family_wildcard(sj.EXEC),
         decode=lambda _s, data: _report_decoder.decode(data),
     )
+    bars = ConsumerSpec(
+        durable="tca-bars",
+        family=sj.MD,
+        filter_subject=subjects.family_wildcard(sj.MD),
+        decode=lambda _s, data: _bar_decoder.decode(data),
+    )
 
     def apply(spec: ConsumerSpec) -> OnBatch:
         async def on_batch(batch: list[Inbound]) -> None:
@@ -38,4 +46,4 @@ def consumers(subjects: sj.Subjects, processor: Processor) -> list[tuple[Consume
 
         return on_batch
 
-    return [(intents, apply(intents)), (fills, apply(fills))]
+    return [(intents, apply(intents)), (fills, apply(fills)), (bars, apply(bars))]

@@ -1,4 +1,4 @@
-"""TCA state: arrival benchmarks of recent intents and fills still waiting for theirs."""
+"""TCA state: what is known of each order still being measured, recent prices, fills waiting."""
 
 from __future__ import annotations
 
@@ -6,21 +6,80 @@ from decimal import Decimal
 
 import msgspec
 
-from libs.contracts.execution import OrderFilled, OrderPartiallyFilled
+from libs.contracts.execution import ExecutionEvent
+
+TAPE_BARS = 16  # closes kept per symbol: enough to price a time a few bars back
+
+# statuses of an order's record
+PENDING = "pending"
+WORKING = "working"
+PARTIALLY_FILLED = "partially_filled"
+FILLED = "filled"
+CANCELED = "canceled"
+EXPIRED = "expired"
+REJECTED = "rejected"
+FAILED = "failed"
+ENDED = frozenset({FILLED, CANCELED, EXPIRED, REJECTED, FAILED})
 
 
-class Arrival(msgspec.Struct, frozen=True, kw_only=True):
-    """The benchmark of one intent."""
+class OrderTca(msgspec.Struct, frozen=True, kw_only=True):
+    """One order as TCA measures it: its decision, hand-over, fills and end."""
 
+    client_order_id: str
+    intent_id: str
     symbol: str
     side: str
-    arrival_price: Decimal
-    strategy: str
-    bar_ts: int
+    qty: int
+    session: str
+    decision_ts: int
+    decision_price: Decimal
+    correlation_id: str = ""  # the decision's (its bar cycle)
+    strategy: str = ""
+    sleeve: str = ""
+    trading_profile: str = ""
+    order_type: str = "market"
+    order_class: str = "simple"
+    time_in_force: str = "day"
+    spread_bps: Decimal = Decimal(0)
+    spread_is_proxy: bool = True
+    expected_cost_bps: Decimal | None = None
+    leg: bool = False  # an exit leg: measured against its own price, only once it fills
+    provider: str = ""
+    submit_ts: int = 0  # when the broker took it (its time), else when execution handed it over
+    submit_price: Decimal | None = None
+    filled_qty: int = 0
+    fill_notional: Decimal = Decimal(0)
+    fees: Decimal = Decimal(0)
+    fees_estimated: bool = False
+    first_fill_ts: int = 0
+    partial_fill: bool = False
+    status: str = PENDING
+    end_ts: int = 0
+    end_event_id: str = ""  # the report that ended it: the cause of its final record
+    reason: str = ""
+    end_price: Decimal | None = None
+    revision: int = 0
+    final: bool = False
+
+
+class Tape(msgspec.Struct, frozen=True, kw_only=True):
+    """The last closes of one symbol, oldest first: (bar close time, close)."""
+
+    bars: tuple[tuple[int, Decimal], ...] = ()
+
+    @property
+    def last_ts(self) -> int:
+        """The close time of the newest bar (0: none)."""
+        return self.bars[-1][0] if self.bars else 0
 
 
 class TcaState(msgspec.Struct, frozen=True, kw_only=True):
-    """Arrivals by client_order_id; fills that arrived before their intent."""
+    """Orders by client_order_id, prices by symbol, reports that came before their intent."""
 
-    arrivals: dict[str, Arrival] = {}
-    waiting: tuple[OrderFilled | OrderPartiallyFilled, ...] = ()
+    orders: dict[str, OrderTca] = {}
+    tapes: dict[str, Tape] = {}
+    md_watermark: int = 0  # marketdata has published every bar up to here
+    exec_watermark: int = 0  # execution has reported everything of bars up to here
+    # (end time, canceled) of the orders of each symbol that ended within the cancel-rate window
+    ends: dict[str, tuple[tuple[int, bool], ...]] = {}
+    waiting: tuple[ExecutionEvent, ...] = ()  # execution reports whose intent has not been seen yet

@@ -30,7 +30,7 @@ from libs.contracts.execution import (
 from libs.contracts.oms import PositionChanged, PretradeDecision
 from libs.contracts.ops import AlertRaised
 from libs.contracts.risk import OrderIntent
-from libs.contracts.tca import TcaRecorded
+from libs.contracts.tca import TcaOrderRecorded, TcaRecorded
 from libs.errors import classify_exception
 from services.execution import handlers as ex
 from services.execution import state as est
@@ -806,39 +806,38 @@ def test_poll_when_simple_order_fills_then_no_leg_events_and_order_forgotten(f: 
 # --- tca: leg arrivals -----------------------------------------------------------------------
 
 
-def test_tca_intent_when_bracket_then_an_arrival_per_leg_at_its_reference_price_and_side(f: Events) -> None:
+def test_tca_intent_when_bracket_then_an_order_per_leg_at_its_reference_price_and_side(f: Events) -> None:
     intent = bracket(f, "buy", tp="55", sl="45")
 
     state, out = tca.on_intent(TcaState(), intent, TCA_CTX)
 
     assert out == []
-    arrivals = {cid: (a.side, a.arrival_price, a.strategy) for cid, a in state.arrivals.items()}
-    assert arrivals == {
-        intent.client_order_id: ("buy", D("50"), "keel"),
-        cid_of(intent, "take_profit"): ("sell", D("55"), "keel"),
-        cid_of(intent, "stop_loss"): ("sell", D("45"), "keel"),
+    orders = {cid: (o.side, o.decision_price, o.strategy, o.leg) for cid, o in state.orders.items()}
+    assert orders == {
+        intent.client_order_id: ("buy", D("50"), "keel", False),
+        cid_of(intent, "take_profit"): ("sell", D("55"), "keel", True),
+        cid_of(intent, "stop_loss"): ("sell", D("45"), "keel", True),
     }
 
 
-def test_tca_intent_when_simple_then_only_its_own_arrival(f: Events) -> None:
+def test_tca_intent_when_simple_then_only_its_own_order(f: Events) -> None:
     intent = f.intent("AAPL", "buy", 100, "50")
 
     state, _ = tca.on_intent(TcaState(), intent, TCA_CTX)
 
-    assert list(state.arrivals) == [intent.client_order_id]
+    assert list(state.orders) == [intent.client_order_id]
 
 
 def test_tca_fill_when_leg_fill_arrived_before_its_intent_then_measured_when_the_intent_arrives(f: Events) -> None:
     intent = bracket(f, "buy", tp="55", sl="45")
     sl = leg_reports(f, intent, "stop_loss")
     fill = f.fill(sl, last_qty=100, last_px="44.91", cum_qty=100)
-    waiting, early = tca.on_fill(TcaState(), fill, TCA_CTX)
+    waiting, early = tca.on_report(TcaState(), fill, TCA_CTX)
     assert early == [] and waiting.waiting == (fill,)
 
     state, out = tca.on_intent(waiting, intent, TCA_CTX)
 
-    (rec,) = out
-    assert isinstance(rec, TcaRecorded)
+    rec = next(e for e in out if isinstance(e, TcaRecorded))
     assert (rec.client_order_id, rec.side, rec.arrival_price, rec.fill_price, rec.qty) == (
         cid_of(intent, "stop_loss"),
         "sell",
@@ -848,6 +847,15 @@ def test_tca_fill_when_leg_fill_arrived_before_its_intent_then_measured_when_the
     )
     assert rec.shortfall_bps == D("20.0000")  # sold 9 cents below the stop: slippage past the trigger
     assert state.waiting == ()
+    # the leg's order record: its price is the stop, and a leg misses nothing it did not fill
+    (order,) = [e for e in out if isinstance(e, TcaOrderRecorded)]
+    assert (order.client_order_id, order.final, order.filled_qty, order.opportunity_bps) == (
+        cid_of(intent, "stop_loss"),
+        True,
+        100,
+        D(0),
+    )
+    assert order.execution_bps == D("20.0000")  # 0.09 a share of a 45.00 paper price
 
 
 # --- exit legs in the way of a reducing order -------------------------------------------------
