@@ -1,9 +1,10 @@
-"""`keel`: up, status, kill, resume, cancel-all, migrate, provision."""
+"""`keel`: up, status, kill, resume, cancel-all, migrate, provision, report."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import json
 import os
 import sys
@@ -22,6 +23,57 @@ def _up_file(var: Path) -> dict[str, Any]:
     if not url:
         raise SystemExit(f"keel: nothing is running under {var} (no {path}) and KEEL_NATS_URL is not set")
     return {"nats_url": url, "prefix": os.environ.get("KEEL_PREFIX", "keel"), "services": {}}
+
+
+def _report_database(var: Path) -> tuple[str, str]:
+    """Return the database URL and schema prefix: KEEL_DATABASE_URL, else the running `keel up`'s."""
+    common = load(None).common
+    if common.database_url:
+        return common.database_url, common.schema_prefix
+    path = var / "up.json"
+    if not path.exists():
+        raise ConfigError(f"KEEL_DATABASE_URL: expected a database URL or a running `keel up` ({path}), was neither")
+    up = json.loads(path.read_text())
+    if not up.get("database_url"):
+        raise ConfigError(
+            f"KEEL_DATABASE_URL: expected it set, was empty, and {path} records only a redacted database URL "
+            f"({up.get('database_url_redacted', '?')}: it holds a password); set KEEL_DATABASE_URL to reach it"
+        )
+    return up["database_url"], up.get("schema_prefix", "keel")
+
+
+async def _write_report(report: Any, database_url: str, schema_prefix: str, session: str, out: Path) -> list[Path]:
+    import asyncpg
+
+    from migrations.naming import service_schema
+
+    try:
+        conn = await asyncpg.connect(database_url)
+    except (OSError, asyncpg.PostgresError) as e:
+        raise DependencyUnavailable(f"expected Postgres at the report's database URL, was unreachable: {e}") from e
+    schema = service_schema(schema_prefix, "tca")
+    try:
+        day = await report.load_day(conn, schema, session)
+    except (asyncpg.UndefinedTableError, asyncpg.InvalidSchemaNameError) as e:
+        raise DependencyUnavailable(f"expected the TCA tables in schema {schema}, was not migrated: {e}") from e
+    finally:
+        await conn.close()
+    return await asyncio.to_thread(lambda: report.write(report.build(day), day, out))
+
+
+def _report(args: argparse.Namespace) -> int:
+    # the CLI is an entry point like libs/runtime/entry: it reaches the service's module by name
+    report = importlib.import_module("services.tca.report")
+    try:
+        session = report.parse_session(args.date)
+    except ValueError as e:
+        print(f"keel report: --date: {e}", file=sys.stderr)
+        return 2
+    database_url, schema_prefix = _report_database(args.var)
+    out = args.out if args.out is not None else args.var / "reports"
+    for path in asyncio.run(_write_report(report, database_url, schema_prefix, session, out)):
+        print(path)
+    return 0
 
 
 def _control(args: argparse.Namespace, verb: str, body: dict[str, Any], wait_halt: bool | None) -> int:
@@ -75,6 +127,13 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser(
         "provision", help="create or update the JetStream streams and buckets (KEEL_NATS_URL as the operator)"
     )
+    rep = sub.add_parser(
+        "report",
+        help="write one session's execution report (JSON, CSV, HTML) and per-order TCA records (JSONL)",
+        description="Database: KEEL_DATABASE_URL and KEEL_SCHEMA_PREFIX, else the running `keel up`'s.",
+    )
+    rep.add_argument("--date", required=True, help="the session, YYYY-MM-DD")
+    rep.add_argument("--out", type=Path, default=None, help="directory to write to (default <var>/reports)")
 
     args = parser.parse_args(argv)
     try:
@@ -115,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
                 raise ConfigError("KEEL_NATS_URL: expected the NATS URL (as the operator), was empty")
             print(json.dumps(asyncio.run(control.provision(common.nats_url, common.prefix))))
             return 0
+        if args.verb == "report":
+            return _report(args)
         if args.verb == "migrate":
             from libs.runtime.migrate import migrate
 

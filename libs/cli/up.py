@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
 import httpx
@@ -77,6 +78,11 @@ class Cluster:
 
 def _redact(url: str) -> str:
     return url.split("://", 1)[0] + "://***@" + url.split("@", 1)[1] if "@" in url else url
+
+
+def _holds_password(url: str) -> bool:
+    parts = urlsplit(url)
+    return bool(parts.password) or "password" in parse_qs(parts.query)
 
 
 def _exchange_keys(var: Path) -> dict[str, str]:
@@ -289,6 +295,8 @@ def _write_up_file(var: Path, cluster: Cluster, keys: dict[str, str], run_id: st
         "schema_prefix": cluster.schema_prefix,
         "nats_url": cluster.nats_url,
         "database_url_redacted": _redact(cluster.database_url),
+        # the plain URL only when it holds no password (embedded Postgres: none): `keel report` reads it
+        **({"database_url": cluster.database_url} if not _holds_password(cluster.database_url) else {}),
         "services": {name: c.url for name, c in cluster.children.items()},
         "exchange": {"base_url": cluster.children["exchange"].url, **keys},
     }

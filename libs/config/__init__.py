@@ -94,6 +94,9 @@ class CommonConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     # marketdata may serve bars from its fallback provider while the primary's breaker is open;
     # then an open data_primary breaker no longer blocks new orders (data_fallback's does)
     data_fallback_allowed: bool = False
+    # risk blocks new entries (TCA_STALE_BLOCK) while the cost model is stale or out of bounds
+    # (seed 000: AI_TRADING_BLOCK_TRADING_IF_TCA_STALE; seed 002 C-TCA-01)
+    block_trading_if_tca_stale: bool = False
     # crash points this process SIGKILLs itself at (libs/runtime/crashpoints.py): the crash-safety
     # harness's only, refused in live mode
     crash_at: tuple[str, ...] = ()

@@ -88,7 +88,7 @@ class Subjects:
             return self.event(HB, name, subject_key(ev.service))  # type: ignore[attr-defined]
         if name in ("alert_raised", "cycle_summary"):
             return self.event(OPS, name, subject_key(ev.source))  # type: ignore[attr-defined]
-        if name in ("broker_snapshot", "session_summary"):
+        if name in ("broker_snapshot", "session_summary", "cost_model_updated"):
             return self.event(family, name, "all")  # about the whole account, not one symbol
         return self.event(family, name, subject_key(ev.symbol))
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from libs.config import CommonConfig
 from libs.contracts.base import Event, derive_id
 from libs.contracts.ops import AlertRaised, Watermark
 
@@ -20,7 +21,7 @@ class Ctx:
     service: str
     config: Any
     config_sha256: str
-    trading_profile: str = ""  # TRADING_PROFILE of the process (stamped on what it decides)
+    common: CommonConfig = CommonConfig()  # the process's common keys (TRADING_PROFILE, ...)
 
 
 def forward_watermark(last_bar_ts: int, wm: Watermark, ctx: Ctx) -> tuple[int, list[Event]]:

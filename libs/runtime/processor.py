@@ -18,6 +18,7 @@ from typing import Any, Generic, TypeVar
 import msgspec
 
 from libs.bus import Bus, Inbound
+from libs.config import CommonConfig
 from libs.contracts import subjects as sj
 from libs.contracts.base import Event
 from libs.contracts.codec import encode
@@ -114,7 +115,7 @@ class Processor(Generic[S]):
         metrics: Metrics | None = None,
         project: Project[S] | None = None,
         snapshot_name: str = "state",
-        trading_profile: str = "",
+        common: CommonConfig | None = None,
     ) -> None:
         self.service = service
         self.store = store
@@ -128,7 +129,7 @@ class Processor(Generic[S]):
         self.metrics = metrics
         self.project = project
         self.snapshot_name = snapshot_name
-        self.trading_profile = trading_profile
+        self.common = common or CommonConfig()
         self.lock = asyncio.Lock()
         self._decoder = msgspec.json.Decoder(state_type)
 
@@ -145,7 +146,7 @@ class Processor(Generic[S]):
             service=self.service,
             config=self.config,
             config_sha256=self.config_sha256,
-            trading_profile=self.trading_profile,
+            common=self.common,
         )
 
     def rows_for(self, events: Sequence[Event]) -> list[tuple[str, str, bytes, dict[str, str]]]:

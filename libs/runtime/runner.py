@@ -299,7 +299,7 @@ async def processor_for(deps: Deps, initial_state: object, *, project=None) -> P
         state_type=type(initial_state),
         metrics=deps.metrics,
         project=project,
-        trading_profile=deps.loaded.common.trading_profile,
+        common=deps.loaded.common,
     )
     await processor.restore()
     return processor

@@ -1,4 +1,5 @@
-"""TCA per-order records, blocks, session marks and cost-model calibrations.
+"""TCA per-order records, blocks, session marks and cost-model calibrations; the exchange's
+calibrated cost model.
 
 Revision ID: 0006
 Revises: 0005
@@ -115,7 +116,19 @@ def upgrade() -> None:
     )
 
 
+    # the cost model the local exchange's fill simulator prices with (KEEL_EXCHANGE_COST_MODEL=calibrated)
+    x = service_schema(context.config.attributes["schema_prefix"], "exchange")
+    op.execute(
+        f"""CREATE TABLE {x}.calibration (
+            id integer PRIMARY KEY CHECK (id = 1),
+            model jsonb NOT NULL,
+            updated_at timestamptz NOT NULL DEFAULT now())"""
+    )
+
+
 def downgrade() -> None:
+    x = service_schema(context.config.attributes["schema_prefix"], "exchange")
+    op.execute(f"DROP TABLE IF EXISTS {x}.calibration")
     t = _t()
     for table in ("cost_models", "marks", "blocks", "orders"):
         op.execute(f"DROP TABLE IF EXISTS {t}.{table}")

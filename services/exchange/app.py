@@ -25,12 +25,13 @@ from fastapi import FastAPI
 from libs import sessions
 from libs.bus import Bus, Inbound
 from libs.contracts.marketdata import BarClosed
+from libs.contracts.tca import CostModelUpdated
 from libs.errors import classify_exception
 from libs.obs.metrics import Metrics
 from libs.runtime.runner import Deps, Service
 from services.exchange import api, bars, faults, handlers, stream
 from services.exchange.config import ExchangeConfig
-from services.exchange.consumers import BARS_CONSUMER, bars_consumer
+from services.exchange.consumers import BARS_CONSUMER, COSTS_CONSUMER, bars_consumer, costs_consumer
 from services.exchange.state import ExchangeOrder, ExchangeState, Rejection, ReplaceOrder, SubmitOrder
 from services.exchange.store import ExchangeStore
 
@@ -186,6 +187,20 @@ class ExchangeService:
             if changed:
                 self._announce(before, after, list(changed.values()))
 
+    async def on_costs(self, batch: list[Inbound]) -> None:
+        """Adopt TCA's calibrations for the fill simulator, with their tracking rows."""
+        async with self._lock:
+            before = self.state
+            after = before
+            async with self.store.unit() as uow:
+                fresh = await uow.track(COSTS_CONSUMER, [m.stream_seq for m in batch])
+                for inbound in batch:
+                    if inbound.stream_seq in fresh and isinstance(inbound.payload, CostModelUpdated):
+                        after = handlers.on_cost_model(after, inbound.payload)
+                if after is not before:
+                    await self.store.save(uow, before, after, [])
+            self._state = after
+
     def _announce(self, before: ExchangeState, after: ExchangeState, changed: Sequence[ExchangeOrder]) -> None:
         """Publish the trade updates of a committed mutation (call after `self._state = after`, under the lock)."""
         try:
@@ -226,8 +241,11 @@ async def build(deps: Deps, *, ctx: handlers.Ctx | None = None) -> Service:
         api.configure(app, service.config)
         app.add_api_websocket_route("/stream", stream.endpoint(service.hub, service.config))
 
+    consumers = [(bars_consumer(deps.bus.subjects), service.on_bars)]
+    if config.cost_model_source == "calibrated":
+        consumers.append((costs_consumer(deps.bus.subjects), service.on_costs))
     return Service(
-        consumers=[(bars_consumer(deps.bus.subjects), service.on_bars)],
+        consumers=consumers,
         router=api.router(service),
         on_stop=[service.hub.close],
         configure=configure,

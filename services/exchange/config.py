@@ -28,7 +28,11 @@ class ExchangeConfig(Section, frozen=True, kw_only=True, forbid_unknown_fields=T
     # while False the routes do not exist and no fault can fire
     admin_enabled: bool = False
     allow_shorting: bool = True  # False: opening sells are refused ("account is not allowed to short")
-    # the fill simulator (libs/fillsim CostModel): same seed and bars -> the same fills
+    # the fill simulator (libs/fillsim CostModel): same seed and bars -> the same fills.
+    # "calibrated": from the session a TCA calibration (CostModelUpdated) holds for on, each
+    # symbol's spread, slippage, volatility and impact coefficients come from it (the keys below
+    # stay the rest, and everything before the first calibration)
+    cost_model_source: Literal["static", "calibrated"] = "static"
     sim_seed: int = 0
     proxy_spread_bps: Decimal = Decimal(5)
     fixed_slippage_bps: Decimal = Decimal("0.5")

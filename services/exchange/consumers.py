@@ -1,4 +1,4 @@
-"""NATS edge of the local paper exchange: every closed bar, in stream order."""
+"""NATS edge of the local paper exchange: every closed bar, in stream order, and TCA's cost model."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from libs.contracts import subjects as sj
 from libs.contracts.codec import decode_event
 
 BARS_CONSUMER = "exchange-bars"
+COSTS_CONSUMER = "exchange-costs"
 
 
 def decode(subject: str, data: bytes) -> object:
@@ -20,5 +21,15 @@ def bars_consumer(subjects: sj.Subjects) -> ConsumerSpec:
         durable=BARS_CONSUMER,
         family=sj.MD,
         filter_subject=subjects.event(sj.MD, "bar_closed", "*"),
+        decode=decode,
+    )
+
+
+def costs_consumer(subjects: sj.Subjects) -> ConsumerSpec:
+    """Return the durable consumer of TCA's calibrations (KEEL_EXCHANGE_COST_MODEL_SOURCE=calibrated)."""
+    return ConsumerSpec(
+        durable=COSTS_CONSUMER,
+        family=sj.TCA,
+        filter_subject=subjects.event(sj.TCA, "cost_model_updated"),
         decode=decode,
     )

@@ -24,9 +24,10 @@ from decimal import Decimal
 
 from msgspec.structs import replace
 
-from libs import fillsim, sessions
+from libs import costmodel, fillsim, sessions
 from libs.contracts.base import exit_legs
 from libs.contracts.marketdata import BarClosed
+from libs.contracts.tca import CostModelUpdated
 from libs.errors import InvariantViolation
 from services.exchange.state import (
     ACTIVE_STATUSES,
@@ -568,6 +569,34 @@ def held_for_orders(state: ExchangeState, position: Position) -> int:
     return min(held, abs(position.qty))
 
 
+E_ABS_Z = Decimal("0.7978845608")  # E|z| = sqrt(2 / pi) of a standard normal: the simulator draws |z| per fill
+
+
+def simulator_model(base: fillsim.CostModel, calibration: CostModelUpdated | None, bar: BarClosed) -> fillsim.CostModel:
+    """Return the fill simulator's parameters for a bar: the configured ones, or from the session
+    the calibration holds for on, the symbol's calibrated spread (for bars without a quoted one),
+    slippage, volatility and impact coefficients (libs/costmodel; the simulator multiplies its
+    volatility term by |z|, so its coefficient is the calibrated one over E|z|)."""
+    if calibration is None or bar.session < calibration.effective_session:
+        return base
+    cost = costmodel.cost_of(calibration, bar.symbol)
+    return replace(
+        base,
+        proxy_spread_bps=cost.spread_bps,
+        fixed_slippage_bps=max(cost.slippage_bps, ZERO),
+        vol_slippage_coef=cost.vol_coef / E_ABS_Z,
+        impact_coef=cost.impact_coef,
+    )
+
+
+def on_cost_model(state: ExchangeState, ev: CostModelUpdated) -> ExchangeState:
+    """Adopt TCA's newer calibration for the fill simulator (an older one changes nothing)."""
+    held = state.calibration
+    if held is not None and (ev.effective_session, ev.calibrated_ts) <= (held.effective_session, held.calibrated_ts):
+        return state
+    return replace(state, calibration=ev)
+
+
 def on_bar(state: ExchangeState, bar: BarClosed, ctx: Ctx = DEFAULT_CTX) -> tuple[ExchangeState, list[ExchangeOrder]]:
     """Advance the event clock to a closed bar, match its symbol's orders, expire day orders."""
     ts = bar.ts_event
@@ -583,7 +612,8 @@ def on_bar(state: ExchangeState, bar: BarClosed, ctx: Ctx = DEFAULT_CTX) -> tupl
     def current(oid: str) -> ExchangeOrder:
         return changed.get(oid) or state.orders[oid]
 
-    room = fillsim.capacity(bar, ctx.model)
+    model = simulator_model(ctx.model, state.calibration, bar)
+    room = fillsim.capacity(bar, model)
     for oid in state.working.get(bar.symbol, ()):
         order = current(oid)
         if not order.works or order.eligible_after >= ts:
@@ -607,7 +637,7 @@ def on_bar(state: ExchangeState, bar: BarClosed, ctx: Ctx = DEFAULT_CTX) -> tupl
             hwm=order.hwm,
             triggered=order.triggered,
         )
-        m = fillsim.match(working, bar, room, ctx.model)
+        m = fillsim.match(working, bar, room, model)
         if (m.hwm, m.stop_price, m.triggered) != (order.hwm, order.stop_price, order.triggered):
             order = replace(order, hwm=m.hwm, stop_price=m.stop_price, triggered=m.triggered)
             changed[oid] = order
@@ -819,6 +849,8 @@ __all__ = [
     "long_market_value",
     "mark_price",
     "on_bar",
+    "on_cost_model",
+    "simulator_model",
     "order_id_for",
     "replace_order",
     "short_market_value",

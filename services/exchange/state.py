@@ -11,6 +11,8 @@ from typing import Literal
 
 import msgspec
 
+from libs.contracts.tca import CostModelUpdated
+
 # Alpaca's order status vocabulary (alpaca/trading/enums.py OrderStatus); the local exchange
 # uses new, partially_filled, filled, canceled, expired, replaced and held. Rejections never
 # become orders: Alpaca answers them with an HTTP error, so neither does this exchange.
@@ -213,6 +215,8 @@ class ExchangeState(msgspec.Struct, frozen=True, kw_only=True):
     positions: dict[str, Position] = {}
     marks: dict[str, Mark] = {}
     next_seq: int = 1
+    # TCA's calibrated cost model, when the simulator prices with it (KEEL_EXCHANGE_COST_MODEL=calibrated)
+    calibration: CostModelUpdated | None = None
 
 
 class SubmitOrder(msgspec.Struct, frozen=True, kw_only=True):
@@ -278,6 +282,7 @@ def rebuild(
     orders: list[ExchangeOrder],
     positions: list[Position],
     marks: list[Mark],
+    calibration: CostModelUpdated | None = None,
 ) -> ExchangeState:
     """Rebuild state from stored rows, deriving the indexes."""
     ordered = sorted(orders, key=lambda o: o.seq)
@@ -294,4 +299,5 @@ def rebuild(
         positions={p.symbol: p for p in positions},
         marks={m.symbol: m for m in marks},
         next_seq=(ordered[-1].seq + 1) if ordered else 1,
+        calibration=calibration,
     )

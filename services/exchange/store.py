@@ -12,6 +12,8 @@ from decimal import Decimal
 
 import msgspec
 
+from libs.contracts.codec import encode
+from libs.contracts.tca import CostModelUpdated
 from libs.db import DatabaseUnavailable, Store, UnitOfWork
 from services.exchange.state import (
     Account,
@@ -23,9 +25,10 @@ from services.exchange.state import (
     rebuild,
 )
 
-_TABLES = ("account", "orders", "positions", "marks")
+_TABLES = ("account", "orders", "positions", "marks", "calibration")
 _order_encoder = msgspec.json.Encoder(decimal_format="string")
 _order_decoder = msgspec.json.Decoder(ExchangeOrder)
+_calibration_decoder = msgspec.json.Decoder(CostModelUpdated)
 
 
 class ExchangeStore(Store):
@@ -41,7 +44,7 @@ class ExchangeStore(Store):
         )
         if found != len(_TABLES):
             raise DatabaseUnavailable(
-                f"schema {self.schema} lacks the exchange tables (expected revision 0003 or later; "
+                f"schema {self.schema} lacks the exchange tables (expected revision 0006 or later; "
                 "run `alembic upgrade head`)"
             )
 
@@ -88,7 +91,9 @@ class ExchangeStore(Store):
                 )
                 for r in await conn.fetch(f"SELECT * FROM {s}.marks ORDER BY symbol")
             ]
-        return rebuild(account, row["clock_ns"], orders, positions, marks)
+            cal = await conn.fetchval(f"SELECT model::text FROM {s}.calibration WHERE id = 1")
+            calibration = _calibration_decoder.decode(cal.encode()) if cal is not None else None
+        return rebuild(account, row["clock_ns"], orders, positions, marks, calibration)
 
     async def save(
         self,
@@ -102,6 +107,12 @@ class ExchangeStore(Store):
         await self._save_positions(uow, before, after)
         await self._save_marks(uow, before, after)
         await self._save_account(uow, after)
+        if after.calibration is not None and after.calibration is not before.calibration:
+            await uow.conn.execute(
+                f"INSERT INTO {self.schema}.calibration (id, model) VALUES (1, $1::jsonb) "
+                "ON CONFLICT (id) DO UPDATE SET model = excluded.model, updated_at = now()",
+                encode(after.calibration).decode(),
+            )
 
     async def _save_orders(self, uow: UnitOfWork, orders: Sequence[ExchangeOrder]) -> None:
         if not orders:

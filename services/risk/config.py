@@ -31,6 +31,12 @@ class RiskConfig(Section, frozen=True, kw_only=True, forbid_unknown_fields=True)
     trail_percent: Decimal = Decimal(1)  # trailing_stop: trail by this percent
     take_profit_bps: Decimal | None = None  # exit leg: take profit this far from the close
     stop_loss_bps: Decimal | None = None  # exit leg: stop out this far from the close
+    # the cost gate (seed 000 §H, seed 002 C-TCA-01): an order that opens or adds to a position
+    # is not sent when its expected one-way cost under TCA's calibrated model is above this
+    max_entry_cost_bps: Decimal = Decimal(50)
+    # the cost model is stale once this many sessions passed after the one it was made for;
+    # with KEEL_BLOCK_TRADING_IF_TCA_STALE=1 entries are then blocked (TCA_STALE_BLOCK)
+    tca_max_age_sessions: int = 1
 
     def __post_init__(self) -> None:
         problem = policy_problem(self)
@@ -60,6 +66,10 @@ def policy_problem(cfg: RiskConfig) -> str:
         ok = value.is_finite() and (value >= least if least is not None else value > 0) and value < BPS
         if not ok:
             return f"{_key(name)}: expected {'0 <=' if least is not None else '0 <'} bps < 10000, was {value}"
+    if not cfg.max_entry_cost_bps.is_finite() or cfg.max_entry_cost_bps < 0:
+        return f"{_key('max_entry_cost_bps')}: expected >= 0 bps, was {cfg.max_entry_cost_bps}"
+    if cfg.tca_max_age_sessions < 0:
+        return f"{_key('tca_max_age_sessions')}: expected >= 0, was {cfg.tca_max_age_sessions}"
     if not cfg.trail_percent.is_finite() or not 0 < cfg.trail_percent < 100:
         return f"{_key('trail_percent')}: expected 0 < percent < 100, was {cfg.trail_percent}"
     legs = (cfg.take_profit_bps is not None) + (cfg.stop_loss_bps is not None)

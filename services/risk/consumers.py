@@ -1,4 +1,4 @@
-"""NATS edge of the risk service: sleeve targets and the OMS's position reports."""
+"""NATS edge of the risk service: sleeve targets, the OMS's position reports, TCA's cost model."""
 
 from __future__ import annotations
 
@@ -10,11 +10,13 @@ from libs.contracts import subjects as sj
 from libs.contracts.oms import PositionChanged
 from libs.contracts.ops import Watermark
 from libs.contracts.signal import TargetProposed
+from libs.contracts.tca import CostModelUpdated
 from libs.runtime.processor import Processor
 from services.risk import handlers
 
 _signal_decoder = msgspec.json.Decoder(TargetProposed | Watermark)
 _position_decoder = msgspec.json.Decoder(PositionChanged)
+_cost_decoder = msgspec.json.Decoder(CostModelUpdated)
 
 
 def consumers(subjects: sj.Subjects, processor: Processor) -> list[tuple[ConsumerSpec, OnBatch]]:
@@ -32,10 +34,17 @@ def consumers(subjects: sj.Subjects, processor: Processor) -> list[tuple[Consume
         decode=lambda _subject, data: _position_decoder.decode(data),
     )
 
+    costs = ConsumerSpec(
+        durable="risk-costs",
+        family=sj.TCA,
+        filter_subject=subjects.event(sj.TCA, "cost_model_updated"),
+        decode=lambda _subject, data: _cost_decoder.decode(data),
+    )
+
     def apply(spec: ConsumerSpec) -> OnBatch:
         async def on_batch(batch):  # type: ignore[no-untyped-def]
             await processor.apply(spec.durable, batch, handlers.step)
 
         return on_batch
 
-    return [(targets, apply(targets)), (positions, apply(positions))]
+    return [(targets, apply(targets)), (positions, apply(positions)), (costs, apply(costs))]

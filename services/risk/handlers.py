@@ -10,16 +10,19 @@ catches up never orders the same shares twice.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import date
 from decimal import ROUND_DOWN, Decimal
 
 import msgspec
 
+from libs import costmodel, sessions
 from libs.contracts.base import Event, derive_id, intent_id_for, to_tick
 from libs.contracts.oms import PositionChanged
 from libs.contracts.ops import Watermark
-from libs.contracts.risk import OrderIntent, SleeveShare
+from libs.contracts.risk import EntryBlocked, OrderIntent, SleeveShare
 from libs.contracts.signal import TargetProposed
-from libs.decide import Ctx, forward_watermark
+from libs.contracts.tca import CostModelUpdated
+from libs.decide import Ctx, episode_alert, forward_watermark
 from services.risk.config import BPS, RiskConfig
 from services.risk.state import InFlight, RiskState, SymbolRisk
 
@@ -130,9 +133,19 @@ def on_target(state: RiskState, ev: TargetProposed, ctx: Ctx) -> tuple[RiskState
     # otherwise stop the close, and with it the other side, for good
     closes_out = sym.position * delta < 0 and sym.expected_position() + delta == 0
     events: list[Event] = []
+    if ev.session and not state.first_session:
+        state = msgspec.structs.replace(state, first_session=ev.session)
     if delta != 0 and (abs(delta) * ev.reference_price >= cfg.min_order_dollars or closes_out):
         side = "buy" if delta > 0 else "sell"
         qty = abs(delta)
+        expected = expected_cost(state, ev, qty)
+        if sym.position * delta >= 0:  # opens or adds: the cost gate applies (a reduction always goes)
+            refused, alerts = cost_gate(state, ev, expected, ctx)
+            events.extend(alerts)
+            if refused is not None:
+                reason, message, details = refused
+                events.append(entry_blocked(ev, side, qty, sleeves, expected, reason, message, details, ctx))
+                return _with(state, ev.symbol, sym), events
         cid = client_order_id(
             strategy=cfg.strategy,
             symbol=ev.symbol,
@@ -165,7 +178,8 @@ def on_target(state: RiskState, ev: TargetProposed, ctx: Ctx) -> tuple[RiskState
                 spread_bps=ev.spread_bps,
                 spread_is_proxy=ev.spread_is_proxy,
                 sigma_bps=ev.sigma_bps,
-                trading_profile=ctx.trading_profile,
+                trading_profile=ctx.common.trading_profile,
+                expected_cost_bps=expected,
                 **order_terms(cfg, side, ev.reference_price, closing=sym.position * delta < 0),  # type: ignore[arg-type]
             )
         )
@@ -175,6 +189,128 @@ def on_target(state: RiskState, ev: TargetProposed, ctx: Ctx) -> tuple[RiskState
             in_flight=(*sym.in_flight, InFlight(index=sym.emitted, qty=delta)),
         )
     return _with(state, ev.symbol, sym), events
+
+
+# --- the cost gate (seed 000 §H, seed 002 C-TCA-01) ------------------------------------------
+
+COST_GATE_BLOCK = "COST_GATE_BLOCK"
+TCA_STALE_BLOCK = "TCA_STALE_BLOCK"
+TCA_STALE = "TCA_STALE"
+_BOUNDS = costmodel.Bounds()
+
+
+def expected_cost(state: RiskState, ev: TargetProposed, qty: int) -> Decimal:
+    """Return the expected one-way cost of an order of qty on the target's bar, in bps.
+
+    Priced with TCA's latest calibration of the symbol (its default for a symbol it has no
+    estimate of; the model's prior before any calibration arrived): half the spread, slippage,
+    and the volatility and participation terms of the bar.
+    """
+    cost = costmodel.cost_of(state.cost_model, ev.symbol) if state.cost_model else costmodel.PRIOR
+    participation = Decimal(qty) / Decimal(ev.bar_volume) if ev.bar_volume > 0 else None
+    return costmodel.expected_cost_bps(cost, ev.sigma_bps, participation, _BOUNDS)
+
+
+def sessions_after(since: str, session: str) -> int:
+    """Return how many sessions passed after `since` up to and including `session`."""
+    first, now = date.fromisoformat(since), date.fromisoformat(session)
+    if now <= first:
+        return 0
+    return len(sessions.sessions_between(first, now)) - (1 if sessions.is_session(first) else 0)
+
+
+def staleness(state: RiskState, session: str, cfg: RiskConfig) -> str:
+    """Return why the cost model cannot be trusted for a session ("" when it can)."""
+    if not session:
+        return ""
+    model = state.cost_model
+    if model is None:
+        # TCA publishes its first model in the first session risk trades: a whole session
+        # without one is stale
+        if state.first_session and sessions_after(state.first_session, session) > 0:
+            return f"no cost model calibrated since {state.first_session}"
+        return ""
+    age = sessions_after(model.effective_session, session)
+    if age > cfg.tca_max_age_sessions:
+        return f"cost model made for {model.effective_session} is {age} sessions old (max {cfg.tca_max_age_sessions})"
+    return ""
+
+
+def cost_gate(
+    state: RiskState, ev: TargetProposed, expected: Decimal, ctx: Ctx
+) -> tuple[tuple[str, str, dict[str, str]] | None, list[Event]]:
+    """Decide whether an entry may go; return (reason, message, details) when it may not, and alerts."""
+    cfg: RiskConfig = ctx.config
+    alerts: list[Event] = []
+    stale = staleness(state, ev.session, cfg)
+    model = state.cost_model
+    out_of_bounds = model is not None and ev.symbol in model.out_of_bounds
+    if stale:
+        alerts.append(
+            episode_alert(
+                TCA_STALE,
+                "warning",
+                stale,
+                f"{ev.session}",
+                service=ctx.service,
+                now_ns=ev.ts_event,
+                session=ev.session,
+            )
+        )
+    if ctx.common.block_trading_if_tca_stale and (stale or out_of_bounds):
+        why = stale or f"{ev.symbol}'s calibrated cost left the model's bounds"
+        return (TCA_STALE_BLOCK, why, {"session": ev.session}), alerts
+    if expected > cfg.max_entry_cost_bps:
+        return (
+            COST_GATE_BLOCK,
+            f"expected cost {expected} bps is above KEEL_RISK_MAX_ENTRY_COST_BPS {cfg.max_entry_cost_bps}",
+            {"max_entry_cost_bps": str(cfg.max_entry_cost_bps)},
+        ), alerts
+    return None, alerts
+
+
+def entry_blocked(
+    ev: TargetProposed,
+    side: str,
+    qty: int,
+    sleeves: dict[str, int],
+    expected: Decimal,
+    reason: str,
+    message: str,
+    details: dict[str, str],
+    ctx: Ctx,
+) -> EntryBlocked:
+    """Say that risk did not order an entry, and why."""
+    return EntryBlocked(
+        event_id=derive_id("risk.entry_blocked.v1", ev.event_id, reason),
+        correlation_id=ev.correlation_id,
+        causation_id=ev.event_id,
+        ts_event=ev.ts_event,
+        ts_init=ctx.now_ns,
+        symbol=ev.symbol,
+        side=side,  # type: ignore[arg-type]
+        qty=qty,
+        reason_code=reason,
+        message=message,
+        bar_ts=ev.bar_ts,
+        session=ev.session,
+        strategy=ctx.config.strategy,
+        sleeves=tuple(SleeveShare(sleeve=k, shares=v) for k, v in sorted(sleeves.items())),
+        order_type=ctx.config.order_type,
+        expected_cost_bps=expected,
+        details=details,
+    )
+
+
+def on_cost_model(state: RiskState, ev: CostModelUpdated) -> RiskState:
+    """Adopt TCA's newer calibration (an older one, redelivered, changes nothing)."""
+    current = state.cost_model
+    if current is not None and (ev.effective_session, ev.calibrated_ts) <= (
+        current.effective_session,
+        current.calibrated_ts,
+    ):
+        return state
+    return msgspec.structs.replace(state, cost_model=ev)
 
 
 def on_position(state: RiskState, ev: PositionChanged) -> RiskState:
@@ -195,7 +331,7 @@ def on_position(state: RiskState, ev: PositionChanged) -> RiskState:
 
 
 def _with(state: RiskState, symbol: str, sym: SymbolRisk) -> RiskState:
-    return RiskState(symbols={**state.symbols, symbol: sym}, last_watermark=state.last_watermark)
+    return msgspec.structs.replace(state, symbols={**state.symbols, symbol: sym})
 
 
 def step(state: RiskState, event: object, ctx: Ctx) -> tuple[RiskState, Sequence[Event]]:
@@ -206,5 +342,7 @@ def step(state: RiskState, event: object, ctx: Ctx) -> tuple[RiskState, Sequence
         return on_position(state, event), []
     if isinstance(event, Watermark):
         wm, events = forward_watermark(state.last_watermark, event, ctx)
-        return RiskState(symbols=state.symbols, last_watermark=wm), events
+        return msgspec.structs.replace(state, last_watermark=wm), events
+    if isinstance(event, CostModelUpdated):
+        return on_cost_model(state, event), []
     return state, []

@@ -6,6 +6,8 @@ from decimal import Decimal
 
 import msgspec
 
+from libs.contracts.tca import CostModelUpdated
+
 
 class InFlight(msgspec.Struct, frozen=True, kw_only=True):
     """An intent risk emitted that the OMS had not yet reported seeing."""
@@ -43,7 +45,9 @@ class SymbolRisk(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class RiskState(msgspec.Struct, frozen=True, kw_only=True):
-    """All symbols."""
+    """All symbols, and the cost model the cost gate prices entries with."""
 
     symbols: dict[str, SymbolRisk] = {}
     last_watermark: int = 0
+    cost_model: CostModelUpdated | None = None  # TCA's latest calibration (None: none seen yet)
+    first_session: str = ""  # the first session risk decided in (a model is due after it)

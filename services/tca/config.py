@@ -5,6 +5,7 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Literal
 
+from libs import costmodel
 from libs.config import Section
 
 SECTION_PREFIX = "KEEL_TCA_"
@@ -30,6 +31,20 @@ class TcaConfig(Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
     # fills the broker reports without a fee get the fee schedule's (SEC Section 31 and FINRA TAF
     # on sales: libs/fillsim fee), flagged fees_estimated
     estimate_fees: bool = True
+    # the cost model's daily calibration (libs/costmodel): EWMA half-life in sessions, fills a
+    # symbol needs before its own estimate replaces the pooled default (seed 000:
+    # AI_TRADING_MIN_TCA_SAMPLES_FOR_ADAPT=20), and the largest move of a parameter in one day
+    calibration_halflife_sessions: float = 3.0
+    min_samples_for_adapt: int = 20
+    max_daily_change: float = 0.25
+
+    def params(self) -> costmodel.Params:
+        """Return the calibration's parameters."""
+        return costmodel.Params(
+            halflife_sessions=self.calibration_halflife_sessions,
+            min_samples=self.min_samples_for_adapt,
+            max_daily_change=self.max_daily_change,
+        )
 
     def __post_init__(self) -> None:
         if not self.proxy_spread_bps.is_finite() or self.proxy_spread_bps < 0:
@@ -42,3 +57,7 @@ class TcaConfig(Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
         ):
             if getattr(self, name) < 0:
                 raise ValueError(f"KEEL_TCA_{name.upper()}: expected >= 0, was {getattr(self, name)}")
+        try:
+            self.params()
+        except ValueError as e:
+            raise ValueError(f"KEEL_TCA_CALIBRATION_*: {e}") from None

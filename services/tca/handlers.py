@@ -27,7 +27,7 @@ from decimal import ROUND_HALF_EVEN, Decimal
 
 import msgspec
 
-from libs import fillsim, sessions
+from libs import costmodel, fillsim, sessions
 from libs.contracts.base import Event, derive_id, exit_legs, leg_client_order_id
 from libs.contracts.execution import (
     OrderAccepted,
@@ -44,7 +44,7 @@ from libs.contracts.marketdata import BarClosed
 from libs.contracts.ops import AlertRaised, Watermark
 from libs.contracts.risk import OrderIntent, SleeveShare
 from libs.contracts.tca import TcaOrderRecorded, TcaRecorded
-from libs.decide import Ctx
+from libs.decide import Ctx, episode_alert
 from services.tca import shortfall as sf
 from services.tca import state as st
 from services.tca.config import TcaConfig
@@ -305,6 +305,8 @@ def on_intent(state: TcaState, ev: OrderIntent, ctx: Ctx) -> tuple[TcaState, lis
         time_in_force=ev.time_in_force,
         spread_bps=ev.spread_bps,
         spread_is_proxy=ev.spread_is_proxy,
+        sigma_bps=ev.sigma_bps,
+        bar_volume=ev.bar_volume,
         expected_cost_bps=ev.expected_cost_bps,
     )
     new = {ev.client_order_id: order}
@@ -381,6 +383,8 @@ def on_report(state: TcaState, ev: Report, ctx: Ctx) -> tuple[TcaState, list[Eve
             final=False,
         )
         events: list[Event] = [fill_record(ev, order, fee, ctx)]
+        if not order.leg:
+            state = observe(state, order, ev, cfg)
         if done or ended:
             state, out = _settle(state, order, ev, ctx)
         else:
@@ -461,13 +465,14 @@ def on_md_watermark(state: TcaState, wm: Watermark, ctx: Ctx) -> tuple[TcaState,
 
 
 def on_exec_watermark(state: TcaState, wm: Watermark, ctx: Ctx) -> tuple[TcaState, list[Event]]:
-    """Execution is done with bars up to wm: write pending records, forget long-ended orders."""
+    """Execution is done with bars up to wm: calibrate at a new session, write pending records,
+    forget long-ended orders."""
     cfg: TcaConfig = ctx.config
     if wm.bar_ts <= state.exec_watermark:
         return state, []
     state = msgspec.structs.replace(state, exec_watermark=wm.bar_ts)
+    state, events = calibrate(state, wm, ctx)
     due = wm.bar_ts - int(cfg.pending_write_sec * SEC_NS)
-    events: list[Event] = []
     for cid in sorted(state.orders):
         order = state.orders[cid]
         if order.revision == 0 and not order.leg and not order.final and order.decision_ts <= due:
@@ -478,6 +483,72 @@ def on_exec_watermark(state: TcaState, wm: Watermark, ctx: Ctx) -> tuple[TcaStat
     if len(kept) != len(state.orders):
         state = msgspec.structs.replace(state, orders=kept)
     return state, events
+
+
+# --- the cost model's calibration (seed 001 §3, seed 002 C-TCA-01) ---------------------------
+
+TCA_CALIBRATION_OUT_OF_BOUNDS = "TCA_CALIBRATION_OUT_OF_BOUNDS"
+
+
+def observe(state: TcaState, order: OrderTca, fill: OrderFilled | OrderPartiallyFilled, cfg: TcaConfig) -> TcaState:
+    """Add one fill to its symbol's statistics of the day (an exit leg's price is no arrival mid)."""
+    obs = costmodel.Observation(
+        symbol=order.symbol,
+        side=order.side,
+        qty=fill.last_qty,
+        mid=order.decision_price,
+        fill_px=fill.last_px,
+        spread_bps=order.spread_bps if not order.spread_is_proxy else cfg.proxy_spread_bps,
+        spread_is_proxy=order.spread_is_proxy,
+        sigma_bps=order.sigma_bps,
+        bar_volume=order.bar_volume,
+    )
+    stats = costmodel.observe(state.day.get(order.symbol, costmodel.DayStats()), obs, cfg.params())
+    return msgspec.structs.replace(state, day={**state.day, order.symbol: stats})
+
+
+def calibrate(state: TcaState, wm: Watermark, ctx: Ctx) -> tuple[TcaState, list[Event]]:
+    """At execution's first watermark of a session, fold the fills since the last calibration
+    into the model and publish it for the session (CostModelUpdated); say when the bounds cut it.
+
+    The first model (no fills yet) is the prior. Fills are taken in execution's report order, so
+    the model is the same however TCA's consumers interleave.
+    """
+    cfg: TcaConfig = ctx.config
+    session = session_str(wm.bar_ts)
+    if not session or (state.model is not None and state.model.effective_session >= session):
+        if session and not state.day_session:
+            return msgspec.structs.replace(state, day_session=session), []
+        return state, []
+    params = cfg.params()
+    prev = {c.symbol: c for c in state.model.symbols} if state.model else {}
+    default = state.model.default if state.model else params.prior
+    cal = costmodel.calibrate(prev, default, state.day, params)
+    model = costmodel.to_event(
+        cal,
+        session=state.day_session if state.day else "",
+        effective_session=session,
+        calibrated_ts=wm.bar_ts,
+        ts_init=ctx.now_ns,
+        correlation_id=wm.correlation_id,
+        causation_id=wm.event_id,
+    )
+    events: list[Event] = [model]
+    if cal.out_of_bounds:
+        events.append(
+            episode_alert(
+                TCA_CALIBRATION_OUT_OF_BOUNDS,
+                "warning",
+                f"the cost model's raw estimate left its bounds for {', '.join(cal.out_of_bounds)} "
+                f"(calibrated on {model.session or 'no fills'}); the bounded values are published",
+                f"{session}",
+                service=ctx.service,
+                now_ns=wm.bar_ts,
+                symbols=",".join(cal.out_of_bounds),
+                session=session,
+            )
+        )
+    return msgspec.structs.replace(state, model=model, day={}, day_session=session), events
 
 
 def step(state: TcaState, event: object, ctx: Ctx) -> tuple[TcaState, Sequence[Event]]:

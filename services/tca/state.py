@@ -7,6 +7,8 @@ from decimal import Decimal
 import msgspec
 
 from libs.contracts.execution import ExecutionEvent
+from libs.contracts.tca import CostModelUpdated
+from libs.costmodel import DayStats
 
 TAPE_BARS = 16  # closes kept per symbol: enough to price a time a few bars back
 
@@ -42,6 +44,8 @@ class OrderTca(msgspec.Struct, frozen=True, kw_only=True):
     time_in_force: str = "day"
     spread_bps: Decimal = Decimal(0)
     spread_is_proxy: bool = True
+    sigma_bps: Decimal = Decimal(0)
+    bar_volume: int = 0
     expected_cost_bps: Decimal | None = None
     leg: bool = False  # an exit leg: measured against its own price, only once it fills
     provider: str = ""
@@ -83,3 +87,7 @@ class TcaState(msgspec.Struct, frozen=True, kw_only=True):
     # (end time, canceled) of the orders of each symbol that ended within the cancel-rate window
     ends: dict[str, tuple[tuple[int, bool], ...]] = {}
     waiting: tuple[ExecutionEvent, ...] = ()  # execution reports whose intent has not been seen yet
+    # the cost model: fills measured since the last calibration, by symbol, and the model in force
+    day: dict[str, DayStats] = {}
+    day_session: str = ""  # the session those fills were reported in
+    model: CostModelUpdated | None = None

@@ -12,6 +12,7 @@ import pytest
 from libs import fillsim, sessions
 from libs.contracts.base import derive_id, to_tick
 from libs.contracts.marketdata import BarClosed
+from libs.contracts.tca import CostModelUpdated, SymbolCost
 from services.exchange import handlers
 from services.exchange.state import (
     DUPLICATE_CLIENT_ORDER_ID,
@@ -615,3 +616,66 @@ def test_sides_when_the_other_order_is_in_a_venue_hold_then_it_still_counts() ->
 
     assert isinstance(short, Rejection) and short.reason == OPPOSITE_SIDE_ORDER_OPEN
     assert isinstance(more, Rejection) and more.details["held_for_orders"] == "10"
+
+
+# --- the fill simulator priced by TCA's calibration ------------------------------------------
+
+
+def calibration(effective: date, spread: str, *, symbol: str = "AAPL") -> CostModelUpdated:
+    cost = SymbolCost(symbol=symbol, spread_bps=D(spread), slippage_bps=D(0), vol_coef=D(0), impact_coef=D(0))
+    return CostModelUpdated(
+        event_id=derive_id("cal", effective, spread),
+        correlation_id="c",
+        causation_id="c",
+        ts_event=OPEN1,
+        ts_init=OPEN1,
+        session="",
+        effective_session=effective.isoformat(),
+        calibrated_ts=OPEN1,
+        default=msgspec.structs.replace(cost, symbol="*"),
+        symbols=(cost,),
+    )
+
+
+def proxy_bar(minute: int, *, session: date = DAY1, day_open: int = OPEN1) -> BarClosed:
+    # no quoted spread: the simulator's spread is its proxy, which a calibration replaces
+    return msgspec.structs.replace(bar("AAPL", minute, session=session, day_open=day_open), spread_is_proxy=True)
+
+
+def fill_price(state: ExchangeState, *bars: BarClosed) -> Decimal:
+    state, _ = feed(state, bars[0])
+    state, _ = accept(state, order("c1"))
+    _, changed = feed(state, *bars[1:])
+    (filled,) = changed
+    assert filled.status == "filled"
+    return filled.filled_avg_price  # type: ignore[return-value]
+
+
+def test_bar_when_calibration_holds_then_the_simulator_pays_the_calibrated_spread() -> None:
+    calibrated = handlers.on_cost_model(fresh(), calibration(DAY1, "200"))
+
+    static = fill_price(fresh(), proxy_bar(1), proxy_bar(2))
+    priced = fill_price(calibrated, proxy_bar(1), proxy_bar(2))
+
+    assert static == D("100.05")  # the configured proxy, 10 bps: half of it paid
+    assert priced == D("101.00")  # the calibrated 200 bps: half of it paid
+
+
+def test_bar_when_before_the_calibrations_session_then_the_configured_model() -> None:
+    calibrated = handlers.on_cost_model(fresh(), calibration(DAY2, "200"))
+
+    assert fill_price(calibrated, proxy_bar(1), proxy_bar(2)) == D("100.05")
+
+
+def test_bar_when_quoted_spread_then_calibrated_spread_does_not_replace_it() -> None:
+    calibrated = handlers.on_cost_model(fresh(), calibration(DAY1, "200"))
+
+    assert fill_price(calibrated, bar("AAPL", 1), bar("AAPL", 2)) == D("100.05")  # the bar's own 10 bps
+
+
+def test_cost_model_when_older_than_held_then_ignored() -> None:
+    newer = handlers.on_cost_model(fresh(), calibration(DAY2, "50"))
+
+    after = handlers.on_cost_model(newer, calibration(DAY1, "200"))
+
+    assert after is newer

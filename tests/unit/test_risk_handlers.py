@@ -2,21 +2,26 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 from decimal import Decimal
 
+import msgspec
 import pytest
 
+from libs import costmodel
+from libs.config import CommonConfig
 from libs.contracts.base import Event, derive_id
 from libs.contracts.codec import encode
 from libs.contracts.oms import PositionChanged
-from libs.contracts.ops import Watermark
-from libs.contracts.risk import OrderIntent, SleeveShare
+from libs.contracts.ops import AlertRaised, Watermark
+from libs.contracts.risk import EntryBlocked, OrderIntent, SleeveShare
+from libs.contracts.tca import CostModelUpdated, SymbolCost
 from libs.decide import Ctx
 from services.risk.config import RiskConfig
 from services.risk.handlers import MAX_CID_LEN, client_order_id, one_side_at_a_time, step
 from services.risk.state import InFlight, RiskState, SymbolRisk
-from tests.factories import NOW_NS, Events, ctx, minute
+from tests.factories import NOW_NS, SESSION, Events, ctx, minute
 
 D = Decimal
 CFG = RiskConfig()
@@ -703,3 +708,142 @@ def test_target_when_a_reduction_is_below_the_minimum_and_not_a_close_then_nothi
     _, out = step(state, f.target("AAPL", 99, "50", n=2), CTX)
 
     assert intents(out) == []
+
+
+# --- the cost gate (seed 000 §H, seed 002 C-TCA-01) ------------------------------------------
+
+STRICT = dataclasses.replace(CTX, common=CommonConfig(block_trading_if_tca_stale=True))
+
+
+def costly(f: Events, symbol: str, shares: int, price: str, *, sigma: str, volume: int, session: str = SESSION):
+    """A target on a bar with the given volatility (bps) and volume."""
+    return msgspec.structs.replace(
+        f.target(symbol, shares, price, session=session), sigma_bps=D(sigma), bar_volume=volume
+    )
+
+
+def model(effective: str, *symbols: SymbolCost, out_of_bounds: tuple[str, ...] = ()) -> CostModelUpdated:
+    return CostModelUpdated(
+        event_id=derive_id("model", effective),
+        correlation_id="c",
+        causation_id="c",
+        ts_event=minute(0),
+        ts_init=minute(0),
+        session="",
+        effective_session=effective,
+        calibrated_ts=minute(0),
+        default=costmodel.PRIOR,
+        symbols=symbols,
+        out_of_bounds=out_of_bounds,
+    )
+
+
+def blocks(events: Iterable[Event]) -> list[EntryBlocked]:
+    return [e for e in events if isinstance(e, EntryBlocked)]
+
+
+def test_entry_when_expected_cost_within_the_gate_then_the_intent_carries_it(f: Events) -> None:
+    _, out = step(RiskState(), costly(f, "AAPL", 100, "50", sigma="10", volume=10_000), CTX)
+
+    (intent,) = intents(out)
+    # the prior: spread 5/2 + slippage 0.5 + 0.0798 * 10 + 0.7 * 10 * sqrt(100 / 10000)
+    assert intent.expected_cost_bps == D("4.4980")  # 2.5 + 0.5 + 0.798 + 0.7
+    assert intent.sigma_bps == D("10")
+
+
+def test_entry_when_expected_cost_above_max_then_cost_gate_blocks_it(f: Events) -> None:
+    # a thin, violent bar: 0.0798 * 400 + 0.7 * 400 * sqrt(0.5) = 229.9 bps, far above 50
+    ev = costly(f, "AAPL", 100, "50", sigma="400", volume=200)
+
+    state, out = step(RiskState(), ev, CTX)
+
+    assert intents(out) == []
+    (block,) = blocks(out)
+    assert (block.reason_code, block.symbol, block.side, block.qty) == ("COST_GATE_BLOCK", "AAPL", "buy", 100)
+    assert block.expected_cost_bps is not None and block.expected_cost_bps > CFG.max_entry_cost_bps
+    assert block.sleeves == (SleeveShare(sleeve="ema_x", shares=100),)
+    assert state.symbols["AAPL"].in_flight == ()  # nothing ordered, nothing in flight
+
+
+def test_entry_when_max_entry_cost_raised_then_the_same_order_goes(f: Events) -> None:
+    loose = ctx("risk", RiskConfig(max_entry_cost_bps=D(300)))
+
+    _, out = step(RiskState(), costly(f, "AAPL", 100, "50", sigma="400", volume=200), loose)
+
+    assert len(intents(out)) == 1 and blocks(out) == []
+
+
+def test_reduction_when_expensive_then_never_blocked(f: Events) -> None:
+    state, _ = given([f.target("AAPL", 100, "50"), filled(f, "AAPL", 100)])
+
+    _, out = step(state, costly(f, "AAPL", 0, "50", sigma="400", volume=200), CTX)
+
+    (intent,) = intents(out)
+    assert (intent.side, intent.qty) == ("sell", 100)
+    assert intent.expected_cost_bps is not None and intent.expected_cost_bps > CFG.max_entry_cost_bps
+
+
+def test_entry_when_calibrated_spread_is_wide_then_the_symbol_is_gated_by_its_own_estimate(f: Events) -> None:
+    wide = SymbolCost(
+        symbol="PENNY", spread_bps=D(110), slippage_bps=D(2), vol_coef=D("0.1"), impact_coef=D("0.7"), samples=50
+    )
+    state, _ = given([model(SESSION, wide)])
+
+    _, out = given([f.target("PENNY", 100, "50"), f.target("AAPL", 100, "50")], state=state)
+
+    assert [b.symbol for b in blocks(out)] == ["PENNY"]  # 55 + 2 bps > 50
+    assert [i.symbol for i in intents(out)] == ["AAPL"]  # the default: 3 bps
+
+
+def test_entry_when_model_stale_and_blocking_configured_then_tca_stale_block(f: Events) -> None:
+    old = model("2024-03-01")  # a Friday: Monday 4th and Tuesday 5th passed since
+
+    _, out = given([old, f.target("AAPL", 100, "50", session="2024-03-05")], context=STRICT)
+
+    assert intents(out) == []
+    (block,) = blocks(out)
+    assert block.reason_code == "TCA_STALE_BLOCK"
+    assert "2 sessions old" in block.message
+    assert any(isinstance(e, AlertRaised) and e.code == "TCA_STALE" for e in out)
+
+
+def test_entry_when_model_stale_and_blocking_off_then_it_goes_with_an_alert(f: Events) -> None:
+    _, out = given([model("2024-03-01"), f.target("AAPL", 100, "50", session="2024-03-05")])
+
+    assert len(intents(out)) == 1 and blocks(out) == []
+    (alert,) = [e for e in out if isinstance(e, AlertRaised)]
+    assert alert.code == "TCA_STALE"
+
+
+def test_entry_when_model_one_session_old_then_not_stale(f: Events) -> None:
+    # the calibration for the new session comes at its first bar: a day-old model is expected
+    _, out = given([model("2024-03-04"), f.target("AAPL", 100, "50", session="2024-03-05")], context=STRICT)
+
+    assert len(intents(out)) == 1
+    assert [e for e in out if isinstance(e, AlertRaised)] == []
+
+
+def test_entry_when_no_model_for_a_whole_session_then_stale(f: Events) -> None:
+    state, first = given([f.target("AAPL", 100, "50", session="2024-03-04")], context=STRICT)
+    assert len(intents(first)) == 1  # the first session: TCA's first model is due during it
+
+    _, out = step(state, f.target("MSFT", 100, "50", session="2024-03-05"), STRICT)
+
+    assert [b.reason_code for b in blocks(out)] == ["TCA_STALE_BLOCK"]
+
+
+def test_entry_when_symbol_out_of_bounds_and_blocking_configured_then_tca_stale_block(f: Events) -> None:
+    state, _ = given([model(SESSION, out_of_bounds=("PENNY",))], context=STRICT)
+
+    _, out = given([f.target("PENNY", 100, "50"), f.target("AAPL", 100, "50")], state=state, context=STRICT)
+
+    assert [(b.symbol, b.reason_code) for b in blocks(out)] == [("PENNY", "TCA_STALE_BLOCK")]
+    assert [i.symbol for i in intents(out)] == ["AAPL"]
+
+
+def test_cost_model_when_older_than_the_one_held_then_ignored() -> None:
+    newer, older = model("2024-03-05"), model("2024-03-04")
+
+    state, _ = given([newer, older])
+
+    assert state.cost_model == newer

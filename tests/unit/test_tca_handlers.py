@@ -13,7 +13,7 @@ from libs.contracts.codec import encode
 from libs.contracts.execution import SubmitSkipped
 from libs.contracts.ops import AlertRaised
 from libs.contracts.risk import OrderIntent
-from libs.contracts.tca import TcaOrderRecorded, TcaRecorded
+from libs.contracts.tca import CostModelUpdated, TcaOrderRecorded, TcaRecorded
 from services.tca import shortfall as sf
 from services.tca.config import TcaConfig
 from services.tca.handlers import shortfall_bps, step
@@ -522,3 +522,74 @@ def test_orders_when_final_and_long_ended_then_forgotten_at_an_execution_waterma
     assert intent.client_order_id in kept.orders
     assert intent.client_order_id not in gone.orders
     assert MINUTE_NS * 15 == 900 * 1_000_000_000
+
+
+# --- the cost model's calibration ------------------------------------------------------------
+
+NEXT_OPEN = minute(0) + 24 * 60 * MINUTE_NS  # 2024-03-06, the next session's open
+
+
+def test_calibration_when_first_execution_watermark_then_the_prior_is_published_for_the_session(f: Events) -> None:
+    state, out = step(TcaState(), f.watermark("execution", minute(1)), CTX)
+
+    (model,) = [e for e in out if isinstance(e, CostModelUpdated)]
+    assert (model.session, model.effective_session, model.samples) == ("", "2024-03-05", 0)
+    assert model.default == CFG.params().prior
+    assert state.model == model and state.day_session == "2024-03-05"
+    _, again = step(state, f.watermark("execution", minute(2)), CTX)
+    assert [e for e in again if isinstance(e, CostModelUpdated)] == []  # once a session
+
+
+def test_calibration_when_next_session_starts_then_the_days_fills_are_folded_in(f: Events) -> None:
+    context = ctx("tca", TcaConfig(min_samples_for_adapt=1))
+    intent = msgspec.structs.replace(
+        quoted(f.intent("AAPL", "buy", 100, "100", n=1), "4"), sigma_bps=D("10"), bar_volume=10_000
+    )
+    day = [
+        f.watermark("execution", minute(1)),
+        intent,
+        at(f.fill(intent, last_qty=100, last_px="100.05", cum_qty=100), 2),
+    ]
+    state, _ = given(day, context=context)
+    assert state.day["AAPL"].n == 1
+
+    after, out = step(state, f.watermark("execution", NEXT_OPEN + MINUTE_NS), context)
+
+    (model,) = [e for e in out if isinstance(e, CostModelUpdated)]
+    assert (model.session, model.effective_session, model.samples) == ("2024-03-05", "2024-03-06", 1)
+    (aapl,) = model.symbols
+    assert (aapl.symbol, aapl.samples) == ("AAPL", 1)
+    assert aapl.spread_bps != CFG.params().prior.spread_bps  # the quoted 4 bps moved it
+    assert after.day == {}
+
+
+def test_calibration_when_the_bounds_cut_an_estimate_then_an_alert(f: Events) -> None:
+    context = ctx("tca", TcaConfig(min_samples_for_adapt=1, max_daily_change=100.0))
+    events: list[object] = [f.watermark("execution", minute(1))]
+    for n in range(1, 40):
+        intent = quoted(f.intent("WILD", "buy", 100, "10", n=n), "900")
+        events += [intent, at(f.fill(intent, last_qty=100, last_px="14", cum_qty=100), n + 1)]
+    state, _ = given(events, context=context)
+
+    _, out = step(state, f.watermark("execution", NEXT_OPEN + MINUTE_NS), context)
+
+    (model,) = [e for e in out if isinstance(e, CostModelUpdated)]
+    assert "WILD" in model.out_of_bounds
+    (alert,) = [e for e in out if isinstance(e, AlertRaised)]
+    assert alert.code == "TCA_CALIBRATION_OUT_OF_BOUNDS" and "WILD" in alert.details["symbols"]
+    bounds = CFG.params().bounds
+    (wild,) = model.symbols
+    assert wild.spread_bps <= bounds.max_spread_bps and wild.slippage_bps <= bounds.max_slippage_bps
+
+
+def test_calibration_when_bars_interleave_differently_then_the_same_model(f: Events) -> None:
+    intent = f.intent("AAPL", "sell", 100, "100", n=1)
+    reports = [at(f.fill(intent, last_qty=100, last_px="99.9", cum_qty=100), 2)]
+    bars = [f.bar("AAPL", n, "100") for n in (1, 2, 3)]
+    close = f.watermark("execution", NEXT_OPEN + MINUTE_NS)
+
+    _, a = given([f.watermark("execution", minute(1)), intent, *bars, *reports, close])
+    _, b = given([f.watermark("execution", minute(1)), intent, *reports, *bars, close])
+
+    models = [[encode(e) for e in out if isinstance(e, CostModelUpdated)] for out in (a, b)]
+    assert models[0] == models[1] and len(models[0]) == 2
