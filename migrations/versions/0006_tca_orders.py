@@ -115,8 +115,7 @@ def upgrade() -> None:
             recorded_at timestamptz NOT NULL DEFAULT now())"""
     )
 
-
-    # the cost model the local exchange's fill simulator prices with (KEEL_EXCHANGE_COST_MODEL=calibrated)
+    # the cost model the local exchange's fill simulator prices with (KEEL_EXCHANGE_COST_MODEL_SOURCE=calibrated)
     x = service_schema(context.config.attributes["schema_prefix"], "exchange")
     op.execute(
         f"""CREATE TABLE {x}.calibration (
