@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import importlib
 import json
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,33 +27,48 @@ def _up_file(var: Path) -> dict[str, Any]:
     return {"nats_url": url, "prefix": os.environ.get("KEEL_PREFIX", "keel"), "services": {}}
 
 
-def _report_database(var: Path) -> tuple[str, str]:
-    """Return the database URL and schema prefix: KEEL_DATABASE_URL, else the running `keel up`'s."""
+@contextlib.contextmanager
+def _report_database(var: Path) -> Iterator[tuple[str, str]]:
+    """Yield the database URL and schema prefix: KEEL_DATABASE_URL, else the running `keel up`'s,
+    else the embedded Postgres a finished `keel up` left under <var>/pg (started for the report)."""
     common = load(None).common
     if common.database_url:
-        return common.database_url, common.schema_prefix
+        yield common.database_url, common.schema_prefix
+        return
     path = var / "up.json"
     if not path.exists():
-        raise ConfigError(f"KEEL_DATABASE_URL: expected a database URL or a running `keel up` ({path}), was neither")
+        if not (var / "pg").is_dir():
+            raise ConfigError(
+                f"KEEL_DATABASE_URL: expected a database URL, a running `keel up` ({path}) or the embedded "
+                f"Postgres of an earlier one ({var / 'pg'}), was none"
+            )
+        from libs.runtime.embedded import start_postgres
+
+        pg = start_postgres(var / "pg", cleanup_mode="stop")
+        try:
+            yield pg.url, common.schema_prefix
+        finally:
+            pg.stop()
+        return
     up = json.loads(path.read_text())
     if not up.get("database_url"):
         raise ConfigError(
             f"KEEL_DATABASE_URL: expected it set, was empty, and {path} records only a redacted database URL "
             f"({up.get('database_url_redacted', '?')}: it holds a password); set KEEL_DATABASE_URL to reach it"
         )
-    return up["database_url"], up.get("schema_prefix", "keel")
+    yield up["database_url"], up.get("schema_prefix", "keel")
 
 
 async def _write_report(report: Any, database_url: str, schema_prefix: str, session: str, out: Path) -> list[Path]:
     import asyncpg
 
-    from migrations.naming import service_schema
+    from libs.db.store import schema_name
 
     try:
         conn = await asyncpg.connect(database_url)
     except (OSError, asyncpg.PostgresError) as e:
         raise DependencyUnavailable(f"expected Postgres at the report's database URL, was unreachable: {e}") from e
-    schema = service_schema(schema_prefix, "tca")
+    schema = schema_name(schema_prefix, "tca")
     try:
         day = await report.load_day(conn, schema, session)
     except (asyncpg.UndefinedTableError, asyncpg.InvalidSchemaNameError) as e:
@@ -69,9 +86,10 @@ def _report(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"keel report: --date: {e}", file=sys.stderr)
         return 2
-    database_url, schema_prefix = _report_database(args.var)
     out = args.out if args.out is not None else args.var / "reports"
-    for path in asyncio.run(_write_report(report, database_url, schema_prefix, session, out)):
+    with _report_database(args.var) as (database_url, schema_prefix):
+        written = asyncio.run(_write_report(report, database_url, schema_prefix, session, out))
+    for path in written:
         print(path)
     return 0
 

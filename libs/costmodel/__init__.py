@@ -361,7 +361,7 @@ def _raw(prev: SymbolCost, d: DayStats, params: Params) -> dict[str, float]:
 def _publish(
     symbol: str, prev: SymbolCost, raw: Mapping[str, float], samples: int, params: Params
 ) -> tuple[SymbolCost, bool]:
-    # bounds, then the daily cap, then Decimals; returns the cost and whether the cap cut a move
+    # note the fields the bounds cut, cap the move, quantize, clamp; returns the cost and whether the cap cut a move
     bounds, prior = params.bounds, params.prior
     values: dict[str, Decimal] = {}
     clamped: list[str] = []

@@ -783,7 +783,15 @@ def _charts(report: dict[str, Any], day: Day) -> dict[str, str]:
     out["fills-through-day"] = _svg(fig, "fills-through-day")
 
     fig, ax = _figure("Cumulative PnL of the day's fills, marked to the close: before vs after costs")
-    cum = cumulative_pnl(day)
+    # the running sums at the last fill of each second: a step line drawn through them is the same
+    # line, and the chart stays a few thousand points whatever the fills (a million would not render)
+    cum = (
+        cumulative_pnl(day)
+        .with_columns((pl.col("ts_event") // 1_000_000_000).alias("_second"))
+        .group_by("_second", maintain_order=True)
+        .agg(pl.all().last())
+        .drop("_second")
+    )
     if cum.height:
         local = pl.from_epoch("ts_event", "ns").dt.replace_time_zone("UTC").dt.convert_time_zone(TZ)
         x = cum.select(

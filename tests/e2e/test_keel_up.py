@@ -8,15 +8,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 from collections import defaultdict
+from datetime import date
 from decimal import Decimal
+from pathlib import Path
 
 import asyncpg
 import nats
 import psutil
 import pytest
 
+from libs import fillsim, sessions
 from libs.contracts import subjects as sj
 from libs.contracts.base import leg_client_order_id
 from libs.contracts.subjects import Subjects
@@ -146,6 +150,89 @@ async def fill_traces(nats_url: str, prefix: str) -> tuple[int, int]:
         await nc.close()
 
 
+async def intent_log_day(database_url: str, prefix: str, session: str) -> dict[str, dict[str, Decimal]]:
+    """Compute a session's execution figures per symbol straight from the OMS's intent log.
+
+    Orders: approved intents (not exit legs) that execution did not skip; fills: the log's fill
+    events; fees: the fee schedule TCA estimates with (SEC Section 31 and FINRA TAF on sales;
+    execution reports none); each fill marked to the symbol's last price at the exchange.
+    """
+    conn = await asyncpg.connect(database_url)
+    try:
+        oms, ex = f"{prefix}_oms", f"{prefix}_exchange"
+        intents = await conn.fetch(
+            f"SELECT client_order_id, symbol, status, reason, arrival_price, bar_ts FROM {oms}.intents "
+            "WHERE leg_role = ''"
+        )
+        events = await conn.fetch(f"SELECT client_order_id, event_type, payload FROM {oms}.intent_events ORDER BY seq")
+        closes = {r["symbol"]: r["price"] for r in await conn.fetch(f"SELECT symbol, price FROM {ex}.marks")}
+    finally:
+        await conn.close()
+    skipped = {e["client_order_id"] for e in events if e["event_type"] == "exec.submit_skipped.v1"}
+    mine = {
+        i["client_order_id"]: i
+        for i in intents
+        if i["reason"] == "APPROVED"
+        and i["client_order_id"] not in skipped
+        and sessions.session_of(i["bar_ts"]) == date.fromisoformat(session)
+    }
+    out: dict[str, dict[str, Decimal]] = defaultdict(lambda: defaultdict(Decimal))
+    for i in mine.values():
+        row = out[i["symbol"]]
+        row["orders"] += 1
+        row["cancels"] += i["status"] == "CANCELED"
+        row["rejects"] += i["status"] in ("REJECTED", "FAILED")
+    for e in events:
+        if e["event_type"] not in ("exec.order_filled.v1", "exec.order_partially_filled.v1"):
+            continue
+        f = json.loads(e["payload"])
+        intent = mine.get(f["client_order_id"])
+        if intent is None:
+            continue
+        qty, px, d = f["last_qty"], Decimal(f["last_px"]), intent["arrival_price"]
+        s = 1 if f["side"] == "buy" else -1
+        fee = fillsim.fee(f["side"], qty, px, fillsim.CostModel())
+        close = closes[f["symbol"]]
+        row = out[f["symbol"]]
+        row["fills"] += 1
+        row["filled_qty"] += qty
+        row["filled_notional"] += qty * px
+        row["pnl_before_costs"] += s * qty * (close - d)
+        row["pnl_after_costs"] += s * qty * (close - px) - fee
+        row["cost_of_execution"] += s * qty * (px - d) + fee
+    return out
+
+
+async def check_report_against_intent_log(run, database_url: str, prefix: str, session: str) -> dict:  # type: ignore[no-untyped-def]
+    """Run `keel report` as a user would and check its figures equal the intent log's."""
+    out_dir = run.var / "reports-check"
+    env = {**os.environ, "KEEL_DATABASE_URL": database_url, "KEEL_SCHEMA_PREFIX": prefix}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "libs.cli.main", "--var", str(run.var), "report", "--date", session,
+        "--out", str(out_dir), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=REPO_ROOT, env=env,
+    )  # fmt: skip
+    stdout, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    paths = stdout.decode().split()
+    assert {p.rsplit(".", 1)[1] for p in paths} == {"json", "csv", "html", "jsonl"}
+    report = json.loads(Path(next(p for p in paths if p.endswith(".json"))).read_text())
+    direct = await intent_log_day(database_url, prefix, session)
+    rows = {r["value"]: r for r in report["groups"]["symbol"]}
+    assert set(rows) == set(direct)
+    for symbol, want in direct.items():
+        got = rows[symbol]
+        for key in ("orders", "fills", "filled_qty", "cancels", "rejects"):
+            assert got[key] == int(want[key]), (symbol, key, got[key], want[key])
+        for key in ("filled_notional", "pnl_before_costs", "pnl_after_costs", "cost_of_execution"):
+            assert abs(Decimal(str(got[key])) - want[key]) < Decimal("0.01"), (symbol, key, got[key], want[key])
+    total = report["totals"]
+    assert total["fills"] == sum(int(w["fills"]) for w in direct.values())
+    assert abs(Decimal(str(total["pnl_after_costs"])) - sum(w["pnl_after_costs"] for w in direct.values())) < Decimal(
+        "0.05"
+    )
+    return report
+
+
 async def keel_status(run) -> dict:  # type: ignore[no-untyped-def]
     """Run `keel status --json` against a running keel up, as a user would."""
     proc = await asyncio.create_subprocess_exec(
@@ -208,6 +295,23 @@ async def test_keel_up_when_five_symbols_trade_a_session_then_ledgers_agree(keel
 
     checked, matched = await fill_traces(nats_url, namespace.prefix)
     assert checked == summary["fills"] and matched == checked  # one trace from BarClosed to OrderFilled
+
+    # TCA: every order that ended has its final record, the session was calibrated, and the
+    # daily report's figures equal a direct computation from the OMS's intent log
+    conn = await asyncpg.connect(database_url)
+    try:
+        tca = f"{namespace.schema_prefix}_tca"
+        finals = {
+            r["client_order_id"] for r in await conn.fetch(f"SELECT client_order_id FROM {tca}.orders WHERE final")
+        }
+        models = await conn.fetch(f"SELECT effective_session FROM {tca}.cost_models")
+    finally:
+        await conn.close()
+    ended = {i["client_order_id"] for i in led["intents"] if i["status"] in TERMINAL and i["reason"] == "APPROVED"}
+    assert ended and ended <= finals
+    assert [r["effective_session"] for r in models] == ["2026-03-02"]
+    report = await check_report_against_intent_log(run, database_url, namespace.schema_prefix, "2026-03-02")
+    assert report["counts"]["fills"] == summary["fills"] + summary["partial_fills"]
 
 
 async def test_keel_up_when_bracket_policy_trades_then_exit_legs_fill_and_ledgers_agree(

@@ -108,12 +108,9 @@ def assert_bounded(c: SymbolCost, bounds: Bounds = BOUNDS) -> None:
 # --- 1. recovering the fill simulator's coefficients ------------------------------------------
 
 
-def simulated_fills(
-    rng: random.Random, model: CostModel, symbol: str, n: int, day: int
-) -> tuple[list[Observation], float]:
-    """Fill n orders with the simulator on bars whose open == close == mid; return (fills, mean spread)."""
+def simulated_fills(rng: random.Random, model: CostModel, symbol: str, n: int, day: int) -> list[Observation]:
+    """Fill n orders with the simulator on bars whose open == close == mid, spreads uniform in 1..8 bps."""
     fills: list[Observation] = []
-    spreads = 0.0
     for i in range(n):
         mid = D(f"{rng.uniform(900, 1100):.2f}")  # a cent is 0.1 bps here: tick rounding adds ~0.05 bps
         sigma_target = rng.uniform(2.0, 40.0) / 1e4
@@ -121,7 +118,6 @@ def simulated_fills(
         volume = rng.randint(20_000, 2_000_000)
         qty = max(1, int(volume * rng.uniform(0.0005, 0.1)))
         spread = D(f"{rng.uniform(1.0, 8.0):.2f}")
-        spreads += float(spread)
         ts = TS + (day * 1000 + i) * 60_000_000_000
         bar = BarClosed(
             event_id=derive_id("test_costmodel.bar", symbol, ts),
@@ -156,7 +152,7 @@ def simulated_fills(
                 bar_volume=volume,
             )
         )
-    return fills, spreads / n
+    return fills
 
 
 def test_calibrate_when_fills_come_from_the_fill_simulator_then_it_converges_to_the_simulator_coefficients() -> None:
@@ -164,7 +160,7 @@ def test_calibrate_when_fills_come_from_the_fill_simulator_then_it_converges_to_
     truth = CostModel(seed=11, fixed_slippage_bps=D(3), vol_slippage_coef=D("0.3"), impact_coef=D("1.5"))
     # the simulator charges 0.3 * sigma * |z|, E|z| = sqrt(2/pi); rounding to the cent against the
     # taker adds half a cent on average, ~0.05 bps at $1000
-    want = {"slippage_bps": 3.05, "vol_coef": 0.3 * math.sqrt(2 / math.pi), "impact_coef": 1.5}
+    want = {"spread_bps": 4.5, "slippage_bps": 3.05, "vol_coef": 0.3 * math.sqrt(2 / math.pi), "impact_coef": 1.5}
     tolerance = {"spread_bps": 0.3, "slippage_bps": 0.4, "vol_coef": 0.03, "impact_coef": 0.15}
     rng = random.Random(20240305)
     prev: dict[str, SymbolCost] = {}
@@ -173,8 +169,7 @@ def test_calibrate_when_fills_come_from_the_fill_simulator_then_it_converges_to_
 
     # Act: 40 sessions of 150 fills
     for day in range(40):
-        fills, mean_spread = simulated_fills(rng, truth, "SIM", 150, day)
-        want["spread_bps"] = 4.5  # uniform(1, 8)
+        fills = simulated_fills(rng, truth, "SIM", 150, day)
         cal = run_day(prev, default, fills)
         prev, default = by_symbol(cal), cal.default
         errors.append({f: abs(float(getattr(prev["SIM"], f)) - want[f]) for f in FIELDS})

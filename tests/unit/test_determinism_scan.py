@@ -21,6 +21,8 @@ DECISION_PATHS = sorted(
         *ROOT.glob("libs/sessions/*.py"),
         *ROOT.glob("libs/fillsim/*.py"),
         *ROOT.glob("libs/synth/*.py"),
+        *ROOT.glob("libs/costmodel/*.py"),
+        ROOT / "services/tca/shortfall.py",
     ]
 )
 RANDOM_MODULE_FUNCS = {
@@ -116,3 +118,4 @@ def test_scan_when_listing_decision_paths_then_every_service_core_is_covered():
     names = {p.relative_to(ROOT).as_posix() for p in DECISION_PATHS}
     for service in ("marketdata", "signal", "risk", "oms", "execution", "tca", "alerts", "exchange"):
         assert f"services/{service}/handlers.py" in names
+    assert {"libs/costmodel/__init__.py", "services/tca/shortfall.py"} <= names  # the cost gate's and TCA's math
