@@ -48,7 +48,7 @@ from libs.decide import Ctx, episode_alert
 from services.tca import shortfall as sf
 from services.tca import state as st
 from services.tca.config import TcaConfig
-from services.tca.state import OrderTca, Tape, TcaState
+from services.tca.state import Closing, OrderTca, Tape, TcaState
 
 _BPS = Decimal("0.0001")
 _PX = Decimal("0.0001")
@@ -471,7 +471,7 @@ def on_exec_watermark(state: TcaState, wm: Watermark, ctx: Ctx) -> tuple[TcaStat
     if wm.bar_ts <= state.exec_watermark:
         return state, []
     state = msgspec.structs.replace(state, exec_watermark=wm.bar_ts)
-    state, events = calibrate(state, wm, ctx)
+    state, events = close_session(state, wm, ctx)
     due = wm.bar_ts - int(cfg.pending_write_sec * SEC_NS)
     for cid in sorted(state.orders):
         order = state.orders[cid]
@@ -491,7 +491,8 @@ TCA_CALIBRATION_OUT_OF_BOUNDS = "TCA_CALIBRATION_OUT_OF_BOUNDS"
 
 
 def observe(state: TcaState, order: OrderTca, fill: OrderFilled | OrderPartiallyFilled, cfg: TcaConfig) -> TcaState:
-    """Add one fill to its symbol's statistics of the day (an exit leg's price is no arrival mid)."""
+    """Add one fill to its symbol's statistics: of the session being closed when it was reported
+    before that session's close was frozen, else of the current one (an exit leg is no arrival)."""
     obs = costmodel.Observation(
         symbol=order.symbol,
         side=order.side,
@@ -503,30 +504,63 @@ def observe(state: TcaState, order: OrderTca, fill: OrderFilled | OrderPartially
         sigma_bps=order.sigma_bps,
         bar_volume=order.bar_volume,
     )
+    for i, closing in enumerate(state.closing):
+        if fill.execution_id in closing.fills:
+            stats = costmodel.observe(closing.day.get(order.symbol, costmodel.DayStats()), obs, cfg.params())
+            closed = msgspec.structs.replace(
+                closing, day={**closing.day, order.symbol: stats}, fills=closing.fills - {fill.execution_id}
+            )
+            return msgspec.structs.replace(state, closing=(*state.closing[:i], closed, *state.closing[i + 1 :]))
     stats = costmodel.observe(state.day.get(order.symbol, costmodel.DayStats()), obs, cfg.params())
     return msgspec.structs.replace(state, day={**state.day, order.symbol: stats})
 
 
-def calibrate(state: TcaState, wm: Watermark, ctx: Ctx) -> tuple[TcaState, list[Event]]:
-    """At execution's first watermark of a session, fold the fills since the last calibration
-    into the model and publish it for the session (CostModelUpdated); say when the bounds cut it.
-
-    The first model (no fills yet) is the prior. Fills are taken in execution's report order, so
-    the model is the same however TCA's consumers interleave.
-    """
-    cfg: TcaConfig = ctx.config
+def close_session(state: TcaState, wm: Watermark, ctx: Ctx) -> tuple[TcaState, list[Event]]:
+    """At execution's first watermark of a session, freeze the fills since the last calibration
+    (and those reported before it that still wait for their intent) for the model of the session."""
     session = session_str(wm.bar_ts)
-    if not session or (state.model is not None and state.model.effective_session >= session):
-        if session and not state.day_session:
-            return msgspec.structs.replace(state, day_session=session), []
+    if not session:
         return state, []
+    if state.closing:
+        modelled = session_str(state.closing[-1].trigger.bar_ts)
+    else:
+        modelled = state.model.effective_session if state.model is not None else ""
+    if modelled >= session:
+        return (msgspec.structs.replace(state, day_session=session), []) if not state.day_session else (state, [])
+    frozen = frozenset().union(*(c.fills for c in state.closing))
+    waiting = frozenset(
+        r.execution_id
+        for r in state.waiting
+        if isinstance(r, OrderFilled | OrderPartiallyFilled) and r.execution_id not in frozen
+    )
+    closing = Closing(day=state.day, session=state.day_session, fills=waiting, trigger=wm)
+    state = msgspec.structs.replace(state, closing=(*state.closing, closing), day={}, day_session=session)
+    return calibrate(state, ctx)
+
+
+def calibrate(state: TcaState, ctx: Ctx) -> tuple[TcaState, list[Event]]:
+    """Fold a frozen session's fills into the model and publish it for the next session
+    (CostModelUpdated) once risk's watermark shows every intent of that session is in; say when
+    the bounds cut an estimate. The first model (no fills yet) is the prior."""
+    events: list[Event] = []
+    while state.closing and state.risk_watermark >= state.closing[0].trigger.bar_ts:
+        state, out = _calibrate_one(state, ctx)
+        events.extend(out)
+    return state, events
+
+
+def _calibrate_one(state: TcaState, ctx: Ctx) -> tuple[TcaState, list[Event]]:
+    cfg: TcaConfig = ctx.config
+    closing = state.closing[0]
+    wm = closing.trigger
+    session = session_str(wm.bar_ts)
     params = cfg.params()
     prev = {c.symbol: c for c in state.model.symbols} if state.model else {}
     default = state.model.default if state.model else params.prior
-    cal = costmodel.calibrate(prev, default, state.day, params)
+    cal = costmodel.calibrate(prev, default, closing.day, params)
     model = costmodel.to_event(
         cal,
-        session=state.day_session if state.day else "",
+        session=closing.session if closing.day else "",
         effective_session=session,
         calibrated_ts=wm.bar_ts,
         ts_init=ctx.now_ns,
@@ -548,7 +582,14 @@ def calibrate(state: TcaState, wm: Watermark, ctx: Ctx) -> tuple[TcaState, list[
                 session=session,
             )
         )
-    return msgspec.structs.replace(state, model=model, day={}, day_session=session), events
+    return msgspec.structs.replace(state, model=model, closing=state.closing[1:]), events
+
+
+def on_risk_watermark(state: TcaState, wm: Watermark, ctx: Ctx) -> tuple[TcaState, list[Event]]:
+    """Risk has published every intent of bars up to wm: a frozen session may now be calibrated."""
+    if wm.bar_ts <= state.risk_watermark:
+        return state, []
+    return calibrate(msgspec.structs.replace(state, risk_watermark=wm.bar_ts), ctx)
 
 
 def step(state: TcaState, event: object, ctx: Ctx) -> tuple[TcaState, Sequence[Event]]:
@@ -564,4 +605,6 @@ def step(state: TcaState, event: object, ctx: Ctx) -> tuple[TcaState, Sequence[E
             return on_md_watermark(state, event, ctx)
         if event.source == "execution":
             return on_exec_watermark(state, event, ctx)
+        if event.source == "risk":
+            return on_risk_watermark(state, event, ctx)
     return state, []

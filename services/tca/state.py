@@ -7,6 +7,7 @@ from decimal import Decimal
 import msgspec
 
 from libs.contracts.execution import ExecutionEvent
+from libs.contracts.ops import Watermark
 from libs.contracts.tca import CostModelUpdated
 from libs.costmodel import DayStats
 
@@ -91,3 +92,21 @@ class TcaState(msgspec.Struct, frozen=True, kw_only=True):
     day: dict[str, DayStats] = {}
     day_session: str = ""  # the session those fills were reported in
     model: CostModelUpdated | None = None
+    risk_watermark: int = 0  # risk has published every intent of bars up to here
+    # finished sessions' fills, frozen at execution's first watermark of the next, oldest first
+    closing: tuple[Closing, ...] = ()
+
+
+class Closing(msgspec.Struct, frozen=True, kw_only=True):
+    """The fills of a finished session, waiting to be calibrated on.
+
+    Frozen at execution's first watermark of the next session (`trigger`): every fill reported
+    before it belongs here, including those still waiting for their intent (`fills`, by
+    execution id). Calibrated once risk's watermark reaches the trigger's bar, when every such
+    intent has been published, so the model does not depend on which TCA consumer ran first.
+    """
+
+    day: dict[str, DayStats] = {}
+    session: str = ""
+    fills: frozenset[str] = frozenset()
+    trigger: Watermark

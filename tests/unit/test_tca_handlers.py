@@ -529,14 +529,22 @@ def test_orders_when_final_and_long_ended_then_forgotten_at_an_execution_waterma
 NEXT_OPEN = minute(0) + 24 * 60 * MINUTE_NS  # 2024-03-06, the next session's open
 
 
+def risk_done(f: Events, ts: int) -> Event:
+    """Risk's watermark: every intent of bars up to ts is published."""
+    return f.watermark("risk", ts)
+
+
 def test_calibration_when_first_execution_watermark_then_the_prior_is_published_for_the_session(f: Events) -> None:
-    state, out = step(TcaState(), f.watermark("execution", minute(1)), CTX)
+    waiting, early = step(TcaState(), f.watermark("execution", minute(1)), CTX)
+    assert early == [] and len(waiting.closing) == 1  # risk has not said its intents are all out
+
+    state, out = step(waiting, risk_done(f, minute(1)), CTX)
 
     (model,) = [e for e in out if isinstance(e, CostModelUpdated)]
     assert (model.session, model.effective_session, model.samples) == ("", "2024-03-05", 0)
     assert model.default == CFG.params().prior
-    assert state.model == model and state.day_session == "2024-03-05"
-    _, again = step(state, f.watermark("execution", minute(2)), CTX)
+    assert state.model == model and state.day_session == "2024-03-05" and state.closing == ()
+    _, again = given([f.watermark("execution", minute(2)), risk_done(f, minute(2))], state=state)
     assert [e for e in again if isinstance(e, CostModelUpdated)] == []  # once a session
 
 
@@ -547,31 +555,63 @@ def test_calibration_when_next_session_starts_then_the_days_fills_are_folded_in(
     )
     day = [
         f.watermark("execution", minute(1)),
+        risk_done(f, minute(1)),
         intent,
         at(f.fill(intent, last_qty=100, last_px="100.05", cum_qty=100), 2),
     ]
     state, _ = given(day, context=context)
     assert state.day["AAPL"].n == 1
 
-    after, out = step(state, f.watermark("execution", NEXT_OPEN + MINUTE_NS), context)
+    after, out = given(
+        [f.watermark("execution", NEXT_OPEN + MINUTE_NS), risk_done(f, NEXT_OPEN + MINUTE_NS)],
+        state=state,
+        context=context,
+    )
 
     (model,) = [e for e in out if isinstance(e, CostModelUpdated)]
     assert (model.session, model.effective_session, model.samples) == ("2024-03-05", "2024-03-06", 1)
     (aapl,) = model.symbols
     assert (aapl.symbol, aapl.samples) == ("AAPL", 1)
     assert aapl.spread_bps != CFG.params().prior.spread_bps  # the quoted 4 bps moved it
-    assert after.day == {}
+    assert after.day == {} and after.closing == ()
+
+
+def test_calibration_when_a_fill_before_the_close_waits_for_its_intent_then_it_counts_in_the_closed_session(
+    f: Events,
+) -> None:
+    context = ctx("tca", TcaConfig(min_samples_for_adapt=1))
+    late_intent = f.intent("AAPL", "buy", 100, "100", n=389)
+    early_fill = at(f.fill(late_intent, last_qty=100, last_px="100.05", cum_qty=100), 390)
+    state, _ = given([f.watermark("execution", minute(1)), risk_done(f, minute(1))], context=context)
+    # execution reports the fill and moves on to the next session before TCA sees the intent
+    state, out = given([early_fill, f.watermark("execution", NEXT_OPEN + MINUTE_NS)], state=state, context=context)
+    assert [e for e in out if isinstance(e, CostModelUpdated)] == []
+    nxt = f.intent("AAPL", "buy", 100, "101", n=24 * 60 + 1)
+
+    _, out = given(
+        [late_intent, nxt, at(f.fill(nxt, last_qty=100, last_px="101", cum_qty=100), 24 * 60 + 2),
+         risk_done(f, NEXT_OPEN + MINUTE_NS)],
+        state=state,
+        context=context,
+    )  # fmt: skip
+
+    (model,) = [e for e in out if isinstance(e, CostModelUpdated)]
+    assert (model.session, model.samples) == ("2024-03-05", 1)  # the early fill; not the new session's
 
 
 def test_calibration_when_the_bounds_cut_an_estimate_then_an_alert(f: Events) -> None:
     context = ctx("tca", TcaConfig(min_samples_for_adapt=1, max_daily_change=100.0))
-    events: list[object] = [f.watermark("execution", minute(1))]
+    events: list[object] = [f.watermark("execution", minute(1)), risk_done(f, minute(1))]
     for n in range(1, 40):
         intent = quoted(f.intent("WILD", "buy", 100, "10", n=n), "900")
         events += [intent, at(f.fill(intent, last_qty=100, last_px="14", cum_qty=100), n + 1)]
     state, _ = given(events, context=context)
 
-    _, out = step(state, f.watermark("execution", NEXT_OPEN + MINUTE_NS), context)
+    _, out = given(
+        [f.watermark("execution", NEXT_OPEN + MINUTE_NS), risk_done(f, NEXT_OPEN + MINUTE_NS)],
+        state=state,
+        context=context,
+    )
 
     (model,) = [e for e in out if isinstance(e, CostModelUpdated)]
     assert "WILD" in model.out_of_bounds
@@ -582,14 +622,19 @@ def test_calibration_when_the_bounds_cut_an_estimate_then_an_alert(f: Events) ->
     assert wild.spread_bps <= bounds.max_spread_bps and wild.slippage_bps <= bounds.max_slippage_bps
 
 
-def test_calibration_when_bars_interleave_differently_then_the_same_model(f: Events) -> None:
-    intent = f.intent("AAPL", "sell", 100, "100", n=1)
-    reports = [at(f.fill(intent, last_qty=100, last_px="99.9", cum_qty=100), 2)]
-    bars = [f.bar("AAPL", n, "100") for n in (1, 2, 3)]
-    close = f.watermark("execution", NEXT_OPEN + MINUTE_NS)
+def test_calibration_when_consumers_interleave_differently_then_the_same_model(f: Events) -> None:
+    intents = [f.intent("AAPL", "sell", 100, "100", n=n) for n in (1, 2, 3)]
+    risk = [*intents, risk_done(f, minute(3)), risk_done(f, NEXT_OPEN + MINUTE_NS)]
+    reports = [
+        f.watermark("execution", minute(1)),
+        *(at(f.fill(i, last_qty=100, last_px="99.9", cum_qty=100), n + 1) for n, i in enumerate(intents, 1)),
+        f.watermark("execution", NEXT_OPEN + MINUTE_NS),
+    ]
+    bars = [f.bar("AAPL", n, "100") for n in (1, 2, 3, 4)]
 
-    _, a = given([f.watermark("execution", minute(1)), intent, *bars, *reports, close])
-    _, b = given([f.watermark("execution", minute(1)), intent, *reports, *bars, close])
+    _, a = given([risk[0], reports[0], *risk[1:], *bars, *reports[1:]])
+    _, b = given([*reports, *bars, *risk])
+    _, c = given([r for pair in zip(reports, risk, strict=False) for r in pair] + bars + risk[len(reports) :])
 
-    models = [[encode(e) for e in out if isinstance(e, CostModelUpdated)] for out in (a, b)]
-    assert models[0] == models[1] and len(models[0]) == 2
+    models = [[encode(e) for e in out if isinstance(e, CostModelUpdated)] for out in (a, b, c)]
+    assert models[0] == models[1] == models[2] and len(models[0]) == 2
