@@ -132,16 +132,15 @@ def on_target(state: RiskState, ev: TargetProposed, ctx: Ctx) -> tuple[RiskState
     # the last shares of a position always go, however few: a leftover below the minimum would
     # otherwise stop the close, and with it the other side, for good
     closes_out = sym.position * delta < 0 and sym.expected_position() + delta == 0
-    events: list[Event] = []
     if ev.session and not state.first_session:
         state = msgspec.structs.replace(state, first_session=ev.session)
+    state, events = stale_alert(state, ev, ctx)
     if delta != 0 and (abs(delta) * ev.reference_price >= cfg.min_order_dollars or closes_out):
         side = "buy" if delta > 0 else "sell"
         qty = abs(delta)
         expected = expected_cost(state, ev, qty)
         if sym.position * delta >= 0:  # opens or adds: the cost gate applies (a reduction always goes)
-            refused, alerts = cost_gate(state, ev, expected, ctx)
-            events.extend(alerts)
+            refused = cost_gate(state, ev, expected, ctx)
             if refused is not None:
                 reason, message, details = refused
                 events.append(entry_blocked(ev, side, qty, sleeves, expected, reason, message, details, ctx))
@@ -238,35 +237,33 @@ def staleness(state: RiskState, session: str, cfg: RiskConfig) -> str:
 
 def cost_gate(
     state: RiskState, ev: TargetProposed, expected: Decimal, ctx: Ctx
-) -> tuple[tuple[str, str, dict[str, str]] | None, list[Event]]:
-    """Decide whether an entry may go; return (reason, message, details) when it may not, and alerts."""
+) -> tuple[str, str, dict[str, str]] | None:
+    """Decide whether an entry may go; return (reason, message, details) when it may not."""
     cfg: RiskConfig = ctx.config
-    alerts: list[Event] = []
     stale = staleness(state, ev.session, cfg)
     model = state.cost_model
     out_of_bounds = model is not None and ev.symbol in model.out_of_bounds
-    if stale:
-        alerts.append(
-            episode_alert(
-                TCA_STALE,
-                "warning",
-                stale,
-                f"{ev.session}",
-                service=ctx.service,
-                now_ns=ev.ts_event,
-                session=ev.session,
-            )
-        )
     if ctx.common.block_trading_if_tca_stale and (stale or out_of_bounds):
         why = stale or f"{ev.symbol}'s calibrated cost left the model's bounds"
-        return (TCA_STALE_BLOCK, why, {"session": ev.session}), alerts
+        return TCA_STALE_BLOCK, why, {"session": ev.session}
     if expected > cfg.max_entry_cost_bps:
         return (
             COST_GATE_BLOCK,
             f"expected cost {expected} bps is above KEEL_RISK_MAX_ENTRY_COST_BPS {cfg.max_entry_cost_bps}",
             {"max_entry_cost_bps": str(cfg.max_entry_cost_bps)},
-        ), alerts
-    return None, alerts
+        )
+    return None
+
+
+def stale_alert(state: RiskState, ev: TargetProposed, ctx: Ctx) -> tuple[RiskState, list[Event]]:
+    """Say once a session that the cost model is stale (TCA_STALE), blocking configured or not."""
+    stale = staleness(state, ev.session, ctx.config)
+    if not stale or state.stale_alerted == ev.session:
+        return state, []
+    alert = episode_alert(
+        TCA_STALE, "warning", stale, ev.session, service=ctx.service, now_ns=ev.ts_event, session=ev.session
+    )
+    return msgspec.structs.replace(state, stale_alerted=ev.session), [alert]
 
 
 def entry_blocked(

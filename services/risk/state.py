@@ -51,3 +51,4 @@ class RiskState(msgspec.Struct, frozen=True, kw_only=True):
     last_watermark: int = 0
     cost_model: CostModelUpdated | None = None  # TCA's latest calibration (None: none seen yet)
     first_session: str = ""  # the first session risk decided in (a model is due after it)
+    stale_alerted: str = ""  # the session TCA_STALE was last raised for (once a session)

@@ -807,12 +807,16 @@ def test_entry_when_model_stale_and_blocking_configured_then_tca_stale_block(f: 
     assert any(isinstance(e, AlertRaised) and e.code == "TCA_STALE" for e in out)
 
 
-def test_entry_when_model_stale_and_blocking_off_then_it_goes_with_an_alert(f: Events) -> None:
-    _, out = given([model("2024-03-01"), f.target("AAPL", 100, "50", session="2024-03-05")])
+def test_entry_when_model_stale_and_blocking_off_then_it_goes_with_one_alert_a_session(f: Events) -> None:
+    targets = [f.target(s, 100, "50", session="2024-03-05") for s in ("AAPL", "MSFT", "SPY")]
 
-    assert len(intents(out)) == 1 and blocks(out) == []
+    state, out = given([model("2024-03-01"), *targets])
+
+    assert len(intents(out)) == 3 and blocks(out) == []
     (alert,) = [e for e in out if isinstance(e, AlertRaised)]
-    assert alert.code == "TCA_STALE"
+    assert (alert.code, alert.details["session"]) == ("TCA_STALE", "2024-03-05")
+    _, next_day = step(state, f.target("QQQ", 100, "50", session="2024-03-06"), CTX)
+    assert [e.code for e in next_day if isinstance(e, AlertRaised)] == ["TCA_STALE"]  # and again the next
 
 
 def test_entry_when_model_one_session_old_then_not_stale(f: Events) -> None:
