@@ -52,7 +52,7 @@ PRICE_FIELDS = frozenset(
 POSITIVE_FIELDS = frozenset({"trail_percent"})
 
 
-NON_NEGATIVE_FIELDS = frozenset({"spread_bps", "fee", "notional"})
+NON_NEGATIVE_FIELDS = frozenset({"spread_bps", "fee", "notional", "sigma_bps", "expected_cost_bps"})
 
 
 class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", forbid_unknown_fields=False):
@@ -219,6 +219,11 @@ def intent_id_for(client_order_id: str) -> str:
 def leg_client_order_id(parent_cid: str, role: str) -> str:
     """Return keel's id of an exit leg: its parent's client_order_id and the role (`:tp`, `:sl`)."""
     return f"{parent_cid}:{_LEG_SUFFIX[role]}"
+
+
+def is_leg_client_order_id(cid: str) -> bool:
+    """Tell whether a client_order_id is keel's name for an exit leg (`<parent>:tp` / `:sl`)."""
+    return cid.endswith(tuple(f":{suffix}" for suffix in _LEG_SUFFIX.values()))
 
 
 def tick_size(price: Decimal) -> Decimal:

@@ -68,8 +68,9 @@ def policy_problem(cfg: RiskConfig) -> str:
             return f"{_key(name)}: expected {'0 <=' if least is not None else '0 <'} bps < 10000, was {value}"
     if not cfg.max_entry_cost_bps.is_finite() or cfg.max_entry_cost_bps < 0:
         return f"{_key('max_entry_cost_bps')}: expected >= 0 bps, was {cfg.max_entry_cost_bps}"
-    if cfg.tca_max_age_sessions < 0:
-        return f"{_key('tca_max_age_sessions')}: expected >= 0, was {cfg.tca_max_age_sessions}"
+    if cfg.tca_max_age_sessions < 1:
+        # TCA publishes a session's model at its first bar: a day-old one must stay usable until then
+        return f"{_key('tca_max_age_sessions')}: expected >= 1, was {cfg.tca_max_age_sessions}"
     if not cfg.trail_percent.is_finite() or not 0 < cfg.trail_percent < 100:
         return f"{_key('trail_percent')}: expected 0 < percent < 100, was {cfg.trail_percent}"
     legs = (cfg.take_profit_bps is not None) + (cfg.stop_loss_bps is not None)

@@ -15,7 +15,7 @@ from decimal import ROUND_DOWN, Decimal
 
 import msgspec
 
-from libs import costmodel, sessions
+from libs import costmodel
 from libs.contracts.base import Event, derive_id, intent_id_for, to_tick
 from libs.contracts.oms import PositionChanged
 from libs.contracts.ops import Watermark
@@ -210,12 +210,8 @@ def expected_cost(state: RiskState, ev: TargetProposed, qty: int) -> Decimal:
     return costmodel.expected_cost_bps(cost, ev.sigma_bps, participation, _BOUNDS)
 
 
-def sessions_after(since: str, session: str) -> int:
-    """Return how many sessions passed after `since` up to and including `session`."""
-    first, now = date.fromisoformat(since), date.fromisoformat(session)
-    if now <= first:
-        return 0
-    return len(sessions.sessions_between(first, now)) - (1 if sessions.is_session(first) else 0)
+def _age(since: str, session: str) -> int:
+    return costmodel.age_sessions(date.fromisoformat(since), date.fromisoformat(session))
 
 
 def staleness(state: RiskState, session: str, cfg: RiskConfig) -> str:
@@ -226,10 +222,10 @@ def staleness(state: RiskState, session: str, cfg: RiskConfig) -> str:
     if model is None:
         # TCA publishes its first model in the first session risk trades: a whole session
         # without one is stale
-        if state.first_session and sessions_after(state.first_session, session) > 0:
+        if state.first_session and _age(state.first_session, session) > 0:
             return f"no cost model calibrated since {state.first_session}"
         return ""
-    age = sessions_after(model.effective_session, session)
+    age = _age(model.effective_session, session)
     if age > cfg.tca_max_age_sessions:
         return f"cost model made for {model.effective_session} is {age} sessions old (max {cfg.tca_max_age_sessions})"
     return ""
@@ -242,7 +238,8 @@ def cost_gate(
     cfg: RiskConfig = ctx.config
     stale = staleness(state, ev.session, cfg)
     model = state.cost_model
-    out_of_bounds = model is not None and ev.symbol in model.out_of_bounds
+    # the estimate the symbol is priced with left the model's bounds: its own, or the default's
+    out_of_bounds = model is not None and costmodel.cost_of(model, ev.symbol).symbol in model.out_of_bounds
     if ctx.common.block_trading_if_tca_stale and (stale or out_of_bounds):
         why = stale or f"{ev.symbol}'s calibrated cost left the model's bounds"
         return TCA_STALE_BLOCK, why, {"session": ev.session}

@@ -21,6 +21,7 @@ limit or stop) and gets an order record only once it fills.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from datetime import date
 from decimal import ROUND_HALF_EVEN, Decimal
@@ -28,7 +29,7 @@ from decimal import ROUND_HALF_EVEN, Decimal
 import msgspec
 
 from libs import costmodel, fillsim, sessions
-from libs.contracts.base import Event, derive_id, exit_legs, leg_client_order_id
+from libs.contracts.base import Event, derive_id, exit_legs, is_leg_client_order_id, leg_client_order_id
 from libs.contracts.execution import (
     OrderAccepted,
     OrderCanceled,
@@ -80,9 +81,15 @@ _REPORTS = (
 )
 
 
+@functools.lru_cache(maxsize=8)
+def _params(cfg: TcaConfig) -> costmodel.Params:
+    # built and checked once per configuration, not on every fill
+    return cfg.params()
+
+
 def shortfall_bps(side: str, arrival: Decimal, fill: Decimal) -> Decimal:
     """Return the signed implementation shortfall of one fill in basis points."""
-    return (sf.sign(side) * (fill - arrival) / arrival * 10_000).quantize(_BPS)
+    return sf.signed_bps(side, arrival, fill)
 
 
 def session_str(ts_ns: int) -> str:
@@ -162,8 +169,15 @@ def record(order: OrderTca, state: TcaState, cause: Event, ctx: Ctx) -> TcaOrder
     vwap = (order.fill_notional / order.filled_qty).quantize(_PX, ROUND_HALF_EVEN) if order.filled_qty else None
     # a final record is caused by the report that ended the order, whichever event (a bar, a
     # watermark) supplied the last price it waited for: the record is the same either way
+    # a final record's id names the end and fills it describes, not how many revisions came before
+    # it (a pending one is written or not depending on when the intent arrived)
+    event_id = (
+        derive_id("tca.order_recorded.v1", order.client_order_id, "final", order.end_event_id, order.filled_qty)
+        if order.final
+        else derive_id("tca.order_recorded.v1", order.client_order_id, order.revision)
+    )
     return TcaOrderRecorded(
-        event_id=derive_id("tca.order_recorded.v1", order.client_order_id, order.revision),
+        event_id=event_id,
         correlation_id=order.correlation_id or cause.correlation_id,
         causation_id=order.end_event_id if order.final and order.end_event_id else cause.event_id,
         ts_event=order.end_ts if order.final and order.end_ts else cause.ts_event,
@@ -211,7 +225,7 @@ def record(order: OrderTca, state: TcaState, cause: Event, ctx: Ctx) -> TcaOrder
         shortfall_usd=parts.total_usd,
         spread_paid_bps=sf.spread_paid_bps(order.side, arrival, vwap) if vwap is not None else None,
         fill_latency_ms=sf.fill_latency_ms(order.submit_ts, order.first_fill_ts),
-        cancel_rate=cancel_rate(state, order.symbol),
+        cancel_rate=state.rates.get(order.client_order_id, cancel_rate(state, order.symbol)),
         expected_cost_bps=order.expected_cost_bps,
         reason=order.reason,
     )
@@ -247,14 +261,21 @@ def _without(state: TcaState, cid: str) -> TcaState:
     return msgspec.structs.replace(state, orders={k: v for k, v in state.orders.items() if k != cid})
 
 
+def note_end(state: TcaState, ev: Report, cfg: TcaConfig) -> TcaState:
+    """Count an order's end toward its symbol's cancel rate, in execution's report order (so the
+    rate is the same whichever TCA consumer ran first), and keep the rate it ended with."""
+    ends_order = isinstance(ev, OrderFilled | OrderCanceled | OrderExpired | OrderRejected | SubmitFailed)
+    if not ends_order or is_leg_client_order_id(ev.client_order_id) or ev.client_order_id in state.rates:
+        return state
+    window = int(cfg.cancel_rate_window_sec * SEC_NS)
+    kept = tuple(e for e in state.ends.get(ev.symbol, ()) if e[0] >= ev.ts_event - window)
+    ends = {**state.ends, ev.symbol: (*kept, (ev.ts_event, isinstance(ev, OrderCanceled)))}
+    state = msgspec.structs.replace(state, ends=ends)
+    return msgspec.structs.replace(state, rates={**state.rates, ev.client_order_id: cancel_rate(state, ev.symbol)})
+
+
 def _revise(state: TcaState, order: OrderTca, cause: Event, ctx: Ctx) -> tuple[TcaState, list[Event]]:
-    """Write the next revision of an order's record; a final one also counts toward its cancel rate."""
-    cfg: TcaConfig = ctx.config
-    if order.final and not order.leg:
-        window = int(cfg.cancel_rate_window_sec * SEC_NS)
-        kept = tuple(e for e in state.ends.get(order.symbol, ()) if e[0] >= order.end_ts - window)
-        ends = {**state.ends, order.symbol: (*kept, (order.end_ts, order.status == st.CANCELED))}
-        state = msgspec.structs.replace(state, ends=ends)
+    """Write the next revision of an order's record."""
     rec = record(order, state, cause, ctx)
     return _with(state, msgspec.structs.replace(order, revision=order.revision + 1)), [rec]
 
@@ -364,6 +385,8 @@ def on_report(state: TcaState, ev: Report, ctx: Ctx) -> tuple[TcaState, list[Eve
         )
         return _with(state, order), []
     if isinstance(ev, OrderFilled | OrderPartiallyFilled):
+        if ev.execution_id in order.fills:
+            return state, []  # delivered twice (outside JetStream's duplicate window): measured once
         fee, estimated = _fee(ev, cfg)
         filled = order.filled_qty + ev.last_qty if order.leg else min(order.filled_qty + ev.last_qty, order.qty)
         done = isinstance(ev, OrderFilled)
@@ -372,6 +395,7 @@ def on_report(state: TcaState, ev: Report, ctx: Ctx) -> tuple[TcaState, list[Eve
         order = msgspec.structs.replace(
             order,
             filled_qty=filled,
+            fills=order.fills | {ev.execution_id},
             fill_notional=order.fill_notional + ev.last_qty * ev.last_px,
             fees=order.fees + fee,
             fees_estimated=order.fees_estimated or estimated,
@@ -479,10 +503,38 @@ def on_exec_watermark(state: TcaState, wm: Watermark, ctx: Ctx) -> tuple[TcaStat
             state, out = _revise(state, order, wm, ctx)
             events.extend(out)
     forget = wm.bar_ts - FINAL_RETENTION_NS
-    kept = {k: v for k, v in state.orders.items() if not (v.final and v.end_ts < forget)}
+    horizon = wm.bar_ts - int(cfg.intent_retention_hours * 3600 * SEC_NS)
+    lost = [o for o in state.orders.values() if not o.final and not o.leg and o.decision_ts < horizon]
+    events.extend(unended_alert(o, wm, ctx) for o in sorted(lost, key=lambda o: o.client_order_id))
+    kept = {
+        k: v
+        for k, v in state.orders.items()
+        if not (v.final and v.end_ts < forget) and not (not v.final and v.decision_ts < horizon)
+    }
     if len(kept) != len(state.orders):
-        state = msgspec.structs.replace(state, orders=kept)
+        waiting = {r.client_order_id for r in state.waiting}  # type: ignore[union-attr]
+        rates = {k: v for k, v in state.rates.items() if k in kept or k in waiting}
+        state = msgspec.structs.replace(state, orders=kept, rates=rates)
     return state, events
+
+
+def unended_alert(order: OrderTca, wm: Watermark, ctx: Ctx) -> AlertRaised:
+    """Say that an order was given up on: no report ended it within the retention."""
+    return AlertRaised(
+        event_id=derive_id("ops.alert_raised.v1", "TCA_ORDER_UNENDED", order.client_order_id),
+        correlation_id=order.correlation_id or wm.correlation_id,
+        causation_id=wm.event_id,
+        ts_event=wm.ts_event,
+        ts_init=ctx.now_ns,
+        code="TCA_ORDER_UNENDED",
+        severity="warning",
+        source=ctx.service,
+        message=(
+            f"order {order.client_order_id} ({order.status}) has had no end reported in "
+            f"KEEL_TCA_INTENT_RETENTION_HOURS; its record stays at its last revision"
+        ),
+        details={"client_order_id": order.client_order_id, "status": order.status},
+    )
 
 
 # --- the cost model's calibration (seed 001 §3, seed 002 C-TCA-01) ---------------------------
@@ -492,26 +544,38 @@ TCA_CALIBRATION_OUT_OF_BOUNDS = "TCA_CALIBRATION_OUT_OF_BOUNDS"
 
 def observe(state: TcaState, order: OrderTca, fill: OrderFilled | OrderPartiallyFilled, cfg: TcaConfig) -> TcaState:
     """Add one fill to its symbol's statistics: of the session being closed when it was reported
-    before that session's close was frozen, else of the current one (an exit leg is no arrival)."""
+    before that session's close was frozen, else of the current one (an exit leg is no arrival).
+
+    A fill's cost beyond half the spread is its slippage. Without a quoted spread, the spread is
+    the one the model in force prices the symbol with: the model learns no spread from the fill,
+    and its slippage takes the rest of the cost, so what it predicts (its spread / 2 + slippage)
+    is what the fills cost. (Half of any other proxy would bias the slippage, and the expected
+    cost with it, by the difference.)
+    """
+    if order.spread_is_proxy or order.spread_bps <= 0:
+        model = state.model
+        spread = costmodel.cost_of(model, order.symbol).spread_bps if model else _params(cfg).prior.spread_bps
+    else:
+        spread = order.spread_bps
     obs = costmodel.Observation(
         symbol=order.symbol,
         side=order.side,
         qty=fill.last_qty,
         mid=order.decision_price,
         fill_px=fill.last_px,
-        spread_bps=order.spread_bps if not order.spread_is_proxy else cfg.proxy_spread_bps,
-        spread_is_proxy=order.spread_is_proxy,
+        spread_bps=spread,
+        spread_is_proxy=order.spread_is_proxy or order.spread_bps <= 0,
         sigma_bps=order.sigma_bps,
         bar_volume=order.bar_volume,
     )
     for i, closing in enumerate(state.closing):
         if fill.execution_id in closing.fills:
-            stats = costmodel.observe(closing.day.get(order.symbol, costmodel.DayStats()), obs, cfg.params())
+            stats = costmodel.observe(closing.day.get(order.symbol, costmodel.DayStats()), obs, _params(cfg))
             closed = msgspec.structs.replace(
                 closing, day={**closing.day, order.symbol: stats}, fills=closing.fills - {fill.execution_id}
             )
             return msgspec.structs.replace(state, closing=(*state.closing[:i], closed, *state.closing[i + 1 :]))
-    stats = costmodel.observe(state.day.get(order.symbol, costmodel.DayStats()), obs, cfg.params())
+    stats = costmodel.observe(state.day.get(order.symbol, costmodel.DayStats()), obs, _params(cfg))
     return msgspec.structs.replace(state, day={**state.day, order.symbol: stats})
 
 
@@ -554,7 +618,7 @@ def _calibrate_one(state: TcaState, ctx: Ctx) -> tuple[TcaState, list[Event]]:
     closing = state.closing[0]
     wm = closing.trigger
     session = session_str(wm.bar_ts)
-    params = cfg.params()
+    params = _params(cfg)
     prev = {c.symbol: c for c in state.model.symbols} if state.model else {}
     default = state.model.default if state.model else params.prior
     cal = costmodel.calibrate(prev, default, closing.day, params)
@@ -597,7 +661,7 @@ def step(state: TcaState, event: object, ctx: Ctx) -> tuple[TcaState, Sequence[E
     if isinstance(event, OrderIntent):
         return on_intent(state, event, ctx)
     if isinstance(event, _REPORTS):
-        return on_report(state, event, ctx)  # type: ignore[arg-type]
+        return on_report(note_end(state, event, ctx.config), event, ctx)  # type: ignore[arg-type]
     if isinstance(event, BarClosed):
         return on_bar(state, event, ctx)
     if isinstance(event, Watermark):

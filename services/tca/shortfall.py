@@ -106,12 +106,18 @@ def perold(
     )
 
 
+def signed_bps(side: str, reference: Decimal, price: Decimal) -> Decimal:
+    """Return side * (price - reference) / reference in bps: positive = it cost the side money."""
+    if reference <= 0:
+        raise ValueError(f"expected a reference price > 0, was {reference}")
+    return (sign(side) * (price - reference) / reference * BPS).quantize(_Q, rounding=ROUND_HALF_EVEN)
+
+
 def spread_paid_bps(side: str, mid: Decimal, fill_vwap: Decimal) -> Decimal:
     """Return what the fills paid over the arrival mid in bps (seed 000 §H1): half the spread for
-    a taker that filled at the touch, less for price improvement, negative for a maker."""
-    if mid <= 0:
-        raise ValueError(f"expected mid > 0, was {mid}")
-    return (sign(side) * (fill_vwap - mid) / mid * BPS).quantize(_Q, rounding=ROUND_HALF_EVEN)
+    a taker that filled at the touch, less for price improvement, negative for a maker. The mid
+    here is the arrival benchmark (a bar's close), so it holds the price's move until the fills too."""
+    return signed_bps(side, mid, fill_vwap)
 
 
 def fill_latency_ms(submit_ts: int, first_fill_ts: int) -> int | None:

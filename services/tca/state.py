@@ -11,7 +11,7 @@ from libs.contracts.ops import Watermark
 from libs.contracts.tca import CostModelUpdated
 from libs.costmodel import DayStats
 
-TAPE_BARS = 16  # closes kept per symbol: enough to price a time a few bars back
+TAPE_BARS = 64  # closes kept per symbol: prices a time up to an hour back (bars consumer ahead of reports)
 
 # statuses of an order's record
 PENDING = "pending"
@@ -65,6 +65,8 @@ class OrderTca(msgspec.Struct, frozen=True, kw_only=True):
     end_price: Decimal | None = None
     revision: int = 0
     final: bool = False
+    fills: frozenset[str] = frozenset()  # execution ids measured (a fill delivered twice counts once)
+    cancel_rate: Decimal = Decimal(0)  # of its symbol when its end was reported (execution's order)
 
 
 class Tape(msgspec.Struct, frozen=True, kw_only=True):
@@ -85,8 +87,10 @@ class TcaState(msgspec.Struct, frozen=True, kw_only=True):
     tapes: dict[str, Tape] = {}
     md_watermark: int = 0  # marketdata has published every bar up to here
     exec_watermark: int = 0  # execution has reported everything of bars up to here
-    # (end time, canceled) of the orders of each symbol that ended within the cancel-rate window
+    # (end time, canceled) of the orders of each symbol that ended within the cancel-rate window,
+    # in execution's report order; and each recently ended order's cancel rate, by client_order_id
     ends: dict[str, tuple[tuple[int, bool], ...]] = {}
+    rates: dict[str, Decimal] = {}
     waiting: tuple[ExecutionEvent, ...] = ()  # execution reports whose intent has not been seen yet
     # the cost model: fills measured since the last calibration, by symbol, and the model in force
     day: dict[str, DayStats] = {}

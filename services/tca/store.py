@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import msgspec
 
-from libs.contracts.base import Event
+from libs.contracts.base import Event, is_leg_client_order_id
 from libs.contracts.execution import SubmitSkipped
 from libs.contracts.marketdata import BarClosed
 from libs.contracts.risk import EntryBlocked
@@ -88,7 +88,10 @@ async def project(uow: UnitOfWork, old: TcaState, new: TcaState, inbound: object
             inbound.close,
             inbound.ts_event,
         )
-    elif isinstance(inbound, EntryBlocked | SubmitSkipped):
+    elif isinstance(inbound, EntryBlocked) or (
+        isinstance(inbound, SubmitSkipped) and not is_leg_client_order_id(inbound.client_order_id)
+    ):
+        # an order's exit legs are skipped with it: one block, the order's
         await _block(uow, old, inbound)
     for ev in events:
         if isinstance(ev, TcaRecorded):

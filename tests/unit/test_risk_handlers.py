@@ -837,12 +837,23 @@ def test_entry_when_no_model_for_a_whole_session_then_stale(f: Events) -> None:
 
 
 def test_entry_when_symbol_out_of_bounds_and_blocking_configured_then_tca_stale_block(f: Events) -> None:
-    state, _ = given([model(SESSION, out_of_bounds=("PENNY",))], context=STRICT)
+    penny = msgspec.structs.replace(costmodel.PRIOR, symbol="PENNY", clamped=("spread_bps",))
+    state, _ = given([model(SESSION, penny, out_of_bounds=("PENNY",))], context=STRICT)
 
     _, out = given([f.target("PENNY", 100, "50"), f.target("AAPL", 100, "50")], state=state, context=STRICT)
 
     assert [(b.symbol, b.reason_code) for b in blocks(out)] == [("PENNY", "TCA_STALE_BLOCK")]
     assert [i.symbol for i in intents(out)] == ["AAPL"]
+
+
+def test_entry_when_the_default_estimate_is_out_of_bounds_then_symbols_priced_by_it_are_blocked(f: Events) -> None:
+    own = msgspec.structs.replace(costmodel.PRIOR, symbol="AAPL")
+    state, _ = given([model(SESSION, own, out_of_bounds=("*",))], context=STRICT)
+
+    _, out = given([f.target("MSFT", 100, "50"), f.target("AAPL", 100, "50")], state=state, context=STRICT)
+
+    assert [(b.symbol, b.reason_code) for b in blocks(out)] == [("MSFT", "TCA_STALE_BLOCK")]
+    assert [i.symbol for i in intents(out)] == ["AAPL"]  # priced by its own, bounded estimate
 
 
 def test_cost_model_when_older_than_the_one_held_then_ignored() -> None:

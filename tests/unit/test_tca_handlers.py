@@ -8,6 +8,7 @@ from decimal import Decimal
 import msgspec
 import pytest
 
+from libs import costmodel
 from libs.contracts.base import Event, derive_id
 from libs.contracts.codec import encode
 from libs.contracts.execution import SubmitSkipped
@@ -638,3 +639,86 @@ def test_calibration_when_consumers_interleave_differently_then_the_same_model(f
 
     models = [[encode(e) for e in out if isinstance(e, CostModelUpdated)] for out in (a, b, c)]
     assert models[0] == models[1] == models[2] and len(models[0]) == 2
+
+
+def test_calibration_when_spreads_are_proxies_then_the_model_prices_what_the_fills_cost(f: Events) -> None:
+    # every bar's spread a proxy (marketdata's synthetic feed): 20 buys each filled 3 bps over the
+    # decision close; the calibrated model must then expect 3 bps, whatever proxy anyone assumed
+    context = ctx("tca", TcaConfig(min_samples_for_adapt=1, calibration_halflife_sessions=0.01, max_daily_change=100.0))
+    day: list[object] = [f.watermark("execution", minute(1)), risk_done(f, minute(1))]
+    for n in range(1, 21):
+        intent = f.intent("AAPL", "buy", 100, "100", n=n)
+        day += [intent, at(f.fill(intent, last_qty=100, last_px="100.03", cum_qty=100), n + 1)]
+    day += [f.watermark("execution", NEXT_OPEN + MINUTE_NS), risk_done(f, NEXT_OPEN + MINUTE_NS)]
+
+    _, out = given(day, context=context)
+
+    model = [e for e in out if isinstance(e, CostModelUpdated)][-1]
+    (aapl,) = model.symbols
+    bounds = CFG.params().bounds
+    assert costmodel.expected_cost_bps(aapl, D(0), None, bounds) == D("3.0000")
+    assert aapl.spread_bps == CFG.params().prior.spread_bps  # no spread learnt from proxies
+
+
+def test_final_records_when_intents_reports_bars_and_watermarks_interleave_then_the_same_but_revision(
+    f: Events,
+) -> None:
+    # two AAPL orders, one canceled part-filled, one filled; execution's watermarks (pending
+    # writes), bars past the mark; the intents early, late or between: the final records agree
+    a = f.intent("AAPL", "buy", 100, "100", n=1)
+    b = f.intent("AAPL", "sell", 50, "100", n=2)
+    reports = [
+        at(f.submitted(a), 1),
+        at(f.accepted(a), 2),
+        f.watermark("execution", minute(2)),
+        at(f.fill(a, last_qty=30, last_px="100.10", cum_qty=30), 3),
+        at(f.submitted(b), 3),
+        f.watermark("execution", minute(3)),
+        at(f.canceled(a, cum_qty=30), 4),
+        at(f.fill(b, last_qty=50, last_px="99.95", cum_qty=50), 4),
+        f.watermark("execution", minute(5)),
+    ]
+    bars = [f.bar("AAPL", n, c) for n, c in ((1, "100"), (2, "100.05"), (3, "100.10"), (4, "100.30"), (5, "100.2"))]
+    orderings = [
+        [a, b, *reports, *bars],
+        [*bars, *reports, a, b],
+        [*reports[:4], a, *bars[:2], *reports[4:], b, *bars[2:]],
+        [*(e for pair in zip(bars, reports, strict=False) for e in pair), *reports[len(bars) :], b, a],
+    ]
+
+    finals = []
+    for events in orderings:
+        _, out = given(events, context=AT_END)
+        last = {r.client_order_id: r for r in orders(out) if r.final}
+        finals.append({cid: encode(msgspec.structs.replace(r, revision=0)) for cid, r in sorted(last.items())})
+
+    assert len(finals[0]) == 2
+    assert finals[0] == finals[1] == finals[2] == finals[3]
+    canceled = [r for r in orders(given(orderings[0], context=AT_END)[1]) if r.final and r.status == "canceled"]
+    assert canceled[0].cancel_rate == D("1.0000")  # the first of the symbol's ends: a cancel
+
+
+def test_fill_when_delivered_twice_then_counted_once(f: Events) -> None:
+    intent = f.intent("AAPL", "buy", 100, "100", n=1)
+    fill = f.fill(intent, last_qty=40, last_px="100.02", cum_qty=40)
+    state, _ = given([intent, fill])
+
+    after, out = step(state, msgspec.structs.replace(fill, event_id="redelivered"), CTX)
+
+    assert out == [] and after == state
+    assert state.orders[intent.client_order_id].filled_qty == 40
+
+
+def test_order_when_no_end_within_retention_then_dropped_with_an_alert() -> None:
+    f = Events(seed=7)
+    context = ctx("tca", TcaConfig(intent_retention_hours=1.0))
+    intent = f.intent("AAPL", "buy", 100, "100", n=1)
+    state, _ = given([intent, at(f.submitted(intent), 1)], context=context)
+
+    kept, early = step(state, f.watermark("execution", minute(61)), context)
+    gone, out = step(kept, f.watermark("execution", minute(62)), context)
+
+    assert intent.client_order_id in kept.orders and not [e for e in early if isinstance(e, AlertRaised)]
+    assert intent.client_order_id not in gone.orders
+    (alert,) = [e for e in out if isinstance(e, AlertRaised)]
+    assert (alert.code, alert.details["client_order_id"]) == ("TCA_ORDER_UNENDED", intent.client_order_id)
