@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+
+from libs import sessions
 from libs.runtime.runner import Deps, Service, processor_for
 from services.tca import api, consumers, store
 from services.tca.state import TcaState
@@ -9,6 +12,7 @@ from services.tca.state import TcaState
 
 async def build(deps: Deps) -> Service:
     """Wire shortfall measurement to its consumers, table and views."""
+    await asyncio.to_thread(sessions.load)  # the calendar, before the first record or calibration needs it
     processor = await processor_for(deps, TcaState(), project=store.project)
     return Service(
         consumers=consumers.consumers(deps.bus.subjects, processor), router=api.router(processor, deps.store)
