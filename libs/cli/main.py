@@ -1,4 +1,4 @@
-"""`keel`: up, status, kill, resume, cancel-all, migrate, provision, report."""
+"""`keel`: up, status, kill, resume, cancel-all, migrate, provision, report, export."""
 
 from __future__ import annotations
 
@@ -94,6 +94,49 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+@contextlib.contextmanager
+def _export_nats(var: Path) -> Iterator[tuple[str, str]]:
+    """Yield the NATS URL and prefix: KEEL_NATS_URL, else the running `keel up`'s, else the
+    embedded NATS a finished `keel up` left under <var>/nats (started for the export)."""
+    common = load(None).common
+    if common.nats_url:
+        yield common.nats_url, common.prefix
+        return
+    path = var / "up.json"
+    if path.exists():
+        up = json.loads(path.read_text())
+        yield up["nats_url"], up.get("prefix", "keel")
+        return
+    if not (var / "nats").is_dir():
+        raise ConfigError(
+            f"KEEL_NATS_URL: expected a NATS URL, a running `keel up` ({path}) or the embedded NATS of an "
+            f"earlier one ({var / 'nats'}), was none"
+        )
+    from libs.runtime.embedded import start_nats
+
+    server = start_nats(var / "nats")
+    try:
+        yield server.url, common.prefix
+    finally:
+        server.stop()
+
+
+def _export(args: argparse.Namespace) -> int:
+    from libs.cli.export import export
+
+    symbols = tuple(s.strip() for s in args.symbols.split(",") if s.strip())
+    try:
+        with _export_nats(args.var) as (nats_url, prefix):
+            summary = asyncio.run(
+                export(nats_url, prefix, args.stream, args.out, start=args.start, end=args.end, symbols=symbols)
+            )
+    except ValueError as e:
+        print(f"keel export: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary))
+    return 0
+
+
 def _control(args: argparse.Namespace, verb: str, body: dict[str, Any], wait_halt: bool | None) -> int:
     from libs.cli import control
 
@@ -153,6 +196,20 @@ def main(argv: list[str] | None = None) -> int:
     rep.add_argument("--date", required=True, help="the session, YYYY-MM-DD")
     rep.add_argument("--out", type=Path, default=None, help="directory to write to (default <var>/reports)")
 
+    exp = sub.add_parser(
+        "export",
+        help="write a stored stream to Parquet (md: a bar file `keel up --feed file` replays)",
+        description="NATS: KEEL_NATS_URL and KEEL_PREFIX, else the running `keel up`'s, else the embedded "
+        "NATS a finished `keel up` left in <var>/nats.",
+    )
+    exp.add_argument(
+        "--stream", default="md", help="family (md, signal, risk, oms, exec, tca, ops, ctl) or stream name"
+    )
+    exp.add_argument("--out", type=Path, required=True, help="file to write: .parquet (md also .csv)")
+    exp.add_argument("--start", default="", help="first session, YYYY-MM-DD (default: the first stored)")
+    exp.add_argument("--end", default="", help="last session, YYYY-MM-DD (default: the last stored)")
+    exp.add_argument("--symbols", default="", help="md only: comma-separated symbols (default: all)")
+
     args = parser.parse_args(argv)
     try:
         if args.verb == "up":
@@ -194,6 +251,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.verb == "report":
             return _report(args)
+        if args.verb == "export":
+            return _export(args)
         if args.verb == "migrate":
             from libs.runtime.migrate import migrate
 
