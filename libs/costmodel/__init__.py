@@ -504,10 +504,10 @@ def age_sessions(model_session: date, current: date) -> int:
     return len(sessions.sessions_between(model_session, current)) - (1 if sessions.is_session(model_session) else 0)
 
 
-def stale(model_session: date, current: date, max_age_sessions: int = 1) -> bool:
-    """Tell whether a model calibrated on `model_session`'s fills is too old to price `current`.
-
-    A model calibrated after Monday's close prices Tuesday (age 1); if Wednesday still sees it,
-    one calibration was missed (age 2).
-    """
-    return age_sessions(model_session, current) > max_age_sessions
+def supersedes(model: CostModelUpdated, held: CostModelUpdated | None) -> bool:
+    """Tell whether a published model replaces the one held: a later session's, or a later
+    calibration of the same one (a redelivered or older model replaces nothing)."""
+    return held is None or (model.effective_session, model.calibrated_ts) > (
+        held.effective_session,
+        held.calibrated_ts,
+    )

@@ -591,10 +591,7 @@ def simulator_model(base: fillsim.CostModel, calibration: CostModelUpdated | Non
 
 def on_cost_model(state: ExchangeState, ev: CostModelUpdated) -> ExchangeState:
     """Adopt TCA's newer calibration for the fill simulator (an older one changes nothing)."""
-    held = state.calibration
-    if held is not None and (ev.effective_session, ev.calibrated_ts) <= (held.effective_session, held.calibrated_ts):
-        return state
-    return replace(state, calibration=ev)
+    return replace(state, calibration=ev) if costmodel.supersedes(ev, state.calibration) else state
 
 
 def on_bar(state: ExchangeState, bar: BarClosed, ctx: Ctx = DEFAULT_CTX) -> tuple[ExchangeState, list[ExchangeOrder]]:

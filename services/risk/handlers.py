@@ -298,13 +298,7 @@ def entry_blocked(
 
 def on_cost_model(state: RiskState, ev: CostModelUpdated) -> RiskState:
     """Adopt TCA's newer calibration (an older one, redelivered, changes nothing)."""
-    current = state.cost_model
-    if current is not None and (ev.effective_session, ev.calibrated_ts) <= (
-        current.effective_session,
-        current.calibrated_ts,
-    ):
-        return state
-    return msgspec.structs.replace(state, cost_model=ev)
+    return msgspec.structs.replace(state, cost_model=ev) if costmodel.supersedes(ev, state.cost_model) else state
 
 
 def on_position(state: RiskState, ev: PositionChanged) -> RiskState:

@@ -81,6 +81,11 @@ _REPORTS = (
 )
 
 
+def retention_ns(cfg: TcaConfig) -> int:
+    """KEEL_TCA_INTENT_RETENTION_HOURS in ns."""
+    return int(cfg.intent_retention_hours * 3600 * SEC_NS)
+
+
 @functools.lru_cache(maxsize=8)
 def _params(cfg: TcaConfig) -> costmodel.Params:
     # built and checked once per configuration, not on every fill
@@ -148,7 +153,7 @@ def record(order: OrderTca, state: TcaState, cause: Event, ctx: Ctx) -> TcaOrder
     """Build the record of an order as it stands (its revision and finality are the order's)."""
     cfg: TcaConfig = ctx.config
     submit_benchmark = cfg.arrival_benchmark == "submit" and order.submit_price is not None
-    arrival = order.submit_price if submit_benchmark and order.submit_price is not None else order.decision_price
+    arrival = order.submit_price if submit_benchmark else order.decision_price
     bid, ask, spread, proxy = sf.quote_at_arrival(
         arrival, order.spread_bps, order.spread_is_proxy, cfg.proxy_spread_bps
     )
@@ -168,9 +173,9 @@ def record(order: OrderTca, state: TcaState, cause: Event, ctx: Ctx) -> TcaOrder
     )
     vwap = (order.fill_notional / order.filled_qty).quantize(_PX, ROUND_HALF_EVEN) if order.filled_qty else None
     # a final record is caused by the report that ended the order, whichever event (a bar, a
-    # watermark) supplied the last price it waited for: the record is the same either way
-    # a final record's id names the end and fills it describes, not how many revisions came before
-    # it (a pending one is written or not depending on when the intent arrived)
+    # watermark) supplied the last price it waited for; its id names that end and the fills, not
+    # how many revisions came before it (a pending one is written or not depending on when the
+    # intent arrived): the record is the same either way
     event_id = (
         derive_id("tca.order_recorded.v1", order.client_order_id, "final", order.end_event_id, order.filled_qty)
         if order.final
@@ -307,7 +312,6 @@ def on_intent(state: TcaState, ev: OrderIntent, ctx: Ctx) -> tuple[TcaState, lis
     """Start measuring an intent's order (and its exit legs); apply reports that waited for it."""
     if ev.client_order_id in state.orders:
         return state, []
-    cfg: TcaConfig = ctx.config
     order = OrderTca(
         client_order_id=ev.client_order_id,
         intent_id=ev.intent_id,
@@ -344,8 +348,7 @@ def on_intent(state: TcaState, ev: OrderIntent, ctx: Ctx) -> tuple[TcaState, lis
             expected_cost_bps=None,
             leg=True,
         )
-    horizon = ev.bar_ts - int(cfg.intent_retention_hours * 3600 * SEC_NS)
-    orders = {k: v for k, v in state.orders.items() if v.decision_ts >= horizon or not v.final} | new
+    orders = state.orders | new
     ready = [r for r in state.waiting if r.client_order_id in new]  # type: ignore[union-attr]
     waiting = tuple(r for r in state.waiting if r.client_order_id not in new)  # type: ignore[union-attr]
     state = msgspec.structs.replace(state, orders=orders, waiting=waiting)
@@ -436,7 +439,7 @@ def _end(ev: Report) -> tuple[str, str]:
 def _wait(state: TcaState, ev: Report, ctx: Ctx) -> tuple[TcaState, list[Event]]:
     """Hold a report until its intent arrives (for intent_retention_hours of event time)."""
     cfg: TcaConfig = ctx.config
-    horizon = ev.ts_event - int(cfg.intent_retention_hours * 3600 * SEC_NS)
+    horizon = ev.ts_event - retention_ns(cfg)
     lost = [r for r in state.waiting if r.ts_event < horizon]
     waiting = (*(r for r in state.waiting if r.ts_event >= horizon), ev)
     alerts: list[Event] = [orphan_alert(r, ctx) for r in lost if isinstance(r, OrderFilled | OrderPartiallyFilled)]
@@ -502,15 +505,12 @@ def on_exec_watermark(state: TcaState, wm: Watermark, ctx: Ctx) -> tuple[TcaStat
         if order.revision == 0 and not order.leg and not order.final and order.decision_ts <= due:
             state, out = _revise(state, order, wm, ctx)
             events.extend(out)
-    forget = wm.bar_ts - FINAL_RETENTION_NS
-    horizon = wm.bar_ts - int(cfg.intent_retention_hours * 3600 * SEC_NS)
-    lost = [o for o in state.orders.values() if not o.final and not o.leg and o.decision_ts < horizon]
-    events.extend(unended_alert(o, wm, ctx) for o in sorted(lost, key=lambda o: o.client_order_id))
-    kept = {
-        k: v
-        for k, v in state.orders.items()
-        if not (v.final and v.end_ts < forget) and not (not v.final and v.decision_ts < horizon)
-    }
+    # forget orders that ended long enough ago for no late fill to come, and give up on those
+    # with no end reported within the retention (an exit leg that never traded, silently)
+    forget, horizon = wm.bar_ts - FINAL_RETENTION_NS, wm.bar_ts - retention_ns(cfg)
+    unended = sorted(k for k, v in state.orders.items() if not v.final and v.decision_ts < horizon)
+    events.extend(unended_alert(state.orders[k], wm, ctx) for k in unended if not state.orders[k].leg)
+    kept = {k: v for k, v in state.orders.items() if k not in unended and not (v.final and v.end_ts < forget)}
     if len(kept) != len(state.orders):
         waiting = {r.client_order_id for r in state.waiting}  # type: ignore[union-attr]
         rates = {k: v for k, v in state.rates.items() if k in kept or k in waiting}
@@ -520,20 +520,16 @@ def on_exec_watermark(state: TcaState, wm: Watermark, ctx: Ctx) -> tuple[TcaStat
 
 def unended_alert(order: OrderTca, wm: Watermark, ctx: Ctx) -> AlertRaised:
     """Say that an order was given up on: no report ended it within the retention."""
-    return AlertRaised(
-        event_id=derive_id("ops.alert_raised.v1", "TCA_ORDER_UNENDED", order.client_order_id),
-        correlation_id=order.correlation_id or wm.correlation_id,
-        causation_id=wm.event_id,
-        ts_event=wm.ts_event,
-        ts_init=ctx.now_ns,
-        code="TCA_ORDER_UNENDED",
-        severity="warning",
-        source=ctx.service,
-        message=(
-            f"order {order.client_order_id} ({order.status}) has had no end reported in "
-            f"KEEL_TCA_INTENT_RETENTION_HOURS; its record stays at its last revision"
-        ),
-        details={"client_order_id": order.client_order_id, "status": order.status},
+    return episode_alert(
+        "TCA_ORDER_UNENDED",
+        "warning",
+        f"order {order.client_order_id} ({order.status}) has had no end reported in "
+        "KEEL_TCA_INTENT_RETENTION_HOURS; its record stays at its last revision",
+        order.client_order_id,
+        service=ctx.service,
+        now_ns=wm.ts_event,
+        client_order_id=order.client_order_id,
+        status=order.status,
     )
 
 

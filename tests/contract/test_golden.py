@@ -17,7 +17,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from libs.contracts.base import POSITIVE_FIELDS, PRICE_FIELDS
+from libs.contracts.base import NON_NEGATIVE_FIELDS, POSITIVE_FIELDS, PRICE_FIELDS
 from libs.contracts.codec import all_event_types, decode_command, decode_event, encode
 from libs.contracts.control import CancelAllOrders, HaltTrading, ResumeTrading
 from libs.contracts.subjects import CTL_CANCEL_ALL, CTL_KILL, CTL_RESUME
@@ -131,6 +131,14 @@ def test_decode_when_price_is_negative_then_validation_error(typ, name):
         decode(typ, mutated(typ, {name: "-1.00"}))
 
 
+@pytest.mark.parametrize(("typ", "name"), field_cases(lambda f: f.name in NON_NEGATIVE_FIELDS))
+def test_decode_when_non_negative_field_is_negative_then_validation_error(typ, name):
+    # spreads, fees, notionals, a bar's volatility, the cost gate's estimate: a negative one would
+    # flip a cost into a gain (or crash the cost model deep in a handler), so it never decodes
+    with pytest.raises(msgspec.ValidationError, match=f"{name} >= 0"):
+        decode(typ, mutated(typ, {name: "-0.5"}))
+
+
 @pytest.mark.parametrize(("typ", "name"), field_cases(lambda f: f.required))
 def test_decode_when_required_field_missing_then_validation_error(typ, name):
     with pytest.raises(msgspec.ValidationError, match=f"missing required field `{name}`"):
@@ -143,6 +151,8 @@ def test_cases_when_built_then_cover_prices_and_required_fields_of_every_family(
     required = {tag(c.values[0]) for c in field_cases(lambda f: f.required)}
 
     assert {"md.bar_closed.v1", "risk.order_intent.v1", "tca.tca_recorded.v1"} <= priced
+    non_negative = {(tag(c.values[0]), c.values[1]) for c in field_cases(lambda f: f.name in NON_NEGATIVE_FIELDS)}
+    assert {("signal.target_proposed.v1", "sigma_bps"), ("risk.order_intent.v1", "expected_cost_bps")} <= non_negative
     assert required >= {tag(t) for t in all_event_types()} | {"ctl.halt_trading.v1"}
 
 

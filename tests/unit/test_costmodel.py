@@ -37,7 +37,6 @@ from libs.costmodel import (
     merge,
     observe,
     slippage_bps,
-    stale,
     to_event,
     violations,
 )
@@ -624,12 +623,11 @@ def test_to_event_when_built_then_it_decodes_and_its_id_follows_session_and_cont
     assert cost_of(ev, "AAA") == cal.symbols[0] and cost_of(ev, "ZZZ") == cal.default
 
 
-def test_stale_when_sessions_pass_without_a_calibration_then_the_model_is_stale() -> None:
+def test_age_sessions_when_sessions_pass_then_counts_trading_days_only() -> None:
     friday, monday, tuesday = date(2024, 3, 1), date(2024, 3, 4), date(2024, 3, 5)
     assert age_sessions(friday, friday) == 0
-    assert age_sessions(friday, monday) == 1 and not stale(friday, monday)
-    assert age_sessions(friday, tuesday) == 2 and stale(friday, tuesday)
-    assert not stale(friday, tuesday, max_age_sessions=2)
+    assert age_sessions(friday, monday) == 1  # the weekend is no session
+    assert age_sessions(friday, tuesday) == 2
     # Good Friday 2024-03-29 is an XNYS holiday: Thursday's model still prices Monday
     assert age_sessions(date(2024, 3, 28), date(2024, 4, 1)) == 1
 
