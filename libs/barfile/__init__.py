@@ -44,15 +44,21 @@ Group = tuple[int, list[BarRow]]  # (bar close ns UTC, that timestamp's rows)
 def write_bars(path: str | Path, bars: Iterable[BarClosed]) -> None:
     """Write bars to CSV or Parquet (by suffix) so the file feed reads them back unchanged."""
     rows = list(bars)
+    write_groups(path, [(b.ts_event, [BarRow(**{k: getattr(b, k) for k in BarRow.__annotations__})]) for b in rows])
+
+
+def write_groups(path: str | Path, groups: Iterable[Group]) -> None:
+    """Write checked rows (what `load_bars` returns, or a selection of it) to CSV or Parquet."""
+    rows = [(ts, row) for ts, group in groups for row in group]
     frame = pl.DataFrame(
         {
-            "timestamp": [iso(b.ts_event) for b in rows],
-            "symbol": [b.symbol for b in rows],
+            "timestamp": [iso(ts) for ts, _ in rows],
+            "symbol": [r["symbol"] for _, r in rows],
             # prices as text keep their exact Decimal digits ("53.80", not 53.8)
-            **{col: [str(getattr(b, col)) for b in rows] for col in PRICE_COLUMNS},
-            "volume": [b.volume for b in rows],
-            "spread_bps": [str(b.spread_bps) for b in rows],
-            "spread_is_proxy": [b.spread_is_proxy for b in rows],
+            **{col: [str(r[col]) for _, r in rows] for col in PRICE_COLUMNS},  # type: ignore[literal-required]
+            "volume": [r["volume"] for _, r in rows],
+            "spread_bps": [str(r["spread_bps"]) for _, r in rows],
+            "spread_is_proxy": [r["spread_is_proxy"] for _, r in rows],
         },
         schema={
             "timestamp": pl.String,

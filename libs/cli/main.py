@@ -1,4 +1,4 @@
-"""`keel`: up, status, kill, resume, cancel-all, migrate, provision, report, export."""
+"""`keel`: up, status, kill, resume, cancel-all, migrate, provision, report, export, replay."""
 
 from __future__ import annotations
 
@@ -137,6 +137,31 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _replay(args: argparse.Namespace) -> int:
+    from libs.cli import replay, up
+
+    opts = replay.ReplayOptions(
+        var=args.var.resolve(),
+        source=args.source,
+        seed=args.seed,
+        start=args.start,
+        end=args.end,
+        symbols=tuple(s.strip() for s in args.symbols.split(",") if s.strip()),
+        out=args.out,
+        quiet=args.quiet,
+    )
+    try:
+        if Path(args.source).suffix.lower() in (".csv", ".parquet", ".pq"):
+            run, _out = asyncio.run(replay.prepare(opts, None))
+        else:
+            with _export_nats(args.var) as nats:
+                run, _out = asyncio.run(replay.prepare(opts, nats))
+    except ValueError as e:
+        print(f"keel replay: {e}", file=sys.stderr)
+        return 2
+    return asyncio.run(up.run(run))
+
+
 def _control(args: argparse.Namespace, verb: str, body: dict[str, Any], wait_halt: bool | None) -> int:
     from libs.cli import control
 
@@ -210,6 +235,23 @@ def main(argv: list[str] | None = None) -> int:
     exp.add_argument("--end", default="", help="last session, YYYY-MM-DD (default: the last stored)")
     exp.add_argument("--symbols", default="", help="md only: comma-separated symbols (default: all)")
 
+    rp = sub.add_parser(
+        "replay",
+        help="re-publish stored bars through every service in lockstep; print a JSON summary with the digest",
+        description="Runs under its own prefix and schemas (replay_<run>), state in <var>/replays/<run>; servers "
+        "from KEEL_NATS_URL / KEEL_DATABASE_URL, else embedded ones of its own. A stream --source is read from "
+        "KEEL_NATS_URL, else the running `keel up`'s NATS, else the embedded one a finished `keel up` left.",
+    )
+    rp.add_argument(
+        "--source", required=True, help="bar file (.csv / .parquet) or stored stream (KEEL_MD, <PREFIX>_MD)"
+    )
+    rp.add_argument("--seed", type=int, required=True, help="the local exchange's fill simulator seed")
+    rp.add_argument("--start", default="", help="first session, YYYY-MM-DD (default: the source's first)")
+    rp.add_argument("--end", default="", help="last session, YYYY-MM-DD (default: the source's last)")
+    rp.add_argument("--symbols", default="", help="comma-separated symbols (default: all in the source)")
+    rp.add_argument("--out", type=Path, default=None, help="outputs directory (default <var>/replays/<run>/out)")
+    rp.add_argument("--quiet", action="store_true", help="no progress bar")
+
     args = parser.parse_args(argv)
     try:
         if args.verb == "up":
@@ -253,6 +295,8 @@ def main(argv: list[str] | None = None) -> int:
             return _report(args)
         if args.verb == "export":
             return _export(args)
+        if args.verb == "replay":
+            return _replay(args)
         if args.verb == "migrate":
             from libs.runtime.migrate import migrate
 

@@ -16,6 +16,7 @@ import secrets
 import signal
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,11 @@ class UpOptions:
     exit_when_done: bool = False
     quiet: bool = False
     prefix: str = ""
+    # keel replay's: keys for every child (EXECUTION_MODE=replay, the simulator's seed), the bar
+    # timestamps to expect (progress), and what to add to the summary once settled
+    extra_env: dict[str, str] = field(default_factory=dict)
+    total: int = 0
+    finish: Callable[[Cluster, Bus, dict[str, Any]], Awaitable[dict[str, Any]]] | None = None
 
 
 @dataclass
@@ -125,6 +131,12 @@ def _child_env(cluster: Cluster, opts: UpOptions, keys: dict[str, str], run_id: 
         }
     )
     env.pop("KEEL_API_PORT", None)
+    # keel up trades the local exchange, which announces FillsDone: decisions run in lockstep
+    # with it, so a recorded session replays to the same intents (DESIGN: determinism)
+    env.setdefault("KEEL_LOCKSTEP", "1")
+    env.update(opts.extra_env)
+    if "KEEL_EXECUTION_MODE" in opts.extra_env:
+        env.pop("EXECUTION_MODE", None)  # the shell's legacy key would conflict with the run's mode
     md = {
         "KEEL_MD_FEED": opts.feed,
         "KEEL_MD_FILE_PATH": opts.file,
@@ -232,9 +244,9 @@ async def run(opts: UpOptions) -> int:
     (opts.var / "logs").mkdir(exist_ok=True)
     nats_url, database_url, en, ep = _servers(opts)
     prefix = opts.prefix or os.environ.get("KEEL_PREFIX", "keel")
-    cluster = Cluster(
-        nats_url, database_url, prefix, os.environ.get("KEEL_SCHEMA_PREFIX", prefix), embedded_nats=en, embedded_pg=ep
-    )
+    # an explicit --prefix names the schemas too (a replay's own); else KEEL_SCHEMA_PREFIX may differ
+    schema_prefix = opts.prefix or os.environ.get("KEEL_SCHEMA_PREFIX", prefix)
+    cluster = Cluster(nats_url, database_url, prefix, schema_prefix, embedded_nats=en, embedded_pg=ep)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -340,7 +352,7 @@ async def _supervise(
             halt = await bus.halt_state()
             if progress and progress["emitted_this_run"] and not first_ts:
                 first_ts = progress["last_ts"]
-            _line(opts, _progress_text(progress, delta, halt))
+            _line(opts, _progress_text(progress, delta, halt, opts.total))
             if opts.exit_when_done and progress and progress["done"]:
                 done_at = done_at or time.monotonic()
                 if (
@@ -372,6 +384,8 @@ async def _supervise(
                         "sessions": _sessions(first_ts, progress["last_ts"]),
                         "config_sha256": doc["config_sha256"],
                     }
+                    if opts.finish is not None:
+                        summary = await opts.finish(cluster, bus, summary)
                     _line(opts, "", newline=True)
                     print(json.dumps(summary), flush=True)
                     return 1 if timed_out else 0
@@ -383,11 +397,16 @@ async def _supervise(
     return 0
 
 
-def _progress_text(progress: dict[str, Any] | None, d: dict[str, int], halt: Any) -> str:
+def _progress_text(progress: dict[str, Any] | None, d: dict[str, int], halt: Any, total: int = 0) -> str:
     session = progress["session"] if progress else "-"
     halted = f"HALTED ({halt.reason})" if halt is not None and halt.halted else "trading"
+    done = progress["emitted_this_run"] if progress else 0
+    bar = ""
+    if total:  # a replay knows its length: a progress bar
+        filled = min(20, 20 * done // total)
+        bar = f"[{'#' * filled}{'.' * (20 - filled)}] {done}/{total} "
     return (
-        f"{session} bars {d['bars']} intents {d['intents']} orders {d['orders']} "
+        f"{bar}{session} bars {d['bars']} intents {d['intents']} orders {d['orders']} "
         f"fills {d['fills'] + d['partial_fills']} rejects {d['rejects'] + d['submit_failed']} skipped {d['skipped']} "
         f"alerts {d['alerts']} | {halted}"
     )

@@ -97,6 +97,11 @@ class CommonConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     # risk blocks new entries (TCA_STALE_BLOCK) while the cost model is stale or out of bounds
     # (seed 000: AI_TRADING_BLOCK_TRADING_IF_TCA_STALE; seed 002 C-TCA-01)
     block_trading_if_tca_stale: bool = False
+    # replay determinism (DESIGN: lockstep): risk decides a bar only once the OMS's FillsDone and
+    # TCA's watermark show every fill and cost model before it, so decisions never depend on
+    # process timing. Needs the local exchange (it announces FillsDone); keel up and keel
+    # replay turn it on. Off against Alpaca, where fills come on the market's time
+    lockstep: bool = False
     # crash points this process SIGKILLs itself at (libs/runtime/crashpoints.py): the crash-safety
     # harness's only, refused in live mode
     crash_at: tuple[str, ...] = ()
@@ -104,6 +109,8 @@ class CommonConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     def __post_init__(self) -> None:
         if self.crash_at and self.execution_mode == "live":
             raise ValueError("KEEL_CRASH_AT: crash points are for the crash-safety harness; refused in live mode")
+        if self.lockstep and self.execution_mode == "live":
+            raise ValueError("KEEL_LOCKSTEP: needs the local exchange's FillsDone; refused in live mode")
 
 
 class Section(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -36,6 +36,22 @@ class Watermark(Event, kw_only=True, tag="ops.watermark.v1"):
     final: bool = False
 
 
+class FillsDone(Event, kw_only=True, tag="ops.fills_done.v1"):
+    """Source has reported every order change the exchange made up to bar_ts (the fill lane of the lockstep).
+
+    The local exchange announces it after matching its resting orders against a bar, naming in
+    `orders` the client_order_ids it changed since its previous announcement (fills, ends, and
+    what REST calls did in between). Execution forwards it once it has read each of those orders
+    back and reported them; the OMS, once every report before it moved its positions. Risk,
+    in lockstep, decides a bar only when the OMS's has reached it, so every decision sees the
+    same fills whatever the processes' timing (DESIGN: determinism).
+    """
+
+    source: str
+    bar_ts: NanoTime
+    orders: tuple[str, ...] = ()
+
+
 class CycleSummary(Event, kw_only=True, tag="ops.cycle_summary.v1"):
     """What became of one bar timestamp's orders, and why the rest did not go (seed 002 B-DIAG-02/03).
 
@@ -56,4 +72,4 @@ class CycleSummary(Event, kw_only=True, tag="ops.cycle_summary.v1"):
     broker_lock_reason: str = ""
 
 
-OpsEvent = AlertRaised | Heartbeat | Watermark | CycleSummary
+OpsEvent = AlertRaised | Heartbeat | Watermark | FillsDone | CycleSummary

@@ -38,6 +38,7 @@ SERVICE_FAMILY = {
     "execution": EXEC,
     "tca": TCA,
     "alerts": OPS,
+    "exchange": EXEC,  # the local exchange's announcements sit with the orders they are about
 }
 
 # header names (STYLE 16)
@@ -82,7 +83,7 @@ class Subjects:
     def of(self, ev: Event) -> str:
         """Return the subject an event is published on."""
         family, name, _version = tag_of(type(ev)).split(".")
-        if name == "watermark":
+        if name in ("watermark", "fills_done"):
             return self.event(SERVICE_FAMILY[ev.source], name, subject_key(ev.source))  # type: ignore[attr-defined]
         if name == "heartbeat":
             return self.event(HB, name, subject_key(ev.service))  # type: ignore[attr-defined]
@@ -95,6 +96,10 @@ class Subjects:
     def watermark(self, service: str) -> str:
         """Return the subject of one service's watermark."""
         return self.event(SERVICE_FAMILY[service], "watermark", subject_key(service))
+
+    def fills_done(self, service: str) -> str:
+        """Return the subject of one service's FillsDone (the lockstep's fill lane)."""
+        return self.event(SERVICE_FAMILY[service], "fills_done", subject_key(service))
 
     def ctl(self, verb: str) -> str:
         """Return a control subject: keel.ctl.kill, keel.ctl.resume, keel.ctl.cancel_all."""

@@ -10,7 +10,7 @@ from typing import Any
 
 from libs.config import CommonConfig
 from libs.contracts.base import Event, derive_id
-from libs.contracts.ops import AlertRaised, Watermark
+from libs.contracts.ops import AlertRaised, FillsDone, Watermark
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +44,26 @@ def forward_watermark(last_bar_ts: int, wm: Watermark, ctx: Ctx) -> tuple[int, l
         final=wm.final,
     )
     return wm.bar_ts, [out]
+
+
+def forward_fills_done(last_bar_ts: int, done: FillsDone, ctx: Ctx) -> tuple[int, list[Event]]:
+    """Re-emit an upstream FillsDone as this service's own, once every report before it is handled.
+
+    The fill lane of the lockstep, like `forward_watermark`: a consumer reads its upstream in
+    order, so when FillsDone for bar t arrives every order change before it has been applied.
+    """
+    if done.bar_ts < last_bar_ts:
+        return last_bar_ts, []
+    out = FillsDone(
+        event_id=derive_id("ops.fills_done.v1", ctx.service, done.bar_ts),
+        correlation_id=done.correlation_id,
+        causation_id=done.event_id,
+        ts_event=done.ts_event,
+        ts_init=ctx.now_ns,
+        source=ctx.service,
+        bar_ts=done.bar_ts,
+    )
+    return done.bar_ts, [out]
 
 
 def episode_alert(

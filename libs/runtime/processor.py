@@ -130,6 +130,9 @@ class Processor(Generic[S]):
         self.project = project
         self.snapshot_name = snapshot_name
         self.common = common or CommonConfig()
+        # replay runs on event time only: an event's ts_init is its own ts_event, so two replays'
+        # streams are byte-identical (DESIGN: events; the wall clock stays in headers)
+        self.event_time_only = self.common.execution_mode == "replay"
         self.lock = asyncio.Lock()
         self._decoder = msgspec.json.Decoder(state_type)
 
@@ -148,6 +151,12 @@ class Processor(Generic[S]):
             config_sha256=self.config_sha256,
             common=self.common,
         )
+
+    def stamp(self, events: Sequence[Event]) -> Sequence[Event]:
+        """Return the events as they go out: in replay, each one's ts_init is its ts_event."""
+        if not self.event_time_only:
+            return events
+        return [e if e.ts_init == e.ts_event else msgspec.structs.replace(e, ts_init=e.ts_event) for e in events]
 
     def rows_for(self, events: Sequence[Event]) -> list[tuple[str, str, bytes, dict[str, str]]]:
         """Encode events as outbox rows carrying the current trace context."""
@@ -171,6 +180,7 @@ class Processor(Generic[S]):
                         continue
                     with tracing.span(f"{consumer} {inbound.subject}", parent_headers=inbound.headers):
                         new_state, events = step(state, inbound.payload, self.ctx())
+                        events = self.stamp(events)
                         rows.extend(self.rows_for(events))
                     if self.project is not None:
                         await self.project(uow, state, new_state, inbound.payload, events)
@@ -189,6 +199,7 @@ class Processor(Generic[S]):
         """Commit a state change and its events produced outside a consumed message (timers, I/O results)."""
         async with self.lock:
             state, events = fn(self.state)
+            events = self.stamp(events)
             async with self.store.unit() as uow:
                 await uow.add_outbox(self.rows_for(events))
                 await uow.save_snapshot(self.snapshot_name, encode(state))  # type: ignore[arg-type]

@@ -10,13 +10,13 @@ from libs.bus import Bus, ConsumerSpec
 from libs.bus.consumer import Inbound, OnBatch
 from libs.contracts import subjects as sj
 from libs.contracts.execution import ExecutionEvent
-from libs.contracts.ops import AlertRaised, Watermark
+from libs.contracts.ops import AlertRaised, FillsDone, Watermark
 from libs.runtime.processor import Processor
 from services.alerts import handlers, store
 from services.alerts.state import DeadLetter
 
 log = logging.getLogger(__name__)
-_report_decoder = msgspec.json.Decoder(ExecutionEvent | Watermark)
+_report_decoder = msgspec.json.Decoder(ExecutionEvent | Watermark | FillsDone)
 _alert_decoder = msgspec.json.Decoder(AlertRaised)
 _LEVEL = {"info": logging.INFO, "warning": logging.WARNING, "critical": logging.CRITICAL}
 

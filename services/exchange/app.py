@@ -24,7 +24,9 @@ from fastapi import FastAPI
 
 from libs import sessions
 from libs.bus import Bus, Inbound
+from libs.contracts.base import derive_id
 from libs.contracts.marketdata import BarClosed
+from libs.contracts.ops import FillsDone, Watermark
 from libs.contracts.tca import CostModelUpdated
 from libs.errors import classify_exception
 from libs.obs.metrics import Metrics
@@ -65,6 +67,9 @@ class ExchangeService:
         self._lock = asyncio.Lock()
         self.faults = faults.Faults(enabled=config.admin_enabled, metrics=metrics)
         self.hub = stream.Hub(self.faults, metrics=metrics)
+        # client_order_ids changed since the last FillsDone (bars and REST calls alike); after a
+        # restart every open order, since what changed before the crash is not known
+        self._touched: set[str] = set()
 
     @property
     def state(self) -> ExchangeState:
@@ -76,6 +81,7 @@ class ExchangeService:
     async def start(self) -> None:
         """Load every order, position and the account from the store."""
         self._state = await self.store.load(self.config.account_id, self.config.initial_cash)
+        self._touched = {self._state.orders[i].client_order_id for ids in self._state.working.values() for i in ids}
         log.info(
             "exchange state loaded",
             extra={
@@ -92,6 +98,7 @@ class ExchangeService:
             await self.store.save(uow, before, after, changed)
         self._state = after
         self._announce(before, after, changed)
+        self._touched.update(o.client_order_id for o in changed)
 
     async def submit(self, request: SubmitOrder) -> ExchangeOrder | Rejection:
         """Accept or refuse an order; an accepted order is committed before this returns."""
@@ -171,6 +178,9 @@ class ExchangeService:
             before = self.state
             after = before
             changed: dict[str, ExchangeOrder] = {}
+            # marketdata's watermark follows every bar of its timestamp: matching for it is done.
+            # A redelivered one is announced again (a crash may have come before its announcement)
+            done = max((m.payload.bar_ts for m in batch if isinstance(m.payload, Watermark)), default=0)
             async with self.store.unit() as uow:
                 fresh = await uow.track(BARS_CONSUMER, [m.stream_seq for m in batch])
                 for inbound in batch:
@@ -186,6 +196,10 @@ class ExchangeService:
             self._state = after
             if changed:
                 self._announce(before, after, list(changed.values()))
+                self._touched.update(o.client_order_id for o in changed.values())
+            if done:
+                await self.bus.publish(fills_done(done, sorted(self._touched)))
+                self._touched.clear()
 
     async def on_costs(self, batch: list[Inbound]) -> None:
         """Adopt TCA's calibrations for the fill simulator, with their tracking rows."""
@@ -209,6 +223,20 @@ class ExchangeService:
             info = classify_exception(e, dependency="exchange")
             self.metrics.errors.labels(SERVICE, info.category.value, "TRADE_UPDATES_FAILED").inc()
             log.exception("trade updates not published", extra={"orders": [o.id for o in changed]})
+
+
+def fills_done(bar_ts: int, orders: list[str]) -> FillsDone:
+    """The exchange's announcement that matching is done for bars up to bar_ts (event time only)."""
+    return FillsDone(
+        event_id=derive_id("ops.fills_done.v1", SERVICE, bar_ts, *orders),
+        correlation_id=derive_id("bar", bar_ts),
+        causation_id=derive_id("bar", bar_ts),
+        ts_event=bar_ts,
+        ts_init=bar_ts,  # the exchange lives in event time: its clock is the last bar it has seen
+        source=SERVICE,
+        bar_ts=bar_ts,
+        orders=tuple(orders),
+    )
 
 
 async def build(deps: Deps, *, ctx: handlers.Ctx | None = None) -> Service:

@@ -1,4 +1,4 @@
-"""NATS edge of the local paper exchange: every closed bar, in stream order, and TCA's cost model."""
+"""NATS edge of the local paper exchange: every closed bar and watermark, in stream order, and TCA's cost model."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from libs.bus import ConsumerSpec
 from libs.contracts import subjects as sj
 from libs.contracts.codec import decode_event
 
-BARS_CONSUMER = "exchange-bars"
+BARS_CONSUMER = "exchange-md"  # bars and marketdata's watermark (was exchange-bars: bars only)
 COSTS_CONSUMER = "exchange-costs"
 
 
@@ -16,11 +16,11 @@ def decode(subject: str, data: bytes) -> object:
 
 
 def bars_consumer(subjects: sj.Subjects) -> ConsumerSpec:
-    """Return the durable consumer of every closed bar."""
+    """Return the durable consumer of every closed bar and marketdata's watermark after each timestamp."""
     return ConsumerSpec(
         durable=BARS_CONSUMER,
         family=sj.MD,
-        filter_subject=subjects.event(sj.MD, "bar_closed", "*"),
+        filter_subject=subjects.family_wildcard(sj.MD),
         decode=decode,
     )
 

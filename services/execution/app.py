@@ -65,6 +65,7 @@ async def connect_broker(cfg: ExecConfig, mode: str) -> AlpacaBroker:
         paper=mode != "live",
         base_url=cfg.base_url,
         timeout=cfg.http_timeout_sec,
+        venue=cfg.broker,
     )
     try:
         await broker.check()

@@ -106,8 +106,12 @@ def is_duplicate_client_order_id(e: APIError) -> bool:
 class AlpacaBroker:
     """A broker account reached through alpaca-py; every call runs in a worker thread."""
 
-    def __init__(self, *, api_key: str, secret_key: str, paper: bool, base_url: str, timeout: float) -> None:
-        self.name = base_url or ("alpaca-paper" if paper else "alpaca-live")
+    def __init__(
+        self, *, api_key: str, secret_key: str, paper: bool, base_url: str, timeout: float, venue: str = "alpaca"
+    ) -> None:
+        # the name OrderSubmitted records: the venue, not where this run happened to reach it (keel's
+        # local exchange listens on a new port every run, and two replays must record the same)
+        self.name = venue if venue == "keel-local" else base_url or ("alpaca-paper" if paper else "alpaca-live")
         # see the module docstring: no SDK retries, explicit timeouts
         self.client = harden(TradingClient(api_key, secret_key, paper=paper, url_override=base_url or None), timeout)
         self._clock_ns = 0

@@ -19,7 +19,7 @@ from libs.contracts import subjects as sj
 from libs.contracts.base import derive_id
 from libs.contracts.control import CancelAllOrders, HaltTrading
 from libs.contracts.oms import CancelRequested, OmsEvent, OrderLookupRequested, PretradeDecision
-from libs.contracts.ops import Watermark
+from libs.contracts.ops import FillsDone, Watermark
 from libs.decide import Ctx
 from libs.errors import DependencyFailed, Throttled, calling, dependency_of
 from libs.errors.breakers import Breakers, circuit_open_code
@@ -34,7 +34,8 @@ from services.execution.broker import AlpacaBroker
 from services.oms.consumers import decode_control
 
 log = logging.getLogger(__name__)
-_decision_decoder = msgspec.json.Decoder(OmsEvent | Watermark)
+_decision_decoder = msgspec.json.Decoder(OmsEvent | Watermark | FillsDone)
+_fills_done_decoder = msgspec.json.Decoder(FillsDone)
 # how long an order waits for the broker to confirm the cancel of exit legs holding its shares
 LEGS_CANCEL_WAIT_SEC = 5.0
 MINUTE_NS = 60_000_000_000
@@ -206,6 +207,14 @@ def consumers(
         # one order may wait for the broker's clock (10 s), a request token (5 s) and exit-leg
         # cancels (5 s) before its call: never redelivered while it is still being decided
         ack_wait_sec=60.0,
+    )
+    # the local exchange's FillsDone: the orders it changed are read back, then it goes on
+    fills_done = ConsumerSpec(
+        durable="execution-fills-done",
+        family=sj.EXEC,
+        filter_subject=subjects.fills_done("exchange"),
+        decode=lambda _s, data: _fills_done_decoder.decode(data),
+        batch=16,
     )
     control = ConsumerSpec(
         durable="execution-control",
@@ -483,6 +492,29 @@ def consumers(
             processor.metrics.decision("cleanup_cancel", ev.reason)
         await processor.apply(decisions.durable, [inbound], lambda s, _e, _c: (s, []))
 
+    async def read_back(broker_cid: str) -> None:
+        """Read one order the exchange changed and report what changed (raise: retried)."""
+        cid = processor.state.aliases.get(broker_cid, broker_cid)  # an exit leg: keel's id
+        order = processor.state.orders.get(cid)
+        if order is None or not order.broker_order_id:
+            return  # not ours, finished, or not yet acknowledged (its submit reports it)
+        async with live.calling(cid):
+            bo = await broker.order(order.broker_order_id)
+            if bo is None:
+                # the lockstep must not go on without it: the batch is held and read again
+                raise DependencyFailed(SUBMIT, ConnectionError(f"order {cid} could not be read back"))
+            await apply_polled(cid, bo)
+        await after_call(processor, live, cid)
+
+    async def on_fills_done(batch: list[Inbound]) -> None:
+        # each announcement's orders in its own order (an entry before its legs: the entry's
+        # read adopts them), then the forward; a redelivered one that was done only acks
+        for inbound in batch:
+            if not await processor.store.is_tracked(fills_done.durable, inbound.stream_seq):
+                for broker_cid in inbound.payload.orders:
+                    await read_back(broker_cid)
+            await processor.apply(fills_done.durable, [inbound], handlers.step)
+
     def watermark_step(
         s: st.ExecState, wm: Watermark, now: st.Health, held: st.Holdings | None, c: Ctx
     ) -> tuple[st.ExecState, list]:  # type: ignore[type-arg]
@@ -506,4 +538,4 @@ def consumers(
                     processor.metrics.decision("cancel_all", "CANCEL_ALL_TRIGGERED")
             await processor.apply(control.durable, [inbound], lambda s, _e, _c: (s, []))
 
-    return [(decisions, on_decisions), (control, on_control)]
+    return [(decisions, on_decisions), (fills_done, on_fills_done), (control, on_control)]

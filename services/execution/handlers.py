@@ -29,8 +29,8 @@ from libs.contracts.execution import (
     SubmitSkipped,
 )
 from libs.contracts.oms import OrderLookupRequested, PretradeDecision
-from libs.contracts.ops import AlertRaised, CycleSummary, Watermark
-from libs.decide import Ctx, episode_alert, forward_watermark
+from libs.contracts.ops import AlertRaised, CycleSummary, FillsDone, Watermark
+from libs.decide import Ctx, episode_alert, forward_fills_done, forward_watermark
 from libs.errors import ErrorInfo
 from services.execution import state as st
 
@@ -560,7 +560,15 @@ def step(state: st.ExecState, event: object, ctx: Ctx) -> tuple[st.ExecState, Se
         return on_watermark(state, event, st.Health(), ctx)
     if isinstance(event, OrderLookupRequested):
         return follow_again(state, event)
+    if isinstance(event, FillsDone) and event.source == "exchange":
+        return on_fills_done(state, event, ctx)
     return state, []
+
+
+def on_fills_done(state: st.ExecState, done: FillsDone, ctx: Ctx) -> tuple[st.ExecState, list[Event]]:
+    """Forward the exchange's FillsDone once its orders were read back (the consumer did, before this)."""
+    last, events = forward_fills_done(state.fills_done, done, ctx)
+    return msgspec.structs.replace(state, fills_done=last), events
 
 
 def follow_again(state: st.ExecState, ev: OrderLookupRequested) -> tuple[st.ExecState, list[Event]]:

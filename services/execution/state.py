@@ -159,4 +159,5 @@ class ExecState(msgspec.Struct, frozen=True, kw_only=True):
     # exit legs: the broker's client_order_id -> keel's (stream frames carry the broker's)
     aliases: dict[str, str] = {}
     last_watermark: int = 0
+    fills_done: int = 0  # the exchange's last FillsDone this service has read back and forwarded
     snapshots: int = 0  # broker snapshots taken (the next one's seq)

@@ -2,8 +2,8 @@
 
 Each bar timestamp is committed as one unit (all symbols' bars, the watermark and the feed
 state, through the outbox), so a crash never emits half a timestamp or the same one twice.
-With `wait_for` set, the next timestamp is released only when that service's watermark shows
-everything of the previous one is done (DESIGN: lockstep) - no sleep-based pacing.
+With `wait_for` set, the next timestamp is released only when each of those services' watermarks
+shows everything of the previous one is done (DESIGN: lockstep) - no sleep-based pacing.
 """
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ async def _until_published(stop: asyncio.Event, ts: int, lag_sec: float) -> None
 async def feed(
     deps: Deps,
     processor: Processor,
-    watch: WatermarkWatch | None,
+    watches: list[WatermarkWatch],
     progress: Progress,
     stop: asyncio.Event,
     source: AlpacaBars | None = None,
@@ -110,11 +110,12 @@ async def feed(
     file_groups = feeds.file_feed(cfg.file_path, processor.ctx()) if cfg.feed == "file" else None
     while not stop.is_set():
         state: FeedState = processor.state
-        if watch is not None and state.last_ts and not await watch.wait_until(state.last_ts, timeout):
-            log.warning(
-                "watermark timeout; releasing the next bar anyway",
-                extra={"waiting_for": cfg.wait_for, "bar_ts": state.last_ts},
-            )
+        for watch in watches:
+            if state.last_ts and not await watch.wait_until(state.last_ts, timeout):
+                log.warning(
+                    "watermark timeout; releasing the next bar anyway",
+                    extra={"waiting_for": watch.service, "bar_ts": state.last_ts},
+                )
         if file_groups is not None:
             group = next((g for g in file_groups if g[1].bar_ts > state.last_ts), None)
             if group is None or (end and state.emitted >= end):
@@ -173,8 +174,8 @@ async def build(deps: Deps) -> Service:
     """Wire the feed to its state, lockstep watch and views."""
     cfg: MdConfig = deps.section
     processor = await processor_for(deps, FeedState())
-    watch = WatermarkWatch(deps.bus, cfg.wait_for) if cfg.wait_for else None
-    if watch is not None:
+    watches = [WatermarkWatch(deps.bus, service) for service in cfg.waits]
+    for watch in watches:
         await watch.start()
     progress = Progress()
     source = errors = None
@@ -187,4 +188,4 @@ async def build(deps: Deps) -> Service:
         if first is not None:
             await source.check(first)  # fail fast: a provider must answer with these keys
     router: APIRouter = api.router(processor, progress)
-    return Service(tasks=[lambda stop: feed(deps, processor, watch, progress, stop, source, errors)], router=router)
+    return Service(tasks=[lambda stop: feed(deps, processor, watches, progress, stop, source, errors)], router=router)

@@ -10,6 +10,8 @@ import msgspec
 
 from libs.config import Section
 
+WATERMARK_SERVICES = ("signal", "risk", "oms", "execution", "tca")  # every service a bar passes through
+
 NonNegative = Annotated[float, msgspec.Meta(ge=0)]
 
 
@@ -66,7 +68,8 @@ class MdConfig(Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
     data_timeout_sec: Annotated[float, msgspec.Meta(gt=0)] = 5.0
     data_attempts: Annotated[int, msgspec.Meta(ge=1)] = 3  # per provider and minute (retry_idempotent)
     data_retry_sec: Annotated[float, msgspec.Meta(gt=0)] = 1.0  # wait before asking again when none answered
-    wait_for: str = "execution"  # service whose watermark releases the next bar; "" = no lockstep
+    # services whose watermarks for a bar release the next one (comma-separated; "" = no lockstep)
+    wait_for: str = ",".join(WATERMARK_SERVICES)
     watermark_timeout_sec: NonNegative = 0.0  # 0 = wait forever
 
     def __post_init__(self) -> None:
@@ -82,8 +85,18 @@ class MdConfig(Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
             raise ValueError(
                 f"KEEL_MD_FALLBACK_FEED: expected a feed other than the primary, was {self.fallback_feed!r}"
             )
+        if any(s not in WATERMARK_SERVICES for s in self.waits):
+            raise ValueError(
+                f"KEEL_MD_WAIT_FOR: expected services that emit watermarks ({', '.join(WATERMARK_SERVICES)}), "
+                f"was {self.wait_for!r}"
+            )
         if len(set(self.symbols)) != len(self.symbols):
             raise ValueError(f"KEEL_MD_SYMBOLS: expected distinct symbols, was {self.symbols}")
+
+    @property
+    def waits(self) -> tuple[str, ...]:
+        """Return the services whose watermarks the lockstep waits for."""
+        return tuple(s.strip() for s in self.wait_for.split(",") if s.strip())
 
     @property
     def start(self) -> date:

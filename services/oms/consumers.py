@@ -11,7 +11,7 @@ from libs.contracts.base import derive_id
 from libs.contracts.codec import decode_command
 from libs.contracts.control import HaltState
 from libs.contracts.execution import ExecutionEvent
-from libs.contracts.ops import Watermark
+from libs.contracts.ops import FillsDone, Watermark
 from libs.contracts.risk import RiskEvent
 from libs.errors.breakers import Breakers
 from libs.errors.handle import publish_halt
@@ -20,7 +20,7 @@ from services.oms import handlers
 from services.oms.state import OmsState
 
 _intent_decoder = msgspec.json.Decoder(RiskEvent | Watermark)
-_report_decoder = msgspec.json.Decoder(ExecutionEvent | Watermark)
+_report_decoder = msgspec.json.Decoder(ExecutionEvent | Watermark | FillsDone)
 
 
 def decode_control(subject: str, data: bytes) -> object:

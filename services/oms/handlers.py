@@ -23,9 +23,9 @@ from libs.contracts.execution import (
 )
 from libs.contracts.oms import APPROVED as APPROVED_REASON
 from libs.contracts.oms import CancelRequested, OrderLookupRequested, PositionChanged, PretradeDecision, SessionSummary
-from libs.contracts.ops import AlertRaised, Watermark
+from libs.contracts.ops import AlertRaised, FillsDone, Watermark
 from libs.contracts.risk import EntryBlocked, OrderIntent
-from libs.decide import Ctx, forward_watermark
+from libs.decide import Ctx, forward_fills_done, forward_watermark
 from libs.errors.breakers import circuit_open_code
 from services.oms import state as st
 from services.oms.config import OmsConfig
@@ -828,6 +828,11 @@ def step(
         return on_control(state, event, ctx)
     if isinstance(event, EntryBlocked):
         return state, []  # risk never ordered it: nothing for the OMS to decide
+    if isinstance(event, FillsDone):
+        if event.source != "execution":
+            return state, []  # the exchange's: execution forwards it once it has read the orders back
+        last, events = forward_fills_done(state.fills_done, event, ctx)  # every report before it is applied
+        return msgspec.structs.replace(state, fills_done=last), events
     if isinstance(event, Event):
         return on_report(state, event, ctx)  # type: ignore[arg-type]
     return state, []

@@ -158,6 +158,7 @@ class OmsState(msgspec.Struct, frozen=True, kw_only=True):
     halt_since_ns: int = 0
     halt_command_id: str = ""
     last_watermark: int = 0
+    fills_done: int = 0  # execution's last FillsDone, forwarded once its reports moved the positions
     # pre-trade memory, all in event time (bar_ts): (symbol|side|qty|bar_ts) of the last day's
     # intents; the last minute's approvals (bar_ts, symbol); per symbol the decision bars of orders
     # canceled unfilled, and the bar until which a cancel loop blocks it

@@ -14,4 +14,7 @@ async def build(deps: Deps) -> Service:
     """Wire netting and caps to their consumers and read-only views."""
     await asyncio.to_thread(sessions.load)  # the calendar (the cost model's age), before the first target
     processor = await processor_for(deps, RiskState())
-    return Service(consumers=consumers.consumers(deps.bus.subjects, processor), router=api.router(processor))
+    return Service(
+        consumers=consumers.consumers(deps.bus.subjects, processor, lockstep=deps.common.lockstep),
+        router=api.router(processor),
+    )

@@ -18,7 +18,7 @@ import msgspec
 from libs import costmodel
 from libs.contracts.base import Event, derive_id, intent_id_for, to_tick
 from libs.contracts.oms import PositionChanged
-from libs.contracts.ops import Watermark
+from libs.contracts.ops import FillsDone, Watermark
 from libs.contracts.risk import EntryBlocked, OrderIntent, SleeveShare
 from libs.contracts.signal import TargetProposed
 from libs.contracts.tca import CostModelUpdated
@@ -328,9 +328,13 @@ def step(state: RiskState, event: object, ctx: Ctx) -> tuple[RiskState, Sequence
         return on_target(state, event, ctx)
     if isinstance(event, PositionChanged):
         return on_position(state, event), []
+    if isinstance(event, Watermark) and event.source == "tca":
+        return msgspec.structs.replace(state, tca_watermark=max(state.tca_watermark, event.bar_ts)), []
     if isinstance(event, Watermark):
         wm, events = forward_watermark(state.last_watermark, event, ctx)
         return msgspec.structs.replace(state, last_watermark=wm), events
+    if isinstance(event, FillsDone) and event.source == "oms":
+        return msgspec.structs.replace(state, fills_done=max(state.fills_done, event.bar_ts)), []
     if isinstance(event, CostModelUpdated):
         return on_cost_model(state, event), []
     return state, []

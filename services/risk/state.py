@@ -49,6 +49,10 @@ class RiskState(msgspec.Struct, frozen=True, kw_only=True):
 
     symbols: dict[str, SymbolRisk] = {}
     last_watermark: int = 0
+    # the lockstep's other inputs: the OMS's FillsDone (positions hold every order change the
+    # exchange made up to here) and TCA's watermark (every model TCA made up to here is adopted)
+    fills_done: int = 0
+    tca_watermark: int = 0
     cost_model: CostModelUpdated | None = None  # TCA's latest calibration (None: none seen yet)
     first_session: str = ""  # the first session risk decided in (a model is due after it)
     stale_alerted: str = ""  # the session TCA_STALE was last raised for (once a session)

@@ -9,13 +9,13 @@ from libs.bus.consumer import Inbound, OnBatch
 from libs.contracts import subjects as sj
 from libs.contracts.execution import ExecutionEvent
 from libs.contracts.marketdata import BarClosed
-from libs.contracts.ops import Watermark
+from libs.contracts.ops import FillsDone, Watermark
 from libs.contracts.risk import RiskEvent
 from libs.runtime.processor import Processor
 from services.tca import handlers
 
 _intent_decoder = msgspec.json.Decoder(RiskEvent | Watermark)
-_report_decoder = msgspec.json.Decoder(ExecutionEvent | Watermark)
+_report_decoder = msgspec.json.Decoder(ExecutionEvent | Watermark | FillsDone)
 _bar_decoder = msgspec.json.Decoder(BarClosed | Watermark)
 
 

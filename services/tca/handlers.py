@@ -29,7 +29,7 @@ from decimal import ROUND_HALF_EVEN, Decimal
 import msgspec
 
 from libs import costmodel, fillsim, sessions
-from libs.contracts.base import Event, derive_id, exit_legs, is_leg_client_order_id, leg_client_order_id
+from libs.contracts.base import Event, derive_id, exit_legs, is_leg_client_order_id, leg_client_order_id, tag_of
 from libs.contracts.execution import (
     OrderAccepted,
     OrderCanceled,
@@ -661,10 +661,32 @@ def step(state: TcaState, event: object, ctx: Ctx) -> tuple[TcaState, Sequence[E
     if isinstance(event, BarClosed):
         return on_bar(state, event, ctx)
     if isinstance(event, Watermark):
-        if event.source == "marketdata":
-            return on_md_watermark(state, event, ctx)
-        if event.source == "execution":
-            return on_exec_watermark(state, event, ctx)
-        if event.source == "risk":
-            return on_risk_watermark(state, event, ctx)
+        by_source = {"marketdata": on_md_watermark, "execution": on_exec_watermark, "risk": on_risk_watermark}
+        handler = by_source.get(event.source)
+        if handler is None:
+            return state, []
+        state, events = handler(state, event, ctx)
+        return own_watermark(state, events, ctx)
     return state, []
+
+
+def own_watermark(state: TcaState, events: list[Event], ctx: Ctx) -> tuple[TcaState, list[Event]]:
+    """Emit TCA's watermark for the bar every one of its inputs has reached (after what they caused).
+
+    TCA is done with a bar once marketdata, risk and execution all are and it has handled their
+    watermarks: any cost model due by then is among `events`, published before the watermark, so
+    risk in lockstep adopts it at the same bar in every run.
+    """
+    floor = min(state.md_watermark, state.exec_watermark, state.risk_watermark)
+    if floor <= state.last_watermark:
+        return state, events
+    wm = Watermark(
+        event_id=derive_id(tag_of(Watermark), ctx.service, floor),
+        correlation_id=derive_id("bar", floor),
+        causation_id=derive_id("bar", floor),
+        ts_event=floor,
+        ts_init=ctx.now_ns,
+        source=ctx.service,
+        bar_ts=floor,
+    )
+    return msgspec.structs.replace(state, last_watermark=floor), [*events, wm]

@@ -97,6 +97,7 @@ class TcaState(msgspec.Struct, frozen=True, kw_only=True):
     day_session: str = ""  # the session those fills were reported in
     model: CostModelUpdated | None = None
     risk_watermark: int = 0  # risk has published every intent of bars up to here
+    last_watermark: int = 0  # TCA's own watermark: the lowest of the three above, once handled
     # finished sessions' fills, frozen at execution's first watermark of the next, oldest first
     closing: tuple[Closing, ...] = ()
 

@@ -34,7 +34,7 @@ from libs.contracts.execution import (
 )
 from libs.contracts.marketdata import BarClosed
 from libs.contracts.oms import CancelRequested, OrderLookupRequested, PositionChanged, PretradeDecision, SessionSummary
-from libs.contracts.ops import AlertRaised, CycleSummary, Heartbeat, Watermark
+from libs.contracts.ops import AlertRaised, CycleSummary, FillsDone, Heartbeat, Watermark
 from libs.contracts.risk import EntryBlocked, OrderIntent, SleeveShare
 from libs.contracts.signal import TargetProposed
 from libs.contracts.tca import CostModelUpdated, SymbolCost, TcaOrderRecorded, TcaRecorded
@@ -311,6 +311,7 @@ def examples() -> list[msgspec.Struct]:
             api_url="http://127.0.0.1:8003",
         ),
         Watermark(**envelope("ops.watermark.v1"), source="marketdata", bar_ts=BAR_TS, final=True),
+        FillsDone(**envelope("ops.fills_done.v1"), source="exchange", bar_ts=BAR_TS, orders=("CIDv2:keel:AAPL:buy",)),
         CycleSummary(
             **envelope("ops.cycle_summary.v1"),
             source="execution",

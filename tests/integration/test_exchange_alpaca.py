@@ -312,7 +312,7 @@ async def test_alpaca_client_when_orders_bars_and_restart_then_exchange_answers_
         assert (ready.status_code, ready.json()["checks"]) == (200, {"nats": "ok", "postgres": "ok"})
         assert metrics.status_code == 200
         # the bar consumed after the restart is counted in the runtime's registry
-        consumed = 'keel_messages_consumed_total{consumer="exchange-bars",service="exchange"} '
+        consumed = 'keel_messages_consumed_total{consumer="exchange-md",service="exchange"} '
         counts = [float(line.removeprefix(consumed)) for line in metrics.text.splitlines() if line.startswith(consumed)]
         assert counts and counts[0] >= 1, metrics.text
         assert (anonymous.status_code, anonymous.json()["code"]) == (401, 40110000)
