@@ -28,7 +28,7 @@ from libs.contracts.execution import (
 )
 from libs.contracts.marketdata import BarClosed
 from libs.contracts.oms import APPROVED, PositionChanged, PretradeDecision
-from libs.contracts.ops import Watermark
+from libs.contracts.ops import FillsDone, Watermark
 from libs.contracts.risk import OrderIntent
 from libs.contracts.signal import TargetProposed
 from libs.decide import Ctx
@@ -104,6 +104,12 @@ class Events:
         """Return a watermark of `source` for bars up to bar_ts."""
         return Watermark(
             **self._envelope("watermark", bar_ts, source, final), source=source, bar_ts=bar_ts, final=final
+        )
+
+    def fills_done(self, source: str, bar_ts: int, *orders: str) -> FillsDone:
+        """Return `source`'s FillsDone for bars up to bar_ts (the exchange's names the orders it changed)."""
+        return FillsDone(
+            **self._envelope("fills_done", bar_ts, source, *orders), source=source, bar_ts=bar_ts, orders=orders
         )
 
     # --- signal and risk --------------------------------------------------------------------

@@ -149,6 +149,7 @@ def _replay(args: argparse.Namespace) -> int:
         symbols=tuple(s.strip() for s in args.symbols.split(",") if s.strip()),
         out=args.out,
         quiet=args.quiet,
+        prefix=args.prefix,
     )
     try:
         if Path(args.source).suffix.lower() in (".csv", ".parquet", ".pq"):
@@ -251,6 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     rp.add_argument("--symbols", default="", help="comma-separated symbols (default: all in the source)")
     rp.add_argument("--out", type=Path, default=None, help="outputs directory (default <var>/replays/<run>/out)")
     rp.add_argument("--quiet", action="store_true", help="no progress bar")
+    rp.add_argument("--prefix", default="", help="the run's subject and schema prefix (default replay_<run>)")
 
     args = parser.parse_args(argv)
     try:

@@ -73,6 +73,7 @@ class ReplayOptions:
     symbols: tuple[str, ...] = ()
     out: Path | None = None
     quiet: bool = False
+    prefix: str = ""  # subject and schema prefix of the run (default replay_<run>)
 
 
 def run_id() -> str:
@@ -200,7 +201,7 @@ async def prepare(opts: ReplayOptions, nats: tuple[str, str] | None) -> tuple[up
         speed="max",
         exit_when_done=True,
         quiet=opts.quiet,
-        prefix=f"replay_{run}",
+        prefix=opts.prefix or f"replay_{run}",
         extra_env={
             "KEEL_EXECUTION_MODE": "replay",
             "KEEL_LOCKSTEP": "1",

@@ -503,7 +503,9 @@ def consumers(
             if bo is None:
                 # the lockstep must not go on without it: the batch is held and read again
                 raise DependencyFailed(SUBMIT, ConnectionError(f"order {cid} could not be read back"))
-            await apply_polled(cid, bo)
+            # its reports continue the order's trace, as a trade_updates frame's do
+            with tracing.span("execution read back", parent_headers={sj.H_TRACEPARENT: order.traceparent}):
+                await apply_polled(cid, bo)
         await after_call(processor, live, cid)
 
     async def on_fills_done(batch: list[Inbound]) -> None:

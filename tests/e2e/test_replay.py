@@ -1,0 +1,138 @@
+"""`keel replay` as a user runs it: record then replay, and the determinism release gate.
+
+- Record, then replay (issue 7.4): the BarClosed stream a bounded `keel up` paper session stored,
+  replayed from that stream, gives the same intents with the same client_order_ids.
+- Seed matrix (issue 7.3, seed 002 A-CI-02 / C-CONFIG-03): for seeds 1, 42 and 1337, two replays
+  of a bar file of 3 symbols over 2 sessions print the same digest and write byte-identical
+  decision, intent and order-report dumps; different seeds fill at different prices.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+
+from libs import barfile
+from libs.bus import Bus
+from libs.cli import export
+from libs.contracts.subjects import Subjects
+from libs.runtime.migrate import REPO_ROOT
+from services.marketdata.config import MdConfig
+from services.marketdata.handlers import bars_for, next_timestamp
+from services.marketdata.state import INITIAL
+from tests.support.servers import Namespace, cleanup_namespace, new_namespace
+
+pytestmark = pytest.mark.e2e
+
+SEEDS = (1, 42, 1337)
+SYMBOLS = ("AAPL", "MSFT", "SPY")
+WINDOW = 45  # bars at the end of the first session and at the start of the second
+
+
+class _Ctx(msgspec.Struct):
+    now_ns: int = 0
+
+
+def two_session_file(path: Path) -> int:
+    """Write the synthetic feed's last WINDOW bars of one session and first WINDOW of the next."""
+    cfg = MdConfig(symbols=SYMBOLS, start_date="2026-02-02", seed=11)
+    state, groups = INITIAL, []
+    while len(groups) < 390 + WINDOW:
+        ts = next_timestamp(state, cfg)
+        assert ts is not None
+        state, bars, _wm = bars_for(state, ts, cfg, _Ctx())
+        groups.append(bars)
+    picked = groups[390 - WINDOW :]
+    assert {b.session for b in picked[0]} != {b.session for b in picked[-1]}  # two sessions
+    barfile.write_bars(path, [b for bars in picked for b in bars])
+    return len(picked)
+
+
+Replay = Callable[..., Awaitable[dict[str, Any]]]
+
+
+@pytest.fixture
+async def keel_replay(nats_url: str, database_url: str, tmp_path: Path) -> AsyncIterator[Replay]:
+    """Run `keel replay` to its end under a namespace of its own; return its summary line."""
+    made: list[Namespace] = []
+
+    async def run(*args: str, env: dict[str, str] | None = None) -> dict[str, Any]:
+        ns = new_namespace(f"replay-{len(made)}")
+        made.append(ns)
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "libs.cli.main", "--var", str(tmp_path / "var"), "replay", "--quiet",
+            "--prefix", ns.prefix, "--out", str(tmp_path / ns.prefix), *args,
+            env={**os.environ, "KEEL_NATS_URL": nats_url, "KEEL_DATABASE_URL": database_url, **(env or {})},
+            cwd=REPO_ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, err = await asyncio.wait_for(proc.communicate(), timeout=400)
+        assert proc.returncode == 0, f"keel replay exited {proc.returncode}: {err.decode()[-3000:]}"
+        return json.loads(out.decode().splitlines()[-1])
+
+    yield run
+    for ns in made:
+        await cleanup_namespace(ns, nats_url=nats_url, database_url=database_url)
+
+
+async def _intents(nats_url: str, prefix: str) -> list[dict[str, Any]]:
+    """Every OrderIntent of a run, without its wall-clock ts_init, in event time then id order."""
+    bus = await Bus.connect(nats_url, Subjects(prefix), service="test")
+    try:
+        messages = await export.read_stream(bus, "risk")
+    finally:
+        await bus.close()
+    intents = [json.loads(data) for _seq, _subject, data in messages]
+    intents = [{k: v for k, v in i.items() if k != "ts_init"} for i in intents if i["type"] == "risk.order_intent.v1"]
+    return sorted(intents, key=lambda i: (i["ts_event"], i["event_id"]))
+
+
+async def test_replay_when_a_recorded_keel_up_session_is_replayed_then_its_intents_and_cids_come_back(
+    keel_up, keel_replay, namespace, nats_url
+):
+    run = await keel_up(
+        "--symbols", ",".join(SYMBOLS), "--minutes", "150", "--speed", "max", "--exit-when-done",
+        "--start-date", "2026-03-02", "--seed", "5",
+    )  # fmt: skip
+    recorded = await run.summary(timeout=300)
+    assert recorded["settled"] is True and recorded["intents"] > 0
+
+    summary = await keel_replay("--source", f"{namespace.prefix.upper()}_MD", "--seed", "7")
+
+    assert summary["settled"] is True and summary["replay"] is True
+    assert summary["bar_timestamps"] == recorded["bar_timestamps"] == 150
+    assert summary["bars"] == recorded["bars"]
+    assert (summary["intents"], summary["fills"]) == (recorded["intents"], recorded["fills"])
+    original, replayed = await _intents(nats_url, namespace.prefix), await _intents(nats_url, summary["prefix"])
+    assert len(original) == recorded["intents"]
+    assert [i["client_order_id"] for i in replayed] == [i["client_order_id"] for i in original]
+    assert replayed == original  # every field but the paper run's wall-clock ts_init
+
+
+async def test_replay_when_each_seed_runs_twice_then_the_digest_and_the_dumps_are_byte_identical(keel_replay, tmp_path):
+    source = tmp_path / "two-sessions.csv"
+    timestamps = two_session_file(source)
+    fills: dict[int, str] = {}
+    for seed in SEEDS:
+        first = await keel_replay("--source", str(source), "--seed", str(seed))
+        second = await keel_replay("--source", str(source), "--seed", str(seed))
+
+        assert first["settled"] is True and first["bar_timestamps"] == timestamps == 2 * WINDOW
+        assert len(first["sessions"]) == 2 and first["bars"] == timestamps * len(SYMBOLS)
+        assert first["intents"] > 0 and first["order_reports"] > 0
+        assert first["digest"] == second["digest"] and first["digests"] == second["digests"]
+        for name in ("decisions", "intents", "fills"):
+            a, b = Path(first["out"], f"{name}.jsonl"), Path(second["out"], f"{name}.jsonl")
+            assert a.read_bytes() == b.read_bytes() and a.stat().st_size > 0
+        rep = json.loads(Path(first["out"], "replay-report.json").read_text())
+        assert rep["sessions"] == first["sessions"]
+        fills[seed] = first["digests"]["fills"]
+    # the seed reaches the exchange's fill simulator: each seed fills at prices of its own
+    assert len(set(fills.values())) == len(SEEDS)
