@@ -53,8 +53,14 @@ CLOCK_CALLS = {
 }
 
 
-def violations(source: str) -> list[str]:
-    """Return what the source does that a decision path must not."""
+# hash(), uuid4 and unseeded randomness are refused everywhere in services/ and libs/ (issue 7:
+# "a test scans services/ and libs/"); the wall clock only in decision paths, since pacing,
+# timeouts, heartbeats and log times legitimately read it at the edges
+EVERY_MODULE = sorted([*ROOT.glob("services/**/*.py"), *ROOT.glob("libs/**/*.py")])
+
+
+def violations(source: str, *, clock: bool = True) -> list[str]:
+    """Return what the source does that a decision path must not (`clock`: wall-clock reads too)."""
     found: list[str] = []
     for node in ast.walk(ast.parse(source)):
         if not isinstance(node, ast.Call):
@@ -70,10 +76,11 @@ def violations(source: str) -> list[str]:
                 found.append(f"random.Random() without a seed at line {node.lineno}")
             if owner == "uuid" and name in ("uuid1", "uuid4"):
                 found.append(f"uuid.{name}() at line {node.lineno}")
-            if (owner, name) in CLOCK_CALLS:
+            if clock and (owner, name) in CLOCK_CALLS:
                 found.append(f"{owner}.{name}() at line {node.lineno}")
         if (
-            isinstance(f, ast.Attribute)
+            clock
+            and isinstance(f, ast.Attribute)
             and isinstance(f.value, ast.Attribute)
             and (f.value.attr, f.attr) in CLOCK_CALLS
         ):
@@ -84,6 +91,17 @@ def violations(source: str) -> list[str]:
 @pytest.mark.parametrize("path", DECISION_PATHS, ids=lambda p: str(p.relative_to(ROOT)))
 def test_scan_when_decision_path_then_no_hash_global_random_uuid4_or_wall_clock(path: Path):
     assert violations(path.read_text()) == []
+
+
+@pytest.mark.parametrize("path", EVERY_MODULE, ids=lambda p: str(p.relative_to(ROOT)))
+def test_scan_when_any_module_of_services_or_libs_then_no_hash_uuid4_or_unseeded_random(path: Path):
+    assert violations(path.read_text(), clock=False) == []
+
+
+def test_scan_when_clock_not_checked_then_hash_and_random_still_caught_and_clock_allowed():
+    found = violations("import random, time\nhash(1)\nrandom.shuffle([])\ntime.time()", clock=False)
+
+    assert [v.split(" at ")[0] for v in found] == ["hash()", "random.shuffle()"]
 
 
 def test_scan_when_forbidden_calls_present_then_each_is_caught():
