@@ -52,6 +52,14 @@ class ConsumerSpec:
     ack_wait_sec: float = 10.0  # how long a crashed consumer's messages wait before redelivery
     max_ack_pending: int = 4096
     retry_delay_sec: float = 1.0  # a batch held by a transient failure is tried again after this
+    # the subject of the message that ends a unit (an upstream's watermark after a bar's events):
+    # a batch is fetched on until it ends one, so a bar is never applied in two parts that another
+    # consumer of the same process could run between (DESIGN: lockstep); "" = any batch
+    unit_end: str = ""
+    # the durable this one took over from (a filter that changed gets a new name): on first start
+    # it begins after the old one's ack floor, and the old one is deleted, so nothing is applied
+    # twice or skipped across the upgrade
+    replaces: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,22 +78,39 @@ OnBatch = Callable[[list[Inbound]], Awaitable[None]]
 
 # A second fetch drains what is already waiting without holding the first message back.
 DRAIN_TIMEOUT_SEC = 0.005
+# how long a batch waits for the end of its unit before it goes as it is (an upstream that died
+# between a bar's events and its watermark); logged, since a bar may then be decided in two parts
+UNIT_WAIT_SEC = 5.0  # under the default ack_wait (10 s): what waits is never redelivered meanwhile
 
 
-async def fetch_batch(sub, batch: int, timeout: float) -> list[Msg]:  # type: ignore[no-untyped-def]
+async def fetch_batch(sub, batch: int, timeout: float, unit_end: str = "") -> list[Msg]:  # type: ignore[no-untyped-def]
     """Wait up to timeout for one message, then take whatever else is already there (up to batch).
 
     nats-py 2.16's fetch(n > 1) on an idle consumer can hold a message that arrived for up to
     the whole fetch timeout while it waits for the rest of the batch (measured here: ~700 ms
     with a 1 s timeout after an idle gap). fetch(1) returns as soon as one message arrives, and
-    a short second fetch picks up the rest of a burst.
+    a short second fetch picks up the rest of a burst. With `unit_end`, fetching goes on (past
+    `batch` if need be) until the last message is one on that subject.
     """
     msgs = await sub.fetch(1, timeout=timeout)
     if batch > 1:
         try:
             msgs += await sub.fetch(batch - 1, timeout=DRAIN_TIMEOUT_SEC)
         except (nats.errors.TimeoutError, TimeoutError):
-            return msgs  # nothing else was waiting
+            pass  # nothing else was waiting
+    if not unit_end:
+        return msgs
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + UNIT_WAIT_SEC
+    while msgs[-1].subject != unit_end:
+        left = deadline - loop.time()
+        if left <= 0:
+            log.warning("unit not ended in time; applying what came", extra={"unit_end": unit_end, "held": len(msgs)})
+            break
+        try:
+            msgs += await sub.fetch(max(batch, 1), timeout=min(left, timeout))
+        except (nats.errors.TimeoutError, TimeoutError):
+            continue
     return msgs
 
 
@@ -129,8 +154,35 @@ async def restart_at_ack_floor(bus: Bus, spec: ConsumerSpec) -> int:
     return start
 
 
+async def take_over(bus: Bus, spec: ConsumerSpec) -> int:
+    """Start a renamed durable where the one it replaces stopped, then delete that one.
+
+    Return the stream sequence the new durable starts at (0: nothing to take over).
+    """
+    if not spec.replaces:
+        return 0
+    stream = bus.subjects.stream(spec.family)
+    try:
+        old = await bus.js.consumer_info(stream, spec.replaces)
+    except nats.js.errors.NotFoundError:
+        return 0
+    start = 0
+    try:
+        await bus.js.consumer_info(stream, spec.durable)
+    except nats.js.errors.NotFoundError:
+        start = (old.ack_floor.stream_seq if old.ack_floor else 0) + 1
+        await bus.js.add_consumer(stream, config=consumer_config(spec, start))
+    await bus.js.delete_consumer(stream, spec.replaces)
+    log.warning(
+        "durable renamed: taken over from the old one",
+        extra={"consumer": spec.durable, "replaces": spec.replaces, "start_seq": start},
+    )
+    return start
+
+
 async def subscribe(bus: Bus, spec: ConsumerSpec):  # type: ignore[no-untyped-def]
     """Create (or bind to) the durable pull consumer of a spec, unacknowledged messages first."""
+    await take_over(bus, spec)
     await restart_at_ack_floor(bus, spec)
     return await bus.js.pull_subscribe(
         spec.filter_subject,
@@ -263,7 +315,7 @@ async def run_consumer(
     sub = await subscribe(bus, spec)
     while not stop.is_set():
         try:
-            msgs = await fetch_batch(sub, spec.batch, spec.fetch_timeout)
+            msgs = await fetch_batch(sub, spec.batch, spec.fetch_timeout, spec.unit_end)
         except (nats.errors.TimeoutError, TimeoutError):
             continue  # nothing to fetch (nats-py raises either, depending on where it timed out)
         except nats.errors.ConnectionClosedError:

@@ -67,9 +67,11 @@ class ExchangeService:
         self._lock = asyncio.Lock()
         self.faults = faults.Faults(enabled=config.admin_enabled, metrics=metrics)
         self.hub = stream.Hub(self.faults, metrics=metrics)
-        # client_order_ids changed since the last FillsDone (bars and REST calls alike); after a
-        # restart every open order, since what changed before the crash is not known
-        self._touched: set[str] = set()
+        # client_order_ids changed since the last FillsDone (bars and REST calls alike), in the
+        # order they first changed (commit order, as the trade_updates frames go): execution reads
+        # them back in that order, so its reports keep one order whichever path delivers them
+        # first. Rebuilt at start from the store (`touched_at_start`)
+        self._touched: dict[str, None] = {}
 
     @property
     def state(self) -> ExchangeState:
@@ -81,7 +83,7 @@ class ExchangeService:
     async def start(self) -> None:
         """Load every order, position and the account from the store."""
         self._state = await self.store.load(self.config.account_id, self.config.initial_cash)
-        self._touched = {self._state.orders[i].client_order_id for ids in self._state.working.values() for i in ids}
+        self._touched = touched_at_start(self._state)
         log.info(
             "exchange state loaded",
             extra={
@@ -98,7 +100,7 @@ class ExchangeService:
             await self.store.save(uow, before, after, changed)
         self._state = after
         self._announce(before, after, changed)
-        self._touched.update(o.client_order_id for o in changed)
+        self._touched.update(dict.fromkeys(o.client_order_id for o in changed))
 
     async def submit(self, request: SubmitOrder) -> ExchangeOrder | Rejection:
         """Accept or refuse an order; an accepted order is committed before this returns."""
@@ -196,9 +198,9 @@ class ExchangeService:
             self._state = after
             if changed:
                 self._announce(before, after, list(changed.values()))
-                self._touched.update(o.client_order_id for o in changed.values())
+                self._touched.update(dict.fromkeys(o.client_order_id for o in changed.values()))
             if done:
-                await self.bus.publish(fills_done(done, sorted(self._touched)))
+                await self.bus.publish(fills_done(done, list(self._touched)))
                 self._touched.clear()
 
     async def on_costs(self, batch: list[Inbound]) -> None:
@@ -223,6 +225,16 @@ class ExchangeService:
             info = classify_exception(e, dependency="exchange")
             self.metrics.errors.labels(SERVICE, info.category.value, "TRADE_UPDATES_FAILED").inc()
             log.exception("trade updates not published", extra={"orders": [o.id for o in changed]})
+
+
+def touched_at_start(state: ExchangeState) -> dict[str, None]:
+    """What the next FillsDone names after a restart: every open order and every order changed at
+    the last bar's time or later (the exchange's clock is event time, so whatever changed since
+    the last announcement did then). A superset is safe: reading back an unchanged order reports
+    nothing."""
+    open_ids = {i for ids in state.working.values() for i in ids}
+    named = [o for o in state.orders.values() if o.id in open_ids or o.updated_at >= state.clock]
+    return dict.fromkeys(o.client_order_id for o in sorted(named, key=lambda o: (o.updated_at, o.seq)))
 
 
 def fills_done(bar_ts: int, orders: list[str]) -> FillsDone:

@@ -6,7 +6,7 @@ from libs.bus import ConsumerSpec
 from libs.contracts import subjects as sj
 from libs.contracts.codec import decode_event
 
-BARS_CONSUMER = "exchange-md"  # bars and marketdata's watermark (was exchange-bars: bars only)
+BARS_CONSUMER = "exchange-md"  # bars and marketdata's watermark
 COSTS_CONSUMER = "exchange-costs"
 
 
@@ -21,6 +21,7 @@ def bars_consumer(subjects: sj.Subjects) -> ConsumerSpec:
         durable=BARS_CONSUMER,
         family=sj.MD,
         filter_subject=subjects.family_wildcard(sj.MD),
+        replaces="exchange-bars",
         decode=decode,
     )
 

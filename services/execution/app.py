@@ -106,6 +106,10 @@ async def poll_once(
     halted; no answer, it stays unknown. Orders with a broker call under way are left alone.
     """
     orders = {cid: o for cid, o in processor.state.orders.items() if cid not in live.inflight}
+    if processor.common.lockstep:
+        # the exchange's FillsDone reads acknowledged orders back, in the order they changed; a
+        # poll in state order could report two of them the other way round (DESIGN: lockstep)
+        orders = {cid: o for cid, o in orders.items() if o.broker_status in PRE_ACK}
     if not orders:
         return
     pre_ack = any(o.broker_status in PRE_ACK for o in orders.values())

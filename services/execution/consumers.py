@@ -102,6 +102,7 @@ async def after_call(processor: Processor, live: Live, cid: str) -> None:
 
 
 SUBMIT = "broker_submit"  # the dependency of every order sent
+READ_BACK = "broker_open_orders"  # the dependency of reading an order back (as `broker.order` says it)
 
 
 async def read_holdings(broker: AlpacaBroker, errors: ErrorHandler, when: str) -> st.Holdings | None:
@@ -501,16 +502,18 @@ def consumers(
         async with live.calling(cid):
             bo = await broker.order(order.broker_order_id)
             if bo is None:
-                # the lockstep must not go on without it: the batch is held and read again
-                raise DependencyFailed(SUBMIT, ConnectionError(f"order {cid} could not be read back"))
+                # the lockstep must not go on without it: the batch is held and read again (and
+                # counted against the read's breaker, whose CIRCUIT_OPEN alert says it is stuck)
+                raise DependencyFailed(READ_BACK, ConnectionError(f"order {cid} could not be read back"))
             # its reports continue the order's trace, as a trade_updates frame's do
             with tracing.span("execution read back", parent_headers={sj.H_TRACEPARENT: order.traceparent}):
                 await apply_polled(cid, bo)
         await after_call(processor, live, cid)
 
     async def on_fills_done(batch: list[Inbound]) -> None:
-        # each announcement's orders in its own order (an entry before its legs: the entry's
-        # read adopts them), then the forward; a redelivered one that was done only acks
+        # each announcement's orders, then the forward; a redelivered one that was done only
+        # acks. A leg listed before its entry is not adopted yet and skipped: the entry's read
+        # (nested) adopts and reports it
         for inbound in batch:
             if not await processor.store.is_tracked(fills_done.durable, inbound.stream_seq):
                 for broker_cid in inbound.payload.orders:

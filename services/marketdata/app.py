@@ -174,7 +174,7 @@ async def build(deps: Deps) -> Service:
     """Wire the feed to its state, lockstep watch and views."""
     cfg: MdConfig = deps.section
     processor = await processor_for(deps, FeedState())
-    watches = [WatermarkWatch(deps.bus, service) for service in cfg.waits]
+    watches = [WatermarkWatch(deps.bus, service) for service in cfg.waits(lockstep=deps.common.lockstep)]
     for watch in watches:
         await watch.start()
     progress = Progress()

@@ -68,8 +68,10 @@ class MdConfig(Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
     data_timeout_sec: Annotated[float, msgspec.Meta(gt=0)] = 5.0
     data_attempts: Annotated[int, msgspec.Meta(ge=1)] = 3  # per provider and minute (retry_idempotent)
     data_retry_sec: Annotated[float, msgspec.Meta(gt=0)] = 1.0  # wait before asking again when none answered
-    # services whose watermarks for a bar release the next one (comma-separated; "" = no lockstep)
-    wait_for: str = ",".join(WATERMARK_SERVICES)
+    # services whose watermarks for a bar release the next one (comma-separated; "" = no lockstep);
+    # "auto": every one of them with KEEL_LOCKSTEP (keel up, keel replay), else execution's only,
+    # so outside the lockstep a TCA outage never stops the market data
+    wait_for: str = "auto"
     watermark_timeout_sec: NonNegative = 0.0  # 0 = wait forever
 
     def __post_init__(self) -> None:
@@ -85,7 +87,7 @@ class MdConfig(Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
             raise ValueError(
                 f"KEEL_MD_FALLBACK_FEED: expected a feed other than the primary, was {self.fallback_feed!r}"
             )
-        if any(s not in WATERMARK_SERVICES for s in self.waits):
+        if self.wait_for != "auto" and any(s not in WATERMARK_SERVICES for s in self.waits(lockstep=False)):
             raise ValueError(
                 f"KEEL_MD_WAIT_FOR: expected services that emit watermarks ({', '.join(WATERMARK_SERVICES)}), "
                 f"was {self.wait_for!r}"
@@ -93,9 +95,10 @@ class MdConfig(Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
         if len(set(self.symbols)) != len(self.symbols):
             raise ValueError(f"KEEL_MD_SYMBOLS: expected distinct symbols, was {self.symbols}")
 
-    @property
-    def waits(self) -> tuple[str, ...]:
+    def waits(self, *, lockstep: bool) -> tuple[str, ...]:
         """Return the services whose watermarks the lockstep waits for."""
+        if self.wait_for == "auto":
+            return WATERMARK_SERVICES if lockstep else ("execution",)
         return tuple(s.strip() for s in self.wait_for.split(",") if s.strip())
 
     @property

@@ -73,6 +73,9 @@ def consumers(
         family=sj.SIGNAL,
         filter_subject=subjects.family_wildcard(sj.SIGNAL),
         decode=lambda _subject, data: _signal_decoder.decode(data),
+        # a bar's targets are netted in one batch: no position report of its first intents can
+        # come between them (DESIGN: lockstep)
+        unit_end=subjects.watermark("signal"),
     )
     # the OMS's and TCA's whole streams: position reports and FillsDone, cost models and TCA's
     # watermark, each in its stream's order (the rest is skipped by the handlers)
@@ -81,12 +84,14 @@ def consumers(
         family=sj.OMS,
         filter_subject=subjects.family_wildcard(sj.OMS),
         decode=lambda _subject, data: decode_event(data),
+        replaces="risk-positions",  # position reports only, before the fill lane
     )
     tca = ConsumerSpec(
         durable="risk-tca",
         family=sj.TCA,
         filter_subject=subjects.family_wildcard(sj.TCA),
         decode=lambda _subject, data: decode_event(data),
+        replaces="risk-costs",  # cost models only, before TCA's watermark
     )
 
     async def on_targets(batch: list[Inbound]) -> None:

@@ -27,6 +27,7 @@ from services.risk.config import BPS, RiskConfig
 from services.risk.state import InFlight, RiskState, SymbolRisk
 
 MAX_CID_LEN = 128  # Alpaca's limit on client_order_id
+UPSTREAM = "signal"  # the watermark risk forwards as its own (the OMS's and TCA's are only read)
 
 
 def client_order_id(
@@ -330,7 +331,7 @@ def step(state: RiskState, event: object, ctx: Ctx) -> tuple[RiskState, Sequence
         return on_position(state, event), []
     if isinstance(event, Watermark) and event.source == "tca":
         return msgspec.structs.replace(state, tca_watermark=max(state.tca_watermark, event.bar_ts)), []
-    if isinstance(event, Watermark):
+    if isinstance(event, Watermark) and event.source == UPSTREAM:
         wm, events = forward_watermark(state.last_watermark, event, ctx)
         return msgspec.structs.replace(state, last_watermark=wm), events
     if isinstance(event, FillsDone) and event.source == "oms":

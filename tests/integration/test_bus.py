@@ -505,3 +505,33 @@ async def test_relay_when_outbox_rows_committed_but_never_published_then_flush_p
     await store.pool.execute(f"UPDATE {store.schema}.outbox SET published_at = NULL")
     assert await relay.flush() == 2
     assert await stream_count(bus, sj.OPS) == 2
+
+
+async def test_subscribe_when_a_durable_was_renamed_then_it_starts_after_the_old_ones_ack_floor_and_the_old_one_goes(
+    bus: Bus,
+):
+    """A consumer whose filter changed gets a new name; on its first start it takes over where the
+    old one acknowledged up to, so nothing is applied twice (or skipped) across the upgrade."""
+    stream = bus.subjects.stream(sj.MD)
+    old = md_spec(bus, durable="test-old", filter_subject=bus.subjects.event(sj.MD, "bar_closed"))
+    await bus.publish(bar("ONE", 1))
+    await bus.publish(bar("TWO", 2))
+    old_sub = await subscribe(bus, old)
+    for m in await old_sub.fetch(2, timeout=2):
+        await m.ack()
+    await old_sub.unsubscribe()
+    await bus.publish(bar("THREE", 3))  # published while the upgrade was under way
+    new = md_spec(bus, durable="test-new", replaces="test-old")
+
+    applied: list[str] = []
+
+    async def on_batch(batch: list[Inbound]) -> None:
+        applied.extend(i.payload.symbol for i in batch)  # type: ignore[attr-defined]
+
+    async with consuming(bus, new, on_batch):
+        await eventually(lambda: len(applied) >= 1, what="the bar published after the old ack floor")
+        await asyncio.sleep(0.3)  # anything taken over twice would show by now
+    names = {c.name for c in await bus.js.consumers_info(stream)}
+
+    assert applied == ["THREE"]  # ONE and TWO were the old consumer's: not applied again
+    assert "test-old" not in names and "test-new" in names

@@ -679,3 +679,19 @@ def test_cost_model_when_older_than_held_then_ignored() -> None:
     after = handlers.on_cost_model(newer, calibration(DAY1, "200"))
 
     assert after is newer
+
+
+def test_touched_at_start_when_restarted_then_open_orders_and_those_changed_at_the_last_bar_are_named():
+    from services.exchange.app import touched_at_start
+
+    state, _ = handlers.on_bar(fresh(), bar("AAPL", 1), CTX)
+    state, _ = accept(state, order("early", qty=5))
+    state, _ = handlers.on_bar(state, bar("AAPL", 2), CTX)  # fills "early" at minute 2
+    state, _ = handlers.on_bar(state, bar("AAPL", 3), CTX)
+    state, _ = accept(state, order("resting", type="limit", limit="50"))
+    state, _ = accept(state, order("gone", qty=3))
+    state, canceled = handlers.cancel(state, state.by_client_id["gone"], CTX)
+
+    assert isinstance(canceled, ExchangeOrder)
+    # "early" ended before the last bar: its FillsDone went out; the other two changed since
+    assert list(touched_at_start(state)) == ["resting", "gone"]

@@ -74,6 +74,8 @@ def test_risk_step_when_the_oms_fills_done_or_tcas_watermark_then_recorded_not_f
 
     assert out == [] and out2 == []
     assert (state.fills_done, state.tca_watermark, state.last_watermark) == (minute(5), minute(4), 0)
+    state, oms_wm = risk.step(state, E.watermark("oms", minute(5)), c)
+    assert oms_wm == [] and state.last_watermark == 0  # the OMS's watermark on risk-oms is only read
     state, fwd = risk.step(state, E.watermark("signal", minute(5)), c)
     assert [(e.source, e.bar_ts) for e in fwd] == [("risk", minute(5))] and state.last_watermark == minute(5)
 
@@ -112,6 +114,16 @@ async def test_lockstep_wait_when_the_fill_lane_arrives_later_then_the_bar_is_re
     await asyncio.wait_for(waiting, 1.0)
 
 
+def test_tca_own_watermark_when_its_inputs_stand_at_a_bar_never_said_then_said_once() -> None:
+    c = ctx("tca", TcaConfig())
+    state = TcaState(md_watermark=minute(7), exec_watermark=minute(6), risk_watermark=minute(6))
+
+    state, out = tca.own_watermark(state, [], c)  # at start: a state from before TCA had a watermark
+    _, again = tca.own_watermark(state, [], c)
+
+    assert [(e.source, e.bar_ts) for e in out] == [("tca", minute(6))] and again == []
+
+
 def test_tca_watermark_when_every_input_reached_a_bar_then_emitted_once_after_what_they_caused() -> None:
     c = ctx("tca", TcaConfig())
     state, out = tca.step(TcaState(), E.watermark("marketdata", minute(3)), c)
@@ -127,10 +139,11 @@ def test_tca_watermark_when_every_input_reached_a_bar_then_emitted_once_after_wh
     assert out5 == []
 
 
-def test_md_config_when_wait_for_lists_services_then_each_is_waited_for_and_unknown_refused() -> None:
-    assert MdConfig().waits == ("signal", "risk", "oms", "execution", "tca")
-    assert MdConfig(wait_for="execution, tca").waits == ("execution", "tca")
-    assert MdConfig(wait_for="").waits == ()
+def test_md_config_when_wait_for_auto_or_listed_then_those_are_waited_for_and_unknown_refused() -> None:
+    assert MdConfig().waits(lockstep=True) == ("signal", "risk", "oms", "execution", "tca")
+    assert MdConfig().waits(lockstep=False) == ("execution",)  # a TCA outage never stops live bars
+    assert MdConfig(wait_for="execution, tca").waits(lockstep=True) == ("execution", "tca")
+    assert MdConfig(wait_for="").waits(lockstep=True) == ()
     with pytest.raises(msgspec.ValidationError, match="KEEL_MD_WAIT_FOR"):
         msgspec.convert({"wait_for": "execution,exchange"}, MdConfig)
 
