@@ -83,6 +83,13 @@ DRAIN_TIMEOUT_SEC = 0.005
 UNIT_WAIT_SEC = 5.0  # under the default ack_wait (10 s): what waits is never redelivered meanwhile
 
 
+async def _drain(sub, n: int) -> list[Msg]:  # type: ignore[no-untyped-def]
+    try:
+        return await sub.fetch(n, timeout=DRAIN_TIMEOUT_SEC)
+    except (nats.errors.TimeoutError, TimeoutError):
+        return []  # nothing else was waiting
+
+
 async def fetch_batch(sub, batch: int, timeout: float, unit_end: str = "") -> list[Msg]:  # type: ignore[no-untyped-def]
     """Wait up to timeout for one message, then take whatever else is already there (up to batch).
 
@@ -94,10 +101,7 @@ async def fetch_batch(sub, batch: int, timeout: float, unit_end: str = "") -> li
     """
     msgs = await sub.fetch(1, timeout=timeout)
     if batch > 1:
-        try:
-            msgs += await sub.fetch(batch - 1, timeout=DRAIN_TIMEOUT_SEC)
-        except (nats.errors.TimeoutError, TimeoutError):
-            pass  # nothing else was waiting
+        msgs += await _drain(sub, batch - 1)
     if not unit_end:
         return msgs
     loop = asyncio.get_running_loop()
