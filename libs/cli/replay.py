@@ -101,10 +101,12 @@ def canonical(messages: list[tuple[int, str, bytes]]) -> dict[str, list[bytes]]:
     """Return each digest stream's events as published, ordered by event time then event id."""
     picked: dict[str, list[tuple[int, str, bytes]]] = {name: [] for name in STREAMS}
     kinds = {kind: name for name, kinds in STREAMS.items() for kind in kinds}
+    seen: set[str] = set()
     for _seq, _subject, data in messages:
         head = _head.decode(data)
         name = kinds.get(head.type.rsplit(".", 1)[0])
-        if name is not None:
+        if name is not None and head.event_id not in seen:  # one event once (a republish past dedup)
+            seen.add(head.event_id)
             picked[name].append((head.ts_event, head.event_id, data))
     return {name: [data for *_key, data in sorted(rows)] for name, rows in picked.items()}
 

@@ -18,8 +18,9 @@ from libs.bus import ConsumerSpec, Inbound
 from libs.bus.consumer import OnBatch
 from libs.contracts import subjects as sj
 from libs.contracts.codec import decode_event
-from libs.contracts.ops import Watermark
+from libs.contracts.ops import AlertRaised, Watermark
 from libs.contracts.signal import TargetProposed
+from libs.decide import episode_alert
 from libs.runtime.processor import Processor
 from services.risk import handlers
 from services.risk.state import RiskState
@@ -28,6 +29,7 @@ log = logging.getLogger(__name__)
 
 _signal_decoder = msgspec.json.Decoder(TargetProposed | Watermark)
 LOCKSTEP_WARN_SEC = 30.0  # how often a bar still held is said
+LOCKSTEP_STALLED = "LOCKSTEP_STALLED"
 
 
 class Lockstep:
@@ -56,6 +58,24 @@ class Lockstep:
                     extra={"bar_ts": bar_ts, "fills_done": s.fills_done, "tca_watermark": s.tca_watermark,
                            "last_watermark": s.last_watermark},
                 )  # fmt: skip
+                alert = stalled_alert(s, bar_ts)
+                await self.processor.commit(lambda state, alert=alert: (state, [alert]))  # its id is the bar's: once
+
+
+def stalled_alert(s: RiskState, bar_ts: int) -> AlertRaised:
+    """LOCKSTEP_STALLED: a bar held past LOCKSTEP_WARN_SEC (an exchange, execution, OMS or TCA that stopped)."""
+    waiting = [
+        *(
+            ["the fill lane (FillsDone from the exchange through execution and the OMS)"]
+            if s.fills_done < bar_ts
+            else []
+        ),
+        *(["TCA's watermark"] if s.tca_watermark < s.last_watermark else []),
+    ]
+    return episode_alert(
+        LOCKSTEP_STALLED, "warning", f"risk holds bar {bar_ts} for {' and '.join(waiting) or 'nothing'}",
+        f"lockstep:{bar_ts}", service="risk", now_ns=bar_ts, bar_ts=str(bar_ts),
+    )  # fmt: skip
 
 
 def _bar_of(inbound: Inbound) -> int:

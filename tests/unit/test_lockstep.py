@@ -185,3 +185,19 @@ def test_replay_digest_when_one_field_of_one_fill_differs_then_the_digest_differ
 
     assert one["intents"] == other["intents"]
     assert one["fills"] != other["fills"] and one["digest"] != other["digest"]
+
+
+def test_stalled_alert_when_a_bar_is_held_then_it_names_what_is_missing_once_per_bar() -> None:
+    from services.risk.consumers import stalled_alert
+
+    s = RiskState(fills_done=minute(4), tca_watermark=minute(4), last_watermark=minute(4))
+    alert = stalled_alert(s, minute(5))
+
+    assert alert.code == "LOCKSTEP_STALLED" and "fill lane" in alert.message and "TCA" not in alert.message
+    assert alert.event_id == stalled_alert(s, minute(5)).event_id != stalled_alert(s, minute(6)).event_id
+
+
+def test_replay_canonical_when_an_event_was_stored_twice_then_it_counts_once() -> None:
+    i1 = E.intent("AAPL", "buy", 10, "100")
+
+    assert replay.canonical(_messages(i1, i1)) == replay.canonical(_messages(i1))
