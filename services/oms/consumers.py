@@ -69,9 +69,9 @@ def consumers(
         family=sj.RISK,
         filter_subject=subjects.family_wildcard(sj.RISK),
         decode=lambda _s, data: _intent_decoder.decode(data),
-        # a bar's intents are decided in one batch: no report of an earlier one (an acceptance,
-        # a reject) reaches the checks of a later one of the same bar (DESIGN: lockstep)
-        unit_end=subjects.watermark("risk"),
+        # in lockstep a bar's intents are decided in one batch: no report of an earlier one (an
+        # acceptance, a reject) reaches the checks of a later one of the same bar
+        unit_end=subjects.watermark("risk") if processor.common.lockstep else "",
     )
     reports = ConsumerSpec(
         durable="oms-reports",

@@ -93,9 +93,9 @@ def consumers(
         family=sj.SIGNAL,
         filter_subject=subjects.family_wildcard(sj.SIGNAL),
         decode=lambda _subject, data: _signal_decoder.decode(data),
-        # a bar's targets are netted in one batch: no position report of its first intents can
-        # come between them (DESIGN: lockstep)
-        unit_end=subjects.watermark("signal"),
+        # in lockstep a bar's targets are netted in one batch: no position report of its first
+        # intents can come between them
+        unit_end=subjects.watermark("signal") if lockstep else "",
     )
     # the OMS's and TCA's whole streams: position reports and FillsDone, cost models and TCA's
     # watermark, each in its stream's order (the rest is skipped by the handlers)

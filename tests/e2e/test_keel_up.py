@@ -346,44 +346,51 @@ async def test_keel_up_when_bracket_policy_trades_then_exit_legs_fill_and_ledger
     assert set(by) <= {(role, s) for role in ("take_profit", "stop_loss") for s in ("FILLED", "CANCELED", "ACKED")}
 
 
-@pytest.mark.parametrize("victim", ["oms", "execution", "marketdata"])
-async def test_keel_up_when_a_service_is_sigkilled_mid_run_then_nothing_lost_or_duplicated(
-    keel_up, namespace, database_url, victim
+VICTIMS = ("oms", "execution", "marketdata")
+
+
+async def _intents_reach(conn: asyncpg.Connection, schema_prefix: str, n: int) -> None:
+    for _ in range(900):
+        await asyncio.sleep(0.1)
+        try:
+            got = await conn.fetchval(f"SELECT count(*) FROM {schema_prefix}_oms.intent_events")
+        except asyncpg.UndefinedTableError:
+            continue
+        if got and got >= n:
+            return
+    pytest.fail(f"fewer than {n} intent events after 90 s")
+
+
+async def test_keel_up_when_services_are_sigkilled_mid_run_one_after_another_then_nothing_lost_or_duplicated(
+    keel_up, namespace, database_url
 ):
+    # one run, three victims in turn (each once it has done real work since the last kill): the
+    # OMS mid-decision, execution mid-submit, marketdata mid-feed
     run = await keel_up(
-        "--symbols", SYMBOLS, "--minutes", "200", "--speed", "max", "--exit-when-done", "--start-date", "2026-03-03"
+        "--symbols", SYMBOLS, "--minutes", "300", "--speed", "max", "--exit-when-done", "--start-date", "2026-03-03"
     )
     conn = await asyncpg.connect(database_url)
     try:
-        # wait until the victim has done real work, then kill it without warning
-        for _ in range(600):
-            await asyncio.sleep(0.1)
-            try:
-                n = await conn.fetchval(f"SELECT count(*) FROM {namespace.schema_prefix}_oms.intent_events")
-            except asyncpg.UndefinedTableError:
-                continue
-            if n and n >= 12:
-                break
-        else:
-            pytest.fail("no intents after 60 s")
+        await _intents_reach(conn, namespace.schema_prefix, 12)
+        status = await keel_status(run)
+        assert sorted(status["services"]) == sorted(
+            ["exchange", "alerts", "tca", "oms", "execution", "risk", "signal", "marketdata"]
+        )
+        assert all(v["healthz"] and v["readyz"] for v in status["services"].values())
+        assert status["exchange"]["base_url"] and status["exchange"]["api_key_id"]
+        assert status["halt"]["halted"] is False and status["counts"]["intents"] > 0
+        for n, victim in enumerate(VICTIMS, start=1):
+            await _intents_reach(conn, namespace.schema_prefix, 12 * n)
+            children = psutil.Process(run.proc.pid).children()
+            target = [c for c in children if f"services.{victim}" in " ".join(c.cmdline())]
+            assert len(target) == 1
+            target[0].kill()
     finally:
         await conn.close()
-    status = await keel_status(run)
-    assert sorted(status["services"]) == sorted(
-        ["exchange", "alerts", "tca", "oms", "execution", "risk", "signal", "marketdata"]
-    )
-    assert all(v["healthz"] and v["readyz"] for v in status["services"].values())
-    assert status["exchange"]["base_url"] and status["exchange"]["api_key_id"]
-    assert status["halt"]["halted"] is False and status["counts"]["intents"] > 0
 
-    children = psutil.Process(run.proc.pid).children()
-    target = [c for c in children if f"services.{victim}" in " ".join(c.cmdline())]
-    assert len(target) == 1
-    target[0].kill()
-
-    summary = await run.summary(timeout=400)
-    assert summary["restarts"] == {victim: 1}
-    assert summary["bar_timestamps"] == 200 and summary["bars"] == 1000
+    summary = await run.summary(timeout=500)
+    assert summary["restarts"] == dict.fromkeys(VICTIMS, 1)
+    assert summary["bar_timestamps"] == 300 and summary["bars"] == 1500
     assert summary["rejects"] == 0 and summary["dead_letters"] == 0
     led = await ledger(database_url, namespace.schema_prefix)
     counts = check_invariants(led)
