@@ -50,6 +50,7 @@ FILLS = (
 )
 STREAMS = {"decisions": DECISIONS, "intents": INTENTS, "fills": FILLS}
 FAMILIES = (sj.SIGNAL, sj.RISK, sj.OMS, sj.EXEC)
+TCA_RECORDS = ("tca.order_recorded",)  # written beside the digest's streams, not part of it
 
 
 class _Head(msgspec.Struct):
@@ -126,6 +127,16 @@ async def collect(bus: Bus) -> dict[str, list[bytes]]:
     return canonical(messages)
 
 
+async def tca_records(bus: Bus) -> list[bytes]:
+    """Every order's TCA record revisions as TCA published them, in event time then id order."""
+    rows = []
+    for _seq, _subject, data in await export.read_stream(bus, sj.TCA):
+        head = _head.decode(data)
+        if head.type.rsplit(".", 1)[0] in TCA_RECORDS:
+            rows.append((head.ts_event, head.event_id, data))
+    return [data for *_key, data in sorted(rows)]
+
+
 async def _report(database_url: str, schema_prefix: str, sessions: list[str], out: Path) -> list[Path]:
     from services.tca import replay_report  # the CLI reaches the service's module like `keel report`
 
@@ -139,13 +150,15 @@ async def _report(database_url: str, schema_prefix: str, sessions: list[str], ou
 
 
 def finisher(opts: ReplayOptions, out: Path, source: str):  # type: ignore[no-untyped-def]
-    """Return keel up's `finish`: dump and hash the streams, write the report, extend the summary."""
+    """Return keel up's `finish`: dump and hash the streams, dump the TCA records, write the report,
+    extend the summary."""
 
     async def finish(cluster: up.Cluster, bus: Bus, summary: dict[str, Any]) -> dict[str, Any]:
         streams = await collect(bus)
         for name, rows in streams.items():
             (out / f"{name}.jsonl").write_bytes(b"".join(r + b"\n" for r in rows))
         hashes = digests(streams)
+        (out / "tca.jsonl").write_bytes(b"".join(r + b"\n" for r in await tca_records(bus)))
         written = await _report(cluster.database_url, cluster.schema_prefix, summary["sessions"], out)
         return {
             **summary,

@@ -137,6 +137,7 @@ async def test_replay_when_each_seed_runs_twice_then_the_digest_and_the_dumps_ar
         for name in ("decisions", "intents", "fills"):
             a, b = Path(first["out"], f"{name}.jsonl"), Path(second["out"], f"{name}.jsonl")
             assert a.read_bytes() == b.read_bytes() and a.stat().st_size > 0
+        assert Path(first["out"], "tca.jsonl").read_bytes() == Path(second["out"], "tca.jsonl").read_bytes()
         rep = json.loads(Path(first["out"], "replay-report.json").read_text())
         assert rep["sessions"] == first["sessions"]
         fills[seed] = first["digests"]["fills"]
