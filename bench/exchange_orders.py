@@ -37,12 +37,11 @@ from decimal import Decimal
 from pathlib import Path
 
 import asyncpg
-import nats
-import nats.js.errors
 from alpaca.trading.client import TradingClient
 from alpaca.trading.enums import OrderSide, OrderStatus, TimeInForce
 from alpaca.trading.requests import LimitOrderRequest
 
+from bench._servers import cleanup
 from libs import sessions
 from libs.bus import Bus
 from libs.contracts.base import derive_id
@@ -150,34 +149,6 @@ async def count_orders(database_url: str, prefix: str) -> int:
     conn = await asyncpg.connect(database_url)
     try:
         return await conn.fetchval(f'SELECT count(*) FROM "{prefix}_exchange".orders')
-    finally:
-        await conn.close()
-
-
-async def cleanup(nats_url: str, database_url: str, prefix: str) -> None:
-    """Delete the prefix's streams and buckets and drop its schemas."""
-    nc = await nats.connect(nats_url, allow_reconnect=False)
-    try:
-        js = nc.jetstream()
-        names: list[str] = []
-        while page := await js.streams_info(offset=len(names)):
-            names.extend(info.config.name for info in page if info.config.name)
-        owned = (prefix.upper() + "_", "KV_" + prefix + "_", "OBJ_" + prefix + "_")
-        for name in names:
-            if name.startswith(owned):
-                try:
-                    await js.delete_stream(name)
-                except nats.js.errors.NotFoundError:
-                    pass
-    finally:
-        await nc.close()
-    conn = await asyncpg.connect(database_url)
-    try:
-        rows = await conn.fetch(
-            "SELECT nspname FROM pg_namespace WHERE nspname = $1 OR starts_with(nspname, $2)", prefix, prefix + "_"
-        )
-        for row in rows:
-            await conn.execute(f'DROP SCHEMA IF EXISTS "{row["nspname"]}" CASCADE')
     finally:
         await conn.close()
 

@@ -43,7 +43,6 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import asyncpg  # noqa: E402
 import httpx  # noqa: E402
 import msgspec  # noqa: E402
 import nats  # noqa: E402
@@ -52,6 +51,7 @@ import nats.js.errors  # noqa: E402
 import psutil  # noqa: E402
 from nats.js import api  # noqa: E402
 
+from bench._servers import cleanup  # noqa: E402
 from libs import barfile  # noqa: E402
 from libs.contracts import subjects as sj  # noqa: E402
 from libs.contracts.codec import encode  # noqa: E402
@@ -270,35 +270,6 @@ async def bare_rate(nats_url: str, prefix: str, payloads: list[tuple[str, bytes]
         "publish_per_s": n / (published - started),
         "consume_per_s": n / (consumed - published),
     }
-
-
-async def cleanup(nats_url: str, database_url: str, prefix: str) -> tuple[int, int]:
-    """Delete the run's streams and buckets and drop its schemas; return how many of each."""
-    nc = await nats.connect(nats_url, allow_reconnect=False)
-    js = nc.jetstream()
-    owned = (prefix.upper() + "_", f"KV_{prefix}_", f"OBJ_{prefix}_")
-    names: list[str] = []
-    try:
-        while page := await js.streams_info(offset=len(names)):
-            names += [s.config.name for s in page if s.config.name]
-        streams = [n for n in names if n.startswith(owned)]
-        for name in streams:
-            try:
-                await js.delete_stream(name)
-            except nats.js.errors.NotFoundError:
-                continue  # gone meanwhile
-    finally:
-        await nc.close()
-    conn = await asyncpg.connect(database_url)
-    try:
-        rows = await conn.fetch(
-            "SELECT nspname FROM pg_namespace WHERE nspname = $1 OR starts_with(nspname, $2)", prefix, prefix + "_"
-        )
-        for row in rows:
-            await conn.execute(f'DROP SCHEMA IF EXISTS "{row["nspname"]}" CASCADE')
-    finally:
-        await conn.close()
-    return len(streams), len(rows)
 
 
 def _mib(value: int | None) -> float | None:
