@@ -1,20 +1,27 @@
 """Bar files: recorded 1-minute bars in CSV or Parquet, their strict reader and their writer.
 
 Every row is checked before any bar is used; a bad row raises an error that names it (file,
-1-based data row, symbol, timestamp) and is never dropped silently. Timestamps are bar CLOSE
+1-based data row, symbol, timestamp) and is never dropped silently. `check` + `iter_groups`
+stream a file in time order (a replay's memory stays bounded however long the file);
+`load_bars` reads one whole (the exchange's data API, which answers any time range). Timestamps are bar CLOSE
 times (keel's BarClosed.ts_event). The marketdata file feed and the local exchange's Market Data
 API both read bars through `load_bars`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import csv
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import TypedDict
 
+import msgspec
 import polars as pl
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
 
 from libs import sessions
 from libs.contracts.marketdata import BarClosed
@@ -124,6 +131,107 @@ def load_bars(path: str | Path, proxy_spread_bps: Decimal = DEFAULT_PROXY_SPREAD
     return sorted(by_ts.items())
 
 
+BATCH_ROWS = 4_096  # rows turned into Python values at a time when a file is streamed
+
+
+class Checked(msgspec.Struct, frozen=True, kw_only=True):
+    """What a streamed check of a bar file found: every row valid, and its shape."""
+
+    rows: int
+    timestamps: int  # distinct bar closes
+    symbols: tuple[str, ...]
+    ordered: bool  # rows in time order (then a replay streams the file, memory bounded)
+
+
+def _stream(path: Path) -> Iterator[list[dict[str, object]]]:
+    """Yield the file's rows in batches, never the whole file (pyarrow's streaming readers)."""
+    if _kind(path) == "csv":
+        with path.open(newline="") as f:
+            header = next(csv.reader(f), [])
+        # every column as text: no float rounding of prices, our own checks on every value
+        convert = pacsv.ConvertOptions(column_types=dict.fromkeys(header, pa.string()), strings_can_be_null=False)
+        batches: Iterable[pa.RecordBatch] = pacsv.open_csv(path, convert_options=convert)
+    else:
+        batches = pq.ParquetFile(path).iter_batches(batch_size=BATCH_ROWS)
+    for batch in batches:
+        for start in range(0, batch.num_rows, BATCH_ROWS):
+            yield batch.slice(start, BATCH_ROWS).to_pylist()
+
+
+def _columns(path: Path) -> list[str]:
+    if _kind(path) == "csv":
+        with path.open(newline="") as f:
+            return next(csv.reader(f), [])
+    return list(pq.ParquetFile(path).schema_arrow.names)
+
+
+def _rows(path: Path, proxy_spread_bps: Decimal) -> Iterator[tuple[int, int, BarRow]]:
+    """Yield (row number, close ts, checked row) for every row, streaming; a bad row raises naming it."""
+    columns = _columns(path)
+    missing = [col for col in REQUIRED_COLUMNS if col not in columns]
+    if missing:
+        raise ValueError(f"{path}: expected columns {list(REQUIRED_COLUMNS)}, missing {missing}")
+    has_spread, has_proxy_flag = "spread_bps" in columns, "spread_is_proxy" in columns
+    n = 0
+    for batch in _stream(path):
+        for raw in batch:
+            n += 1
+            try:
+                ts, row = _parse_row(raw, has_spread, has_proxy_flag, proxy_spread_bps)
+            except (ValueError, ArithmeticError) as e:
+                raise ValueError(f"{path} row {n} ({raw.get('symbol')} @ {raw.get('timestamp')}): {e}") from e
+            yield n, ts, row
+
+
+def check(path: str | Path, proxy_spread_bps: Decimal = DEFAULT_PROXY_SPREAD_BPS) -> Checked:
+    """Check every row of a bar file in one streaming pass (memory bounded by a batch)."""
+    path = Path(path)
+    rows = timestamps = 0
+    symbols: set[str] = set()
+    ordered, last_ts, at_ts = True, -1, {}  # at_ts: the current timestamp's symbols -> row
+    for n, ts, row in _rows(path, proxy_spread_bps):
+        rows += 1
+        symbols.add(row["symbol"])
+        if ts != last_ts:
+            ordered = ordered and ts > last_ts
+            timestamps += 1
+            last_ts, at_ts = ts, {}
+        if ordered and row["symbol"] in at_ts:
+            raise ValueError(
+                f"{path} row {n} ({row['symbol']} @ {iso(ts)}): expected one bar per symbol and time, "
+                f"row {at_ts[row['symbol']]} too"
+            )
+        at_ts[row["symbol"]] = n
+    if not rows:
+        raise ValueError(f"{path}: expected at least one bar, was an empty file")
+    if not ordered:
+        timestamps = len(load_bars(path, proxy_spread_bps))  # counts and checks duplicates the whole way
+    return Checked(rows=rows, timestamps=timestamps, symbols=tuple(sorted(symbols)), ordered=ordered)
+
+
+def iter_groups(
+    path: str | Path, checked: Checked, proxy_spread_bps: Decimal = DEFAULT_PROXY_SPREAD_BPS
+) -> Iterator[Group]:
+    """Yield a checked file's (close ts, rows) groups in time order.
+
+    A file in time order (what `keel export` and `write_bars` write) is streamed, so a replay's
+    memory does not grow with it; any other is loaded whole and sorted (`load_bars`).
+    """
+    if not checked.ordered:
+        yield from load_bars(path, proxy_spread_bps)
+        return
+    group: list[BarRow] = []
+    last_ts = -1
+    for _n, ts, row in _rows(Path(path), proxy_spread_bps):
+        if ts != last_ts and group:
+            yield last_ts, group
+            group = []
+        last_ts = ts
+        group.append(row)
+    if group:
+        yield last_ts, group
+
+
 def _parse_row(
     raw: Mapping[str, object], has_spread: bool, has_proxy_flag: bool, proxy_spread_bps: Decimal
 ) -> tuple[int, BarRow]:
@@ -181,6 +289,9 @@ def _decimal(value: object, column: str) -> Decimal:
 def _timestamp(value: object) -> int:
     if isinstance(value, int) and not isinstance(value, bool):
         return value
+    if isinstance(value, datetime):
+        # a Parquet timestamp column: a naive one is UTC (Arrow's and polars' convention)
+        return _ns(value if value.tzinfo else value.replace(tzinfo=UTC))
     if isinstance(value, str) and value.strip():
         text = value.strip()
         if text.isdigit():
@@ -225,8 +336,12 @@ __all__ = [
     "PRICE_COLUMNS",
     "REQUIRED_COLUMNS",
     "BarRow",
+    "Checked",
     "Group",
+    "check",
     "iso",
+    "iter_groups",
     "load_bars",
     "write_bars",
+    "write_groups",
 ]

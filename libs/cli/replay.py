@@ -206,8 +206,8 @@ async def prepare(opts: ReplayOptions, nats: tuple[str, str] | None) -> tuple[up
     out.mkdir(parents=True, exist_ok=True)
     bars = var / "bars.parquet"
     source, count = await _source_bars(opts, nats, bars)
-    groups = await asyncio.to_thread(barfile.load_bars, bars)
-    symbols = sorted({r["symbol"] for _ts, rows in groups for r in rows})
+    checked = await asyncio.to_thread(barfile.check, bars)
+    symbols = checked.symbols
     upo = up.UpOptions(
         var=var,
         feed="file",
@@ -222,12 +222,12 @@ async def prepare(opts: ReplayOptions, nats: tuple[str, str] | None) -> tuple[up
             "KEEL_LOCKSTEP": "1",
             "KEEL_EXCHANGE_SIM_SEED": str(opts.seed),
         },
-        total=len(groups),
+        total=checked.timestamps,
     )
     upo.finish = finisher(opts, out, source)
     (out / "source.json").write_text(
         msgspec.json.encode(
-            {"source": source, "bars": count, "bar_timestamps": len(groups), "seed": opts.seed}
+            {"source": source, "bars": count, "bar_timestamps": checked.timestamps, "seed": opts.seed}
         ).decode()
     )
     return upo, out

@@ -24,11 +24,11 @@ from fastapi import FastAPI
 
 from libs import sessions
 from libs.bus import Bus, Inbound
+from libs.config import ConfigError
 from libs.contracts.base import derive_id
 from libs.contracts.marketdata import BarClosed
 from libs.contracts.ops import FillsDone, Watermark
 from libs.contracts.tca import CostModelUpdated
-from libs.config import ConfigError
 from libs.errors import classify_exception
 from libs.obs.metrics import Metrics
 from libs.runtime.runner import Deps, Service

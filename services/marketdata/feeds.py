@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 
-from libs.barfile import DEFAULT_PROXY_SPREAD_BPS, PRICE_COLUMNS, REQUIRED_COLUMNS, load_bars, write_bars
+from libs.barfile import DEFAULT_PROXY_SPREAD_BPS, PRICE_COLUMNS, REQUIRED_COLUMNS, check, iter_groups, write_bars
 from libs.contracts.marketdata import BarClosed
 from libs.contracts.ops import Watermark
 from services.marketdata.handlers import Ctx, bar_closed, watermark
@@ -21,14 +21,19 @@ FILE_SOURCE = "file"
 def file_feed(
     path: str | Path, ctx: Ctx, *, proxy_spread_bps: Decimal = DEFAULT_PROXY_SPREAD_BPS
 ) -> Iterator[tuple[list[BarClosed], Watermark]]:
-    """Check every row of a bar file, then yield each timestamp's bars and watermark in order."""
-    groups = load_bars(path, proxy_spread_bps)  # eager: a bad last row stops even the first bar
+    """Check every row of a bar file, then yield each timestamp's bars and watermark in order.
+
+    The check reads the whole file first (a bad last row stops even the first bar), then the
+    bars are read again as they go out: a file in time order is never held whole in memory.
+    """
+    checked = check(path, proxy_spread_bps)
+    last = checked.timestamps - 1
 
     def emit() -> Iterator[tuple[list[BarClosed], Watermark]]:
-        for i, (ts, rows) in enumerate(groups):
+        for i, (ts, rows) in enumerate(iter_groups(path, checked, proxy_spread_bps)):
             now = ctx.now_ns
             bars = [bar_closed(ts_ns=ts, now_ns=now, source=FILE_SOURCE, **row) for row in rows]
-            yield bars, watermark(ts, now, final=i == len(groups) - 1)
+            yield bars, watermark(ts, now, final=i == last)
 
     return emit()
 

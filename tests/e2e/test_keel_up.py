@@ -349,6 +349,18 @@ async def test_keel_up_when_bracket_policy_trades_then_exit_legs_fill_and_ledger
 VICTIMS = ("oms", "execution", "marketdata")
 
 
+def _service_processes(run, service: str) -> list[psutil.Process]:  # type: ignore[no-untyped-def]
+    """The live child processes of `keel up` running a service (a killed one not yet reaped is skipped)."""
+    found = []
+    for child in psutil.Process(run.proc.pid).children():
+        try:
+            if child.status() != psutil.STATUS_ZOMBIE and f"services.{service}" in " ".join(child.cmdline()):
+                found.append(child)
+        except (psutil.ZombieProcess, psutil.NoSuchProcess, psutil.AccessDenied):
+            continue  # gone or being reaped
+    return found
+
+
 async def _intents_reach(conn: asyncpg.Connection, schema_prefix: str, n: int) -> None:
     for _ in range(900):
         await asyncio.sleep(0.1)
@@ -381,10 +393,14 @@ async def test_keel_up_when_services_are_sigkilled_mid_run_one_after_another_the
         assert status["halt"]["halted"] is False and status["counts"]["intents"] > 0
         for n, victim in enumerate(VICTIMS, start=1):
             await _intents_reach(conn, namespace.schema_prefix, 12 * n)
-            children = psutil.Process(run.proc.pid).children()
-            target = [c for c in children if f"services.{victim}" in " ".join(c.cmdline())]
-            assert len(target) == 1
-            target[0].kill()
+            [target] = _service_processes(run, victim)
+            target.kill()
+            for _ in range(300):  # back (a new process) before the next victim: one restart each
+                await asyncio.sleep(0.1)
+                if [p.pid for p in _service_processes(run, victim)] not in ([], [target.pid]):
+                    break
+            else:
+                pytest.fail(f"{victim} not restarted within 30 s")
     finally:
         await conn.close()
 

@@ -19,7 +19,6 @@ import json
 import os
 import subprocess
 import sys
-from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,7 @@ from playwright.async_api import Page, async_playwright
 from migrations.naming import service_schema
 from tests.support.processes import OUTSIDE_KEYS, REPO_ROOT, Cluster
 from tests.support.servers import Namespace, migrate
+from tests.support.tca_frames import ORDER_DEFAULTS, ns, order
 
 SESSION = "2024-03-05"
 CHROMIUM = Path("/usr/bin/chromium")
@@ -65,53 +65,20 @@ NUMERIC = frozenset(
 CHART_IDS = ("shortfall-distribution", "cost-by-symbol", "fills-through-day", "cumulative-pnl")
 
 
-def _ns(hh: int, mm: int, day: int = 5) -> int:
-    """New York wall time (EST) in March 2024 as ns UTC."""
-    return int(datetime(2024, 3, day, hh + 5, mm, tzinfo=UTC).timestamp()) * 1_000_000_000
-
-
 def _order(cid: str, symbol: str, side: str, qty: int, decision: str, **kw: Any) -> dict[str, Any]:
-    row = {
-        "client_order_id": cid,
+    """A full orders row of SESSION: ORDER_DEFAULTS but for what the service would have written here."""
+    written = {
         "intent_id": f"i-{cid}",
         "revision": 3,
-        "final": True,
-        "status": "filled",
         "session": SESSION,
-        "symbol": symbol,
-        "side": side,
-        "qty": qty,
         "strategy": "trend",
-        "sleeve": "mom",
-        "trading_profile": "balanced",
-        "order_type": "market",
-        "order_class": "simple",
-        "time_in_force": "day",
         "provider": "alpaca",
-        "benchmark": "decision",
-        "arrival_price": decision,
-        "decision_price": decision,
         "spread_bps_at_arrival": "3",
-        "spread_is_proxy": True,
-        "decision_ts": _ns(9, 30),
-        "submit_ts": _ns(9, 30),
-        "first_fill_ts": 0,
-        "end_ts": 0,
-        "filled_qty": 0,
-        "fees": "0",
-        "fees_estimated": False,
-        "partial_fill": False,
-        "shortfall_bps": "0",
-        "explicit_bps": "0",
-        "delay_bps": "0",
-        "execution_bps": "0",
-        "opportunity_bps": "0",
-        "shortfall_usd": "0",
-        "cancel_rate": "0",
-        "reason": "",
-        "ts_event": _ns(15, 59),
+        "decision_ts": ns(SESSION, 9, 30),
+        "submit_ts": ns(SESSION, 9, 30),
+        "ts_event": ns(SESSION, 15, 59),
     }
-    return row | kw
+    return ORDER_DEFAULTS | written | order(cid, symbol, side, qty, decision, **kw)
 
 
 ORDERS = [
@@ -127,14 +94,14 @@ ORDERS = [
 ]  # fmt: skip
 # execution_id, client_order_id, symbol, side, qty, decision price, fill price, fee, session, ts_event
 RECORDS = [
-    ("f1", "o1", "AAPL", "buy", 60, "100", "100.05", "0.6", SESSION, _ns(9, 31)),
-    ("f2", "o1", "AAPL", "buy", 40, "100", "100.175", "0.4", SESSION, _ns(9, 33)),
-    ("f3", "o2", "AAPL", "sell", 20, "102", "101.9", "0", SESSION, _ns(9, 41)),
-    ("f4", "o4", "MSFT", "buy", 10, "400", "399.8", "0.05", SESSION, _ns(10, 2)),
-    ("p1", "old1", "AAPL", "buy", 30, "98", "98", "0", "2024-03-04", _ns(10, 0, day=4)),
-    ("p2", "old2", "MSFT", "sell", 5, "396", "396", "0", "2024-03-01", _ns(10, 0, day=1)),
-    ("legacy", "old3", "AAPL", "buy", 1000, "90", "90", "0", "", _ns(10, 0, day=1)),
-    ("later", "new1", "AAPL", "buy", 500, "150", "150", "0", "2024-03-06", _ns(10, 0, day=6)),
+    ("f1", "o1", "AAPL", "buy", 60, "100", "100.05", "0.6", SESSION, ns(SESSION, 9, 31)),
+    ("f2", "o1", "AAPL", "buy", 40, "100", "100.175", "0.4", SESSION, ns(SESSION, 9, 33)),
+    ("f3", "o2", "AAPL", "sell", 20, "102", "101.9", "0", SESSION, ns(SESSION, 9, 41)),
+    ("f4", "o4", "MSFT", "buy", 10, "400", "399.8", "0.05", SESSION, ns(SESSION, 10, 2)),
+    ("p1", "old1", "AAPL", "buy", 30, "98", "98", "0", "2024-03-04", ns("2024-03-04", 10, 0)),
+    ("p2", "old2", "MSFT", "sell", 5, "396", "396", "0", "2024-03-01", ns("2024-03-01", 10, 0)),
+    ("legacy", "old3", "AAPL", "buy", 1000, "90", "90", "0", "", ns("2024-03-01", 10, 0)),
+    ("later", "new1", "AAPL", "buy", 500, "150", "150", "0", "2024-03-06", ns("2024-03-06", 10, 0)),
 ]
 BLOCKS = [
     ("b1", "AAPL", "mom", "market", "PRICE_COLLAR_BLOCK"),
@@ -169,7 +136,8 @@ async def seed(database_url: str, schema: str) -> None:
         )
         await conn.executemany(
             f"""INSERT INTO {schema}.blocks (event_id, session, ts_event, stage, reason, symbol, side, qty,
-                sleeve, order_type) VALUES ($1, '{SESSION}', {_ns(10, 0)}, 'risk', $5, $2, 'buy', 10, $3, $4)""",
+                sleeve, order_type)
+                VALUES ($1, '{SESSION}', {ns(SESSION, 10, 0)}, 'risk', $5, $2, 'buy', 10, $3, $4)""",
             BLOCKS,
         )
         await conn.executemany(

@@ -24,139 +24,30 @@ Final shortfalls [-10, 0, 10, 10, 20, 30, 40] (o8's 999 is not final).
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
 from typing import Any
 
-import polars as pl
 import pytest
 
 from services.tca import replay_report, report
 from services.tca.report import Day
+from tests.support.tca_frames import block, fill, make_day, ns, order
 
 D1, D2 = "2024-03-04", "2024-03-05"
-
-
-def _ns(session: str, hh: int, mm: int) -> int:
-    """New York wall time of an EST session as ns UTC."""
-    y, m, d = (int(x) for x in session.split("-"))
-    return int(datetime(y, m, d, hh + 5, mm, tzinfo=UTC).timestamp()) * 1_000_000_000
-
-
-_ORDER_DEFAULTS: dict[str, Any] = {
-    "intent_id": "i",
-    "revision": 1,
-    "final": True,
-    "status": "filled",
-    "strategy": "s",
-    "sleeve": "mom",
-    "trading_profile": "balanced",
-    "order_type": "market",
-    "order_class": "simple",
-    "time_in_force": "day",
-    "provider": "sim",
-    "benchmark": "decision",
-    "spread_bps_at_arrival": "0",
-    "spread_is_proxy": True,
-    "decision_ts": 0,
-    "submit_ts": 0,
-    "first_fill_ts": 0,
-    "end_ts": 0,
-    "filled_qty": 0,
-    "fees": "0",
-    "fees_estimated": False,
-    "partial_fill": False,
-    "shortfall_bps": "0",
-    "explicit_bps": "0",
-    "delay_bps": "0",
-    "execution_bps": "0",
-    "opportunity_bps": "0",
-    "shortfall_usd": "0",
-    "cancel_rate": "0",
-    "reason": "",
-    "ts_event": 0,
-}
-
-
-def _frame(rows: list[dict[str, Any]], schema: dict[str, Any], defaults: dict[str, Any] | None = None) -> pl.DataFrame:
-    full = [{c: {**(defaults or {}), **r}.get(c) for c in schema} for r in rows]
-    return pl.DataFrame(full, schema=schema, orient="row")
-
-
-def order(cid: str, symbol: str, side: str, qty: int, decision: str, shortfall: str, **kw: Any) -> dict[str, Any]:
-    return {
-        "client_order_id": cid,
-        "symbol": symbol,
-        "side": side,
-        "qty": qty,
-        "decision_price": decision,
-        "arrival_price": decision,
-        "shortfall_bps": shortfall,
-        **kw,
-    }
-
-
-def fill(eid: str, cid: str, symbol: str, side: str, qty: int, decision: str, px: str, fee: str, ts: int) -> dict:
-    return {
-        "execution_id": eid,
-        "client_order_id": cid,
-        "symbol": symbol,
-        "side": side,
-        "qty": qty,
-        "arrival_price": decision,
-        "fill_price": px,
-        "fee": fee,
-        "ts_event": ts,
-    }
-
-
-def block(session: str, eid: str, symbol: str, reason: str) -> dict:
-    return {"event_id": eid, "symbol": symbol, "reason": reason, "ts_event": _ns(session, 10, 0)}
-
-
-def make_day(
-    session: str,
-    orders: list[dict[str, Any]] = (),  # type: ignore[assignment]
-    fills: list[dict[str, Any]] = (),  # type: ignore[assignment]
-    blocks: list[dict[str, Any]] = (),  # type: ignore[assignment]
-    marks: list[dict[str, Any]] = (),  # type: ignore[assignment]
-    carry: list[dict[str, Any]] = (),  # type: ignore[assignment]
-) -> Day:
-    return Day(
-        session=session,
-        orders=_frame(list(orders), report.ORDER_SCHEMA, {**_ORDER_DEFAULTS, "session": session}),
-        fills=_frame(list(fills), report.FILL_SCHEMA),
-        blocks=_frame(
-            list(blocks),
-            report.BLOCK_SCHEMA,
-            {
-                "session": session,
-                "stage": "risk",
-                "side": "buy",
-                "qty": 1,
-                "client_order_id": "",
-                "strategy": "",
-                "sleeve": "mom",
-                "order_type": "market",
-            },
-        ),
-        marks=_frame(list(marks), report.MARK_SCHEMA),
-        carry=_frame(list(carry), report.CARRY_SCHEMA),
-    )
 
 
 def day1() -> Day:
     return make_day(
         D1,
         orders=[
-            order("o1", "AAPL", "buy", 10, "100", "10", filled_qty=10, fill_vwap="100", fees="1"),
-            order("o2", "AAPL", "sell", 15, "102", "20", filled_qty=15, fill_vwap="101.8"),
-            order("o3", "MSFT", "buy", 5, "200", "40", filled_qty=5, fill_vwap="200.4", fees="0.5"),
+            order("o1", "AAPL", "buy", 10, "100", shortfall="10", filled_qty=10, fill_vwap="100", fees="1"),
+            order("o2", "AAPL", "sell", 15, "102", shortfall="20", filled_qty=15, fill_vwap="101.8"),
+            order("o3", "MSFT", "buy", 5, "200", shortfall="40", filled_qty=5, fill_vwap="200.4", fees="0.5"),
         ],
         fills=[
-            fill("f1", "o1", "AAPL", "buy", 6, "100", "100", "0.6", _ns(D1, 9, 31)),
-            fill("f2", "o1", "AAPL", "buy", 4, "100", "100", "0.4", _ns(D1, 9, 32)),
-            fill("f3", "o2", "AAPL", "sell", 15, "102", "101.8", "0", _ns(D1, 10, 15)),
-            fill("f4", "o3", "MSFT", "buy", 5, "200", "200.4", "0.5", _ns(D1, 11, 0)),
+            fill("f1", "o1", "AAPL", "buy", 6, "100", "100", "0.6", ns(D1, 9, 31)),
+            fill("f2", "o1", "AAPL", "buy", 4, "100", "100", "0.4", ns(D1, 9, 32)),
+            fill("f3", "o2", "AAPL", "sell", 15, "102", "101.8", "0", ns(D1, 10, 15)),
+            fill("f4", "o3", "MSFT", "buy", 5, "200", "200.4", "0.5", ns(D1, 11, 0)),
         ],
         blocks=[block(D1, "b1", "AAPL", "PRICE_COLLAR_BLOCK"), block(D1, "b2", "MSFT", "COST_GATE_BLOCK")],
         marks=[{"session": D1, "symbol": "AAPL", "close": "101"}, {"session": D1, "symbol": "MSFT", "close": "198"}],
@@ -167,16 +58,16 @@ def day2() -> Day:
     return make_day(
         D2,
         orders=[
-            order("o4", "AAPL", "buy", 5, "100", "0", filled_qty=5, fill_vwap="100"),
-            order("o5", "AAPL", "buy", 3, "99.5", "10", filled_qty=3, fill_vwap="99.6"),
-            order("o6", "MSFT", "sell", 2, "197.5", "-10", filled_qty=2, fill_vwap="197.4", fees="0.2"),
-            order("o7", "MSFT", "sell", 10, "197", "30", status="rejected", reason="INSUFFICIENT_QTY"),
-            order("o8", "MSFT", "buy", 1, "197", "999", status="accepted", final=False),
+            order("o4", "AAPL", "buy", 5, "100", shortfall="0", filled_qty=5, fill_vwap="100"),
+            order("o5", "AAPL", "buy", 3, "99.5", shortfall="10", filled_qty=3, fill_vwap="99.6"),
+            order("o6", "MSFT", "sell", 2, "197.5", shortfall="-10", filled_qty=2, fill_vwap="197.4", fees="0.2"),
+            order("o7", "MSFT", "sell", 10, "197", shortfall="30", status="rejected", reason="INSUFFICIENT_QTY"),
+            order("o8", "MSFT", "buy", 1, "197", shortfall="999", status="accepted", final=False),
         ],
         fills=[
-            fill("f5", "o4", "AAPL", "buy", 5, "100", "100", "0", _ns(D2, 9, 40)),
-            fill("f6", "o5", "AAPL", "buy", 3, "99.5", "99.6", "0", _ns(D2, 10, 0)),
-            fill("f7", "o6", "MSFT", "sell", 2, "197.5", "197.4", "0.2", _ns(D2, 10, 30)),
+            fill("f5", "o4", "AAPL", "buy", 5, "100", "100", "0", ns(D2, 9, 40)),
+            fill("f6", "o5", "AAPL", "buy", 3, "99.5", "99.6", "0", ns(D2, 10, 0)),
+            fill("f7", "o6", "MSFT", "sell", 2, "197.5", "197.4", "0.2", ns(D2, 10, 30)),
         ],
         blocks=[block(D2, "b3", "AAPL", "PRICE_COLLAR_BLOCK"), block(D2, "b4", "AAPL", "MAX_POSITION_BLOCK")],
         marks=[
@@ -247,8 +138,8 @@ def test_build_when_positions_reverse_then_flips_count_and_reductions_do_not():
 def test_build_when_a_session_opens_with_a_carried_position_then_a_reversal_against_it_is_a_flip():
     day = make_day(
         D2,
-        orders=[order("o1", "AAPL", "sell", 8, "100", "0", filled_qty=8, fill_vwap="100")],
-        fills=[fill("f1", "o1", "AAPL", "sell", 8, "100", "100", "0", _ns(D2, 9, 45))],
+        orders=[order("o1", "AAPL", "sell", 8, "100", shortfall="0", filled_qty=8, fill_vwap="100")],
+        fills=[fill("f1", "o1", "AAPL", "sell", 8, "100", "100", "0", ns(D2, 9, 45))],
         marks=[{"session": D2, "symbol": "AAPL", "close": "100"}],
         carry=[{"symbol": "AAPL", "pos_open": 5}],
     )
@@ -288,12 +179,12 @@ def test_build_when_a_session_opens_and_ends_flat_then_turnover_is_null():
     day = make_day(
         D1,
         orders=[
-            order("o1", "AAPL", "buy", 10, "100", "0", filled_qty=10, fill_vwap="100"),
-            order("o2", "AAPL", "sell", 10, "100", "0", filled_qty=10, fill_vwap="101"),
+            order("o1", "AAPL", "buy", 10, "100", shortfall="0", filled_qty=10, fill_vwap="100"),
+            order("o2", "AAPL", "sell", 10, "100", shortfall="0", filled_qty=10, fill_vwap="101"),
         ],
         fills=[
-            fill("f1", "o1", "AAPL", "buy", 10, "100", "100", "0", _ns(D1, 9, 45)),
-            fill("f2", "o2", "AAPL", "sell", 10, "100", "101", "0", _ns(D1, 10, 45)),
+            fill("f1", "o1", "AAPL", "buy", 10, "100", "100", "0", ns(D1, 9, 45)),
+            fill("f2", "o2", "AAPL", "sell", 10, "100", "101", "0", ns(D1, 10, 45)),
         ],
         marks=[{"session": D1, "symbol": "AAPL", "close": "101"}],
     )

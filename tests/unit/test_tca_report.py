@@ -25,120 +25,21 @@ from __future__ import annotations
 import csv
 import io
 import json
-from datetime import UTC, datetime
 from typing import Any
 
-import polars as pl
 import pytest
 
 from services.tca import report
 from services.tca.report import Day
+from tests.support.tca_frames import block, fill, make_day, ns, order
 
 SESSION = "2024-03-05"
-
-
-def _ns(hh: int, mm: int) -> int:
-    """New York wall time of SESSION (EST) as ns UTC."""
-    return int(datetime(2024, 3, 5, hh + 5, mm, tzinfo=UTC).timestamp()) * 1_000_000_000
-
-
-_ORDER_DEFAULTS: dict[str, Any] = {
-    "intent_id": "i",
-    "revision": 1,
-    "final": True,
-    "session": SESSION,
-    "strategy": "s",
-    "order_class": "simple",
-    "time_in_force": "day",
-    "benchmark": "decision",
-    "spread_bps_at_arrival": "0",
-    "spread_is_proxy": True,
-    "decision_ts": 0,
-    "submit_ts": 0,
-    "first_fill_ts": 0,
-    "end_ts": 0,
-    "fees": "0",
-    "fees_estimated": False,
-    "partial_fill": False,
-    "shortfall_bps": "0",
-    "explicit_bps": "0",
-    "delay_bps": "0",
-    "execution_bps": "0",
-    "opportunity_bps": "0",
-    "shortfall_usd": "0",
-    "cancel_rate": "0",
-    "reason": "",
-    "ts_event": 0,
-}
-
-
-def _frame(rows: list[dict[str, Any]], schema: dict[str, Any], defaults: dict[str, Any] | None = None) -> pl.DataFrame:
-    full = [{c: {**(defaults or {}), **r}.get(c) for c in schema} for r in rows]
-    return pl.DataFrame(full, schema=schema, orient="row")
-
-
-def order(cid: str, symbol: str, side: str, qty: int, decision: str, **kw: Any) -> dict[str, Any]:
-    return {
-        "client_order_id": cid,
-        "symbol": symbol,
-        "side": side,
-        "qty": qty,
-        "decision_price": decision,
-        "arrival_price": decision,
-        "filled_qty": 0,
-        **kw,
-    }
-
-
-def make_day(
-    orders: list[dict[str, Any]] = (),  # type: ignore[assignment]
-    fills: list[dict[str, Any]] = (),  # type: ignore[assignment]
-    blocks: list[dict[str, Any]] = (),  # type: ignore[assignment]
-    marks: list[dict[str, Any]] = (),  # type: ignore[assignment]
-    carry: list[dict[str, Any]] = (),  # type: ignore[assignment]
-) -> Day:
-    return Day(
-        session=SESSION,
-        orders=_frame(list(orders), report.ORDER_SCHEMA, _ORDER_DEFAULTS),
-        fills=_frame(list(fills), report.FILL_SCHEMA),
-        blocks=_frame(
-            list(blocks),
-            report.BLOCK_SCHEMA,
-            {"session": SESSION, "stage": "risk", "side": "buy", "qty": 1, "client_order_id": "", "strategy": ""},
-        ),
-        marks=_frame(list(marks), report.MARK_SCHEMA),
-        carry=_frame(list(carry), report.CARRY_SCHEMA),
-    )
-
-
-def fill(eid: str, cid: str, symbol: str, side: str, qty: int, decision: str, px: str, fee: str, ts: int) -> dict:
-    return {
-        "execution_id": eid,
-        "client_order_id": cid,
-        "symbol": symbol,
-        "side": side,
-        "qty": qty,
-        "arrival_price": decision,
-        "fill_price": px,
-        "fee": fee,
-        "ts_event": ts,
-    }
-
-
-def block(eid: str, symbol: str, sleeve: str, order_type: str, reason: str) -> dict:
-    return {
-        "event_id": eid,
-        "symbol": symbol,
-        "sleeve": sleeve,
-        "order_type": order_type,
-        "reason": reason,
-        "ts_event": _ns(10, 0),
-    }
 
 
 def the_day() -> Day:
     common = {"trading_profile": "balanced", "provider": "alpaca"}
     return make_day(
+        SESSION,
         orders=[
             order(
                 "o1",
@@ -214,15 +115,15 @@ def the_day() -> Day:
             ),
         ],
         fills=[
-            fill("f1", "o1", "AAPL", "buy", 60, "100", "100.05", "0.6", _ns(9, 31)),
-            fill("f2", "o1", "AAPL", "buy", 40, "100", "100.175", "0.4", _ns(9, 33)),
-            fill("f3", "o2", "AAPL", "sell", 20, "102", "101.9", "0", _ns(9, 41)),
-            fill("f4", "o4", "MSFT", "buy", 10, "400", "399.8", "0.05", _ns(10, 2)),
+            fill("f1", "o1", "AAPL", "buy", 60, "100", "100.05", "0.6", ns(SESSION, 9, 31)),
+            fill("f2", "o1", "AAPL", "buy", 40, "100", "100.175", "0.4", ns(SESSION, 9, 33)),
+            fill("f3", "o2", "AAPL", "sell", 20, "102", "101.9", "0", ns(SESSION, 9, 41)),
+            fill("f4", "o4", "MSFT", "buy", 10, "400", "399.8", "0.05", ns(SESSION, 10, 2)),
         ],
         blocks=[
-            block("b1", "AAPL", "mom", "market", "PRICE_COLLAR_BLOCK"),
-            block("b2", "AAPL", "mr", "limit", "PRICE_COLLAR_BLOCK"),
-            block("b3", "NVDA", "mom", "market", "COST_GATE_BLOCK"),
+            block(SESSION, "b1", "AAPL", "PRICE_COLLAR_BLOCK", sleeve="mom", order_type="market"),
+            block(SESSION, "b2", "AAPL", "PRICE_COLLAR_BLOCK", sleeve="mr", order_type="limit"),
+            block(SESSION, "b3", "NVDA", "COST_GATE_BLOCK", sleeve="mom", order_type="market"),
         ],
         marks=[
             {"session": "2024-03-04", "symbol": "AAPL", "close": "99"},
@@ -340,6 +241,7 @@ def test_build_when_a_day_has_fills_then_the_headline_and_chart_data_answer_the_
 
 def test_build_when_fills_win_before_costs_and_lose_after_then_the_headline_says_so():
     day = make_day(
+        SESSION,
         orders=[
             order(
                 "o1",
@@ -356,7 +258,7 @@ def test_build_when_fills_win_before_costs_and_lose_after_then_the_headline_says
                 provider="x",
             )
         ],
-        fills=[fill("f1", "o1", "AAPL", "buy", 10, "100", "100.5", "1", _ns(9, 45))],
+        fills=[fill("f1", "o1", "AAPL", "buy", 10, "100", "100.5", "1", ns(SESSION, 9, 45))],
         marks=[{"session": SESSION, "symbol": "AAPL", "close": "100.2"}],
     )
 
@@ -368,7 +270,7 @@ def test_build_when_fills_win_before_costs_and_lose_after_then_the_headline_says
 
 
 def test_build_when_the_day_is_empty_then_the_report_is_valid_and_the_charts_say_no_fills(tmp_path):
-    day = make_day()
+    day = make_day(SESSION)
 
     r = report.build(day)
     paths = report.write(r, day, tmp_path)
