@@ -223,6 +223,7 @@ async def prepare(opts: ReplayOptions, nats: tuple[str, str] | None) -> tuple[up
             "KEEL_EXCHANGE_SIM_SEED": str(opts.seed),
         },
         total=checked.timestamps,
+        fresh=True,
     )
     upo.finish = finisher(opts, out, source)
     (out / "source.json").write_text(

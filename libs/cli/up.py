@@ -28,6 +28,7 @@ from nats.js.errors import NotFoundError
 
 from libs.bus import Bus
 from libs.cli import control
+from libs.config import ConfigError
 from libs.contracts import subjects as sj
 from libs.contracts.subjects import Subjects
 from libs.runtime import manifest
@@ -66,6 +67,7 @@ class UpOptions:
     # timestamps to expect (progress), and what to add to the summary once settled
     extra_env: dict[str, str] = field(default_factory=dict)
     total: int = 0
+    fresh: bool = False  # refuse a prefix that already holds streams (a replay must start from nothing)
     finish: Callable[[Cluster, Bus, dict[str, Any]], Awaitable[dict[str, Any]]] | None = None
 
 
@@ -230,6 +232,17 @@ def _sessions(first_ts: int, last_ts: int) -> list[str]:
     return [d.isoformat() for d in sessions_between(a or b, b)]
 
 
+async def _prefix_used(bus: Bus) -> bool:
+    """Tell whether any stream of this prefix exists on the server."""
+    for family in sj.FAMILIES:
+        try:
+            await bus.js.stream_info(bus.subjects.stream(family))
+        except NotFoundError:
+            continue
+        return True
+    return False
+
+
 async def _exec_watermark(bus: Bus) -> int:
     try:
         msg = await bus.js.get_last_msg(bus.subjects.stream(sj.EXEC), bus.subjects.watermark("execution"))
@@ -255,6 +268,11 @@ async def run(opts: UpOptions) -> int:
     try:
         await asyncio.to_thread(migrate, database_url, cluster.schema_prefix)
         bus = await Bus.connect(nats_url, Subjects(prefix), service="keel-up")
+        if opts.fresh and await _prefix_used(bus):
+            raise ConfigError(
+                f"--prefix {prefix}: expected a prefix no run has used, was one with stored streams "
+                "(its feed would resume that run and the digest cover both)"
+            )
         await bus.provision()
         keys = _exchange_keys(opts.var)
         run_id = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S") + "-" + secrets.token_hex(3)

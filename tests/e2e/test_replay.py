@@ -143,3 +143,26 @@ async def test_replay_when_each_seed_runs_twice_then_the_digest_and_the_dumps_ar
         fills[seed] = first["digests"]["fills"]
     # the seed reaches the exchange's fill simulator: each seed fills at prices of its own
     assert len(set(fills.values())) == len(SEEDS)
+
+
+async def test_replay_when_the_prefix_already_holds_a_run_then_refused_before_anything_starts(
+    namespace, nats_url, database_url, tmp_path
+):
+    source = tmp_path / "two-sessions.csv"
+    two_session_file(source)
+    bus = await Bus.connect(nats_url, Subjects(namespace.prefix), service="test")
+    try:
+        await bus.provision()  # an earlier run's streams under this prefix
+    finally:
+        await bus.close()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "libs.cli.main", "--var", str(tmp_path / "var"), "replay", "--quiet",
+        "--prefix", namespace.prefix, "--source", str(source), "--seed", "1",
+        env={**os.environ, "KEEL_NATS_URL": nats_url, "KEEL_DATABASE_URL": database_url},
+        cwd=REPO_ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), timeout=120)
+
+    assert proc.returncode == 2 and out == b""
+    assert f"--prefix {namespace.prefix}: expected a prefix no run has used" in err.decode()
+    assert not list((tmp_path / "var" / "replays").glob("*/logs/*.log"))  # no service was started
