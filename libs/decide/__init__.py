@@ -8,8 +8,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
+
 from libs.config import CommonConfig
-from libs.contracts.base import Event, derive_id
+from libs.contracts.base import Event, derive_id, tag_of
 from libs.contracts.ops import AlertRaised, FillsDone, Watermark
 
 
@@ -24,6 +26,21 @@ class Ctx:
     common: CommonConfig = CommonConfig()  # the process's common keys (TRADING_PROFILE, ...)
 
 
+def _forward(last_bar_ts: int, upstream: Watermark | FillsDone, ctx: Ctx, *id_parts: object, **fields: object):  # type: ignore[no-untyped-def]
+    """Re-emit an upstream watermark-like event as this service's own (the same bar, our name)."""
+    if upstream.bar_ts < last_bar_ts:
+        return last_bar_ts, []
+    out = msgspec.structs.replace(
+        upstream,
+        event_id=derive_id(tag_of(type(upstream)), ctx.service, upstream.bar_ts, *id_parts),
+        causation_id=upstream.event_id,
+        ts_init=ctx.now_ns,
+        source=ctx.service,
+        **fields,
+    )
+    return upstream.bar_ts, [out]
+
+
 def forward_watermark(last_bar_ts: int, wm: Watermark, ctx: Ctx) -> tuple[int, list[Event]]:
     """Re-emit an upstream watermark as this service's own, once everything before it is done.
 
@@ -31,19 +48,7 @@ def forward_watermark(last_bar_ts: int, wm: Watermark, ctx: Ctx) -> tuple[int, l
     arrives every event of bar t has been handled; emitting our own tells the next hop (and the
     feed's lockstep) the same about us.
     """
-    if wm.bar_ts < last_bar_ts:
-        return last_bar_ts, []
-    out = Watermark(
-        event_id=derive_id("ops.watermark.v1", ctx.service, wm.bar_ts, wm.final),
-        correlation_id=wm.correlation_id,
-        causation_id=wm.event_id,
-        ts_event=wm.ts_event,
-        ts_init=ctx.now_ns,
-        source=ctx.service,
-        bar_ts=wm.bar_ts,
-        final=wm.final,
-    )
-    return wm.bar_ts, [out]
+    return _forward(last_bar_ts, wm, ctx, wm.final)
 
 
 def forward_fills_done(last_bar_ts: int, done: FillsDone, ctx: Ctx) -> tuple[int, list[Event]]:
@@ -52,18 +57,7 @@ def forward_fills_done(last_bar_ts: int, done: FillsDone, ctx: Ctx) -> tuple[int
     The fill lane of the lockstep, like `forward_watermark`: a consumer reads its upstream in
     order, so when FillsDone for bar t arrives every order change before it has been applied.
     """
-    if done.bar_ts < last_bar_ts:
-        return last_bar_ts, []
-    out = FillsDone(
-        event_id=derive_id("ops.fills_done.v1", ctx.service, done.bar_ts),
-        correlation_id=done.correlation_id,
-        causation_id=done.event_id,
-        ts_event=done.ts_event,
-        ts_init=ctx.now_ns,
-        source=ctx.service,
-        bar_ts=done.bar_ts,
-    )
-    return done.bar_ts, [out]
+    return _forward(last_bar_ts, done, ctx, orders=())
 
 
 def episode_alert(

@@ -25,9 +25,8 @@ from fastapi import FastAPI
 from libs import sessions
 from libs.bus import Bus, Inbound
 from libs.config import ConfigError
-from libs.contracts.base import derive_id
 from libs.contracts.marketdata import BarClosed
-from libs.contracts.ops import FillsDone, Watermark
+from libs.contracts.ops import Watermark
 from libs.contracts.tca import CostModelUpdated
 from libs.errors import classify_exception
 from libs.obs.metrics import Metrics
@@ -84,7 +83,7 @@ class ExchangeService:
     async def start(self) -> None:
         """Load every order, position and the account from the store."""
         self._state = await self.store.load(self.config.account_id, self.config.initial_cash)
-        self._touched = touched_at_start(self._state)
+        self._touched = handlers.touched_at_start(self._state)
         log.info(
             "exchange state loaded",
             extra={
@@ -201,7 +200,7 @@ class ExchangeService:
                 self._announce(before, after, list(changed.values()))
                 self._touched.update(dict.fromkeys(o.client_order_id for o in changed.values()))
             if done:
-                await self.bus.publish(fills_done(done, list(self._touched)))
+                await self.bus.publish(handlers.fills_done(done, list(self._touched)))
                 self._touched.clear()
 
     async def on_costs(self, batch: list[Inbound]) -> None:
@@ -226,30 +225,6 @@ class ExchangeService:
             info = classify_exception(e, dependency="exchange")
             self.metrics.errors.labels(SERVICE, info.category.value, "TRADE_UPDATES_FAILED").inc()
             log.exception("trade updates not published", extra={"orders": [o.id for o in changed]})
-
-
-def touched_at_start(state: ExchangeState) -> dict[str, None]:
-    """What the next FillsDone names after a restart: every open order and every order changed at
-    the last bar's time or later (the exchange's clock is event time, so whatever changed since
-    the last announcement did then). A superset is safe: reading back an unchanged order reports
-    nothing."""
-    open_ids = {i for ids in state.working.values() for i in ids}
-    named = [o for o in state.orders.values() if o.id in open_ids or o.updated_at >= state.clock]
-    return dict.fromkeys(o.client_order_id for o in sorted(named, key=lambda o: (o.updated_at, o.seq)))
-
-
-def fills_done(bar_ts: int, orders: list[str]) -> FillsDone:
-    """The exchange's announcement that matching is done for bars up to bar_ts (event time only)."""
-    return FillsDone(
-        event_id=derive_id("ops.fills_done.v1", SERVICE, bar_ts, *orders),
-        correlation_id=derive_id("bar", bar_ts),
-        causation_id=derive_id("bar", bar_ts),
-        ts_event=bar_ts,
-        ts_init=bar_ts,  # the exchange lives in event time: its clock is the last bar it has seen
-        source=SERVICE,
-        bar_ts=bar_ts,
-        orders=tuple(orders),
-    )
 
 
 async def build(deps: Deps, *, ctx: handlers.Ctx | None = None) -> Service:

@@ -25,8 +25,9 @@ from decimal import Decimal
 from msgspec.structs import replace
 
 from libs import costmodel, fillsim, sessions
-from libs.contracts.base import exit_legs
+from libs.contracts.base import derive_id, exit_legs
 from libs.contracts.marketdata import BarClosed
+from libs.contracts.ops import FillsDone
 from libs.contracts.tca import CostModelUpdated
 from libs.errors import InvariantViolation
 from services.exchange.state import (
@@ -855,3 +856,27 @@ __all__ = [
     "stable_uuid",
     "submit",
 ]
+
+
+def touched_at_start(state: ExchangeState) -> dict[str, None]:
+    """What the next FillsDone names after a restart: every open order and every order changed at
+    the last bar's time or later (the exchange's clock is event time, so whatever changed since
+    the last announcement did then). A superset is safe: reading back an unchanged order reports
+    nothing."""
+    open_ids = {i for ids in state.working.values() for i in ids}
+    named = [o for o in state.orders.values() if o.id in open_ids or o.updated_at >= state.clock]
+    return dict.fromkeys(o.client_order_id for o in sorted(named, key=lambda o: (o.updated_at, o.seq)))
+
+
+def fills_done(bar_ts: int, orders: list[str]) -> FillsDone:
+    """The exchange's announcement that matching is done for bars up to bar_ts (event time only)."""
+    return FillsDone(
+        event_id=derive_id("ops.fills_done.v1", "exchange", bar_ts, *orders),
+        correlation_id=derive_id("bar", bar_ts),
+        causation_id=derive_id("bar", bar_ts),
+        ts_event=bar_ts,
+        ts_init=bar_ts,  # the exchange lives in event time: its clock is the last bar it has seen
+        source="exchange",
+        bar_ts=bar_ts,
+        orders=tuple(orders),
+    )

@@ -18,9 +18,8 @@ from libs.bus import ConsumerSpec, Inbound
 from libs.bus.consumer import OnBatch
 from libs.contracts import subjects as sj
 from libs.contracts.codec import decode_event
-from libs.contracts.ops import AlertRaised, Watermark
+from libs.contracts.ops import Watermark
 from libs.contracts.signal import TargetProposed
-from libs.decide import episode_alert
 from libs.runtime.processor import Processor
 from services.risk import handlers
 from services.risk.state import RiskState
@@ -29,7 +28,6 @@ log = logging.getLogger(__name__)
 
 _signal_decoder = msgspec.json.Decoder(TargetProposed | Watermark)
 LOCKSTEP_WARN_SEC = 30.0  # how often a bar still held is said
-LOCKSTEP_STALLED = "LOCKSTEP_STALLED"
 
 
 class Lockstep:
@@ -42,8 +40,7 @@ class Lockstep:
 
     def ready(self, bar_ts: int) -> bool:
         """True when the fills up to bar_ts and the cost models before it are in risk's state."""
-        s = self.processor.state
-        return not self.enabled or (s.fills_done >= bar_ts and s.tca_watermark >= s.last_watermark)
+        return not self.enabled or handlers.lockstep_ready(self.processor.state, bar_ts)
 
     async def wait(self, bar_ts: int) -> None:
         """Wait until `ready(bar_ts)`; say so every LOCKSTEP_WARN_SEC (a stalled exchange or TCA)."""
@@ -58,24 +55,8 @@ class Lockstep:
                     extra={"bar_ts": bar_ts, "fills_done": s.fills_done, "tca_watermark": s.tca_watermark,
                            "last_watermark": s.last_watermark},
                 )  # fmt: skip
-                alert = stalled_alert(s, bar_ts)
+                alert = handlers.lockstep_stalled(s, bar_ts)
                 await self.processor.commit(lambda state, alert=alert: (state, [alert]))  # its id is the bar's: once
-
-
-def stalled_alert(s: RiskState, bar_ts: int) -> AlertRaised:
-    """LOCKSTEP_STALLED: a bar held past LOCKSTEP_WARN_SEC (an exchange, execution, OMS or TCA that stopped)."""
-    waiting = [
-        *(
-            ["the fill lane (FillsDone from the exchange through execution and the OMS)"]
-            if s.fills_done < bar_ts
-            else []
-        ),
-        *(["TCA's watermark"] if s.tca_watermark < s.last_watermark else []),
-    ]
-    return episode_alert(
-        LOCKSTEP_STALLED, "warning", f"risk holds bar {bar_ts} for {' and '.join(waiting) or 'nothing'}",
-        f"lockstep:{bar_ts}", service="risk", now_ns=bar_ts, bar_ts=str(bar_ts),
-    )  # fmt: skip
 
 
 def _bar_of(inbound: Inbound) -> int:

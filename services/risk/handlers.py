@@ -18,7 +18,7 @@ import msgspec
 from libs import costmodel
 from libs.contracts.base import Event, derive_id, intent_id_for, to_tick
 from libs.contracts.oms import PositionChanged
-from libs.contracts.ops import FillsDone, Watermark
+from libs.contracts.ops import AlertRaised, FillsDone, Watermark
 from libs.contracts.risk import EntryBlocked, OrderIntent, SleeveShare
 from libs.contracts.signal import TargetProposed
 from libs.contracts.tca import CostModelUpdated
@@ -27,6 +27,7 @@ from services.risk.config import BPS, RiskConfig
 from services.risk.state import InFlight, RiskState, SymbolRisk
 
 MAX_CID_LEN = 128  # Alpaca's limit on client_order_id
+LOCKSTEP_STALLED = "LOCKSTEP_STALLED"
 UPSTREAM = "signal"  # the watermark risk forwards as its own (the OMS's and TCA's are only read)
 
 
@@ -339,3 +340,26 @@ def step(state: RiskState, event: object, ctx: Ctx) -> tuple[RiskState, Sequence
     if isinstance(event, CostModelUpdated):
         return on_cost_model(state, event), []
     return state, []
+
+
+def lockstep_ready(s: RiskState, bar_ts: int) -> bool:
+    """Tell whether risk may decide bar_ts in lockstep: the OMS's FillsDone has reached it (every
+    fill and end the exchange made up to it moved the positions) and TCA's watermark the previous
+    bar (every cost model made before it is adopted)."""
+    return s.fills_done >= bar_ts and s.tca_watermark >= s.last_watermark
+
+
+def lockstep_stalled(s: RiskState, bar_ts: int) -> AlertRaised:
+    """LOCKSTEP_STALLED: a bar held past the consumer's warning time (an exchange, execution, OMS or TCA that stopped)."""
+    waiting = [
+        *(
+            ["the fill lane (FillsDone from the exchange through execution and the OMS)"]
+            if s.fills_done < bar_ts
+            else []
+        ),
+        *(["TCA's watermark"] if s.tca_watermark < s.last_watermark else []),
+    ]
+    return episode_alert(
+        LOCKSTEP_STALLED, "warning", f"risk holds bar {bar_ts} for {' and '.join(waiting) or 'nothing'}",
+        f"lockstep:{bar_ts}", service="risk", now_ns=bar_ts, bar_ts=str(bar_ts),
+    )  # fmt: skip

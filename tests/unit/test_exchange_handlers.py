@@ -682,8 +682,6 @@ def test_cost_model_when_older_than_held_then_ignored() -> None:
 
 
 def test_touched_at_start_when_restarted_then_open_orders_and_those_changed_at_the_last_bar_are_named():
-    from services.exchange.app import touched_at_start
-
     state, _ = handlers.on_bar(fresh(), bar("AAPL", 1), CTX)
     state, _ = accept(state, order("early", qty=5))
     state, _ = handlers.on_bar(state, bar("AAPL", 2), CTX)  # fills "early" at minute 2
@@ -694,4 +692,4 @@ def test_touched_at_start_when_restarted_then_open_orders_and_those_changed_at_t
 
     assert isinstance(canceled, ExchangeOrder)
     # "early" ended before the last bar: its FillsDone went out; the other two changed since
-    assert list(touched_at_start(state)) == ["resting", "gone"]
+    assert list(handlers.touched_at_start(state)) == ["resting", "gone"]

@@ -14,7 +14,7 @@ from libs.cli import replay
 from libs.contracts.codec import encode
 from libs.contracts.ops import FillsDone, Watermark
 from libs.runtime.processor import Processor
-from services.exchange.app import fills_done as exchange_fills_done
+from services.exchange.handlers import fills_done as exchange_fills_done
 from services.execution import handlers as execution
 from services.execution.config import ExecConfig
 from services.execution.state import ExecState
@@ -188,13 +188,13 @@ def test_replay_digest_when_one_field_of_one_fill_differs_then_the_digest_differ
 
 
 def test_stalled_alert_when_a_bar_is_held_then_it_names_what_is_missing_once_per_bar() -> None:
-    from services.risk.consumers import stalled_alert
-
     s = RiskState(fills_done=minute(4), tca_watermark=minute(4), last_watermark=minute(4))
-    alert = stalled_alert(s, minute(5))
+    alert = risk.lockstep_stalled(s, minute(5))
 
     assert alert.code == "LOCKSTEP_STALLED" and "fill lane" in alert.message and "TCA" not in alert.message
-    assert alert.event_id == stalled_alert(s, minute(5)).event_id != stalled_alert(s, minute(6)).event_id
+    assert (
+        alert.event_id == risk.lockstep_stalled(s, minute(5)).event_id != risk.lockstep_stalled(s, minute(6)).event_id
+    )
 
 
 def test_replay_canonical_when_an_event_was_stored_twice_then_it_counts_once() -> None:
