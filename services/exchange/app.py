@@ -233,13 +233,9 @@ async def build(deps: Deps, *, ctx: handlers.Ctx | None = None) -> Service:
     await asyncio.to_thread(sessions.load)  # the calendar, before the first request or bar needs it
     await store.check_migrated()  # the runtime checked the base tables; this adds the exchange's
     config = cast(ExchangeConfig, deps.section)
-    if config.cost_model_source == "calibrated" and deps.common.lockstep:
-        # its models arrive on a consumer of their own, racing the bars: which bar first prices
-        # with a new one would depend on timing, and a replay would not repeat itself
-        raise ConfigError(
-            "KEEL_EXCHANGE_COST_MODEL_SOURCE=calibrated: not deterministic under KEEL_LOCKSTEP yet; "
-            "use static (the default) for keel up and keel replay"
-        )
+    problem = config.lockstep_problem(deps.common.lockstep)
+    if problem:
+        raise ConfigError(problem)
     if ctx is None:
         ctx = handlers.Ctx(allow_shorting=config.allow_shorting, model=config.cost_model())
     service = ExchangeService(

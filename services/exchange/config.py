@@ -96,6 +96,17 @@ class ExchangeConfig(Section, frozen=True, kw_only=True, forbid_unknown_fields=T
             base_volume=self.data_base_volume,
         )
 
+    def lockstep_problem(self, lockstep: bool) -> str:
+        """Why this config cannot run under KEEL_LOCKSTEP ("" when it can)."""
+        if lockstep and self.cost_model_source == "calibrated":
+            # its models arrive on a consumer of their own, racing the bars: which bar first prices
+            # with a new one would depend on timing, and a replay would not repeat itself
+            return (
+                "KEEL_EXCHANGE_COST_MODEL_SOURCE=calibrated: not deterministic under KEEL_LOCKSTEP yet; "
+                "use static (the default) for keel up and keel replay"
+            )
+        return ""
+
     def cost_model(self) -> fillsim.CostModel:
         """Return the fill simulator's parameters."""
         return fillsim.CostModel(

@@ -201,3 +201,20 @@ def test_replay_canonical_when_an_event_was_stored_twice_then_it_counts_once() -
     i1 = E.intent("AAPL", "buy", 10, "100")
 
     assert replay.canonical(_messages(i1, i1)) == replay.canonical(_messages(i1))
+
+
+def test_exchange_config_when_calibrated_costs_under_lockstep_then_refused_naming_the_key() -> None:
+    from services.exchange.config import ExchangeConfig
+
+    calibrated = msgspec.convert({"cost_model_source": "calibrated"}, ExchangeConfig)
+
+    assert "KEEL_EXCHANGE_COST_MODEL_SOURCE=calibrated" in calibrated.lockstep_problem(True)
+    assert calibrated.lockstep_problem(False) == "" and ExchangeConfig().lockstep_problem(True) == ""
+
+
+def test_common_config_when_lockstep_in_live_mode_then_refused() -> None:
+    from libs.config import CommonConfig
+
+    with pytest.raises(msgspec.ValidationError, match="KEEL_LOCKSTEP"):
+        msgspec.convert({"lockstep": True, "execution_mode": "live"}, CommonConfig)
+    assert CommonConfig(lockstep=True, execution_mode="replay").lockstep
