@@ -152,7 +152,7 @@ def _replay(args: argparse.Namespace) -> int:
         prefix=args.prefix,
     )
     try:
-        if Path(args.source).suffix.lower() in (".csv", ".parquet", ".pq"):
+        if replay.is_bar_file(args.source):
             run, _out = asyncio.run(replay.prepare(opts, None))
         else:
             with _export_nats(args.var) as nats:

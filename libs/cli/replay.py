@@ -178,9 +178,21 @@ def finisher(opts: ReplayOptions, out: Path, source: str):  # type: ignore[no-un
     return finish
 
 
+BAR_FILE_SUFFIXES = (".csv", ".parquet", ".pq")
+
+
+def is_bar_file(source: str) -> bool:
+    """Tell a bar file from a stream name (KEEL_MD, <PREFIX>_MD); refuse what is neither."""
+    if Path(source).suffix.lower() in BAR_FILE_SUFFIXES:
+        return True
+    if "/" in source or "." in source:
+        raise ValueError(f"expected a bar file (.csv / .parquet) or a stored stream name, was {source!r}")
+    return False
+
+
 async def _source_bars(opts: ReplayOptions, nats: tuple[str, str] | None, bars: Path) -> tuple[str, int]:
     path = Path(opts.source)
-    if path.suffix.lower() in (".csv", ".parquet", ".pq"):
+    if is_bar_file(opts.source):
         if not path.is_file():
             raise ValueError(f"expected a bar file at {path}, was none")
         return str(path.resolve()), await asyncio.to_thread(

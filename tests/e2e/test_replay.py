@@ -166,3 +166,22 @@ async def test_replay_when_the_prefix_already_holds_a_run_then_refused_before_an
     assert proc.returncode == 2 and out == b""
     assert f"--prefix {namespace.prefix}: expected a prefix no run has used" in err.decode()
     assert not list((tmp_path / "var" / "replays").glob("*/logs/*.log"))  # no service was started
+
+
+@pytest.mark.parametrize(
+    ("source", "said"),
+    [
+        ("missing.csv", "expected a bar file at"),
+        ("notes.txt", "expected a bar file (.csv / .parquet) or a stored stream name"),
+    ],
+)
+async def test_replay_when_the_source_is_not_a_bar_file_or_stream_then_exit_2_saying_so(tmp_path, source, said):
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "libs.cli.main", "--var", str(tmp_path / "var"), "replay", "--quiet",
+        "--source", str(tmp_path / source), "--seed", "1",
+        env={k: v for k, v in os.environ.items() if k not in ("KEEL_NATS_URL", "KEEL_DATABASE_URL")},
+        cwd=REPO_ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), timeout=120)
+
+    assert proc.returncode == 2 and out == b"" and said in err.decode()
