@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+from collections.abc import Iterable, Mapping
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
@@ -38,6 +39,7 @@ from services.exchange.state import (
     SHORT_NOT_ALLOWED,
     ExchangeOrder,
     ExchangeState,
+    OrderQuery,
     Position,
     Rejection,
     ReplaceOrder,
@@ -254,9 +256,11 @@ def order_view(o: ExchangeOrder, legs: list[ExchangeOrder] | None = None) -> dic
     }
 
 
-def nested_view(state: ExchangeState, o: ExchangeOrder) -> dict[str, object]:
+def nested_view(
+    state: ExchangeState, o: ExchangeOrder, stored: Mapping[str, ExchangeOrder] | None = None
+) -> dict[str, object]:
     """Render an order with its legs rolled up (what POST /v2/orders and nested=true return)."""
-    return order_view(o, [state.orders[i] for i in o.legs])
+    return order_view(o, [state.orders.get(i) or (stored or {})[i] for i in o.legs])
 
 
 def position_view(state: ExchangeState, p: Position) -> dict[str, object]:
@@ -550,8 +554,8 @@ def _parse_time(name: str, value: str) -> int:
     return (dt - EPOCH) // timedelta(microseconds=1) * 1000
 
 
-def list_orders(state: ExchangeState, params: dict[str, str], *, nested: bool = False) -> list[ExchangeOrder]:
-    """Filter and sort orders for GET /v2/orders (legs listed on their own unless nested)."""
+def order_query(params: Mapping[str, str], *, nested: bool = False) -> OrderQuery:
+    """Validate GET /v2/orders' query parameters."""
     status = params.get("status") or "open"
     if status not in ("open", "closed", "all"):
         raise _invalid(f"invalid status {status!r}: expected open, closed or all")
@@ -564,32 +568,49 @@ def list_orders(state: ExchangeState, params: dict[str, str], *, nested: bool = 
         raise _invalid(f"invalid limit {params.get('limit')!r}") from e
     if limit <= 0:
         raise _invalid("limit must be > 0")
-    limit = min(limit, ORDER_LIST_MAX)
     side = params.get("side") or None
     if side not in (None, "buy", "sell"):
         raise _invalid(f"invalid side {side!r}: expected buy or sell")
-    after = _parse_time("after", params["after"]) if params.get("after") else None
-    until = _parse_time("until", params["until"]) if params.get("until") else None
-    symbols = {s.strip().upper() for s in (params.get("symbols") or "").split(",") if s.strip()}
+    return OrderQuery(
+        status=status,  # type: ignore[arg-type]
+        direction=direction,  # type: ignore[arg-type]
+        limit=min(limit, ORDER_LIST_MAX),
+        side=side,  # type: ignore[arg-type]
+        after=_parse_time("after", params["after"]) if params.get("after") else None,
+        until=_parse_time("until", params["until"]) if params.get("until") else None,
+        symbols=frozenset(s.strip().upper() for s in (params.get("symbols") or "").split(",") if s.strip()),
+        nested=nested,
+    )
 
-    if status == "open":
+
+def select_orders(state: ExchangeState, q: OrderQuery, stored: Iterable[ExchangeOrder] = ()) -> list[ExchangeOrder]:
+    """Filter and sort orders for a listing: memory's, and for closed / all those the store picked
+    (`ExchangeStore.listed`) that memory no longer holds."""
+    if q.status == "open":
         # Alpaca lists a `held` order (a bracket leg waiting for its entry or its trigger) as
         # closed, not open (alpaca-trade-api-python#322, alpaca-trade-api-js#87)
         candidates = [o for ids in state.working.values() for oid in ids if (o := state.orders[oid]).status != HELD]
     else:
-        candidates = list(state.orders.values())
+        candidates = [*state.orders.values(), *(o for o in stored if o.id not in state.orders)]
     chosen = [
         o
         for o in candidates
-        if (status != "closed" or not o.is_open or o.status == HELD)
-        and not (nested and o.parent_id is not None)  # nested: legs are rolled up under their order
-        and (not symbols or o.symbol in symbols)
-        and (side is None or o.side == side)
-        and (after is None or o.submitted_at > after)
-        and (until is None or o.submitted_at < until)
+        if (q.status != "closed" or not o.is_open or o.status == HELD)
+        and not (q.nested and o.parent_id is not None)  # nested: legs are rolled up under their order
+        and (not q.symbols or o.symbol in q.symbols)
+        and (q.side is None or o.side == q.side)
+        and (q.after is None or o.submitted_at > q.after)
+        and (q.until is None or o.submitted_at < q.until)
     ]
-    chosen.sort(key=lambda o: (o.submitted_at, o.seq), reverse=direction == "desc")
-    return chosen[:limit]
+    chosen.sort(key=lambda o: (o.submitted_at, o.seq), reverse=q.direction == "desc")
+    return chosen[: q.limit]
+
+
+def list_orders(
+    state: ExchangeState, params: Mapping[str, str], *, nested: bool = False, stored: Iterable[ExchangeOrder] = ()
+) -> list[ExchangeOrder]:
+    """Filter and sort orders for GET /v2/orders (legs listed on their own unless nested)."""
+    return select_orders(state, order_query(params, nested=nested), stored)
 
 
 # --- app -------------------------------------------------------------------------------------
@@ -640,8 +661,10 @@ def router(service: ExchangeService) -> APIRouter:
     """Return Alpaca's Trading API v2 routes over a running exchange."""
     r = APIRouter()
 
-    def view(state: ExchangeState, o: ExchangeOrder, nested: bool) -> dict[str, object]:
-        return nested_view(state, o) if nested else order_view(o)
+    def view(
+        state: ExchangeState, o: ExchangeOrder, nested: bool, stored: Mapping[str, ExchangeOrder]
+    ) -> dict[str, object]:
+        return nested_view(state, o, stored) if nested else order_view(o)
 
     @r.post("/v2/orders")
     async def post_order(request: Request) -> Response:
@@ -654,10 +677,12 @@ def router(service: ExchangeService) -> APIRouter:
     @r.get("/v2/orders")
     async def get_orders(request: Request) -> Response:
         params = dict(request.query_params)
+        q = order_query(params, nested=_flag(params, "nested"))
         state = service.state
-        nested = _flag(params, "nested")
-        orders = list_orders(state, params, nested=nested)
-        return json_response([view(state, o, nested) for o in orders])
+        stored = await service.listed(state, q)
+        orders = select_orders(state, q, stored)
+        by_id = {o.id: o for o in stored}
+        return json_response([view(state, o, q.nested, by_id) for o in orders])
 
     @r.get("/v2/orders:by_client_order_id")
     async def get_order_by_client_id(request: Request) -> Response:
@@ -665,18 +690,20 @@ def router(service: ExchangeService) -> APIRouter:
         if not cid:
             raise _invalid("client_order_id is required")
         state = service.state
-        oid = state.by_client_id.get(cid)
-        if oid is None:
+        found = await service.find(state, client_order_id=cid)
+        if found is None:
             raise ApiError(404, CODE_NOT_FOUND, "order not found")
-        return json_response(nested_view(state, state.orders[oid]))
+        order, family = found
+        return json_response(nested_view(state, order, family))
 
     @r.get("/v2/orders/{order_id}")
     async def get_order(order_id: str, request: Request) -> Response:
         state = service.state
-        order = state.orders.get(order_id.lower())
-        if order is None:
+        found = await service.find(state, order_id=order_id.lower())
+        if found is None:
             raise ApiError(404, CODE_NOT_FOUND, "order not found")
-        return json_response(view(state, order, _flag(dict(request.query_params), "nested")))
+        order, family = found
+        return json_response(view(state, order, _flag(dict(request.query_params), "nested"), family))
 
     @r.patch("/v2/orders/{order_id}")
     async def patch_order(order_id: str, request: Request) -> Response:

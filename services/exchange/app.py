@@ -34,7 +34,14 @@ from libs.runtime.runner import Deps, Service
 from services.exchange import api, bars, faults, handlers, stream
 from services.exchange.config import ExchangeConfig
 from services.exchange.consumers import BARS_CONSUMER, COSTS_CONSUMER, bars_consumer, costs_consumer
-from services.exchange.state import ExchangeOrder, ExchangeState, Rejection, ReplaceOrder, SubmitOrder
+from services.exchange.state import (
+    ExchangeOrder,
+    ExchangeState,
+    OrderQuery,
+    Rejection,
+    ReplaceOrder,
+    SubmitOrder,
+)
 from services.exchange.store import ExchangeStore
 
 log = logging.getLogger(__name__)
@@ -81,13 +88,14 @@ class ExchangeService:
         return self._state
 
     async def start(self) -> None:
-        """Load every order, position and the account from the store."""
-        self._state = await self.store.load(self.config.account_id, self.config.initial_cash)
+        """Load the open and recent orders, the positions and the account from the store."""
+        self._state = await self.store.load(self.config.account_id, self.config.initial_cash, self.ctx.retain_closed_ns)
         self._touched = handlers.touched_at_start(self._state)
         log.info(
             "exchange state loaded",
             extra={
                 "orders": len(self._state.orders),
+                "all_in_memory": self._state.complete,
                 "open_orders": sum(len(ids) for ids in self._state.working.values()),
                 "positions": len(self._state.positions),
                 "clock_ns": self._state.clock,
@@ -102,10 +110,42 @@ class ExchangeService:
         self._announce(before, after, changed)
         self._touched.update(dict.fromkeys(o.client_order_id for o in changed))
 
+    async def find(
+        self, state: ExchangeState, *, order_id: str = "", client_order_id: str = ""
+    ) -> tuple[ExchangeOrder, dict[str, ExchangeOrder]] | None:
+        """Return an order (by id or client id) and its stored family when memory no longer
+        holds it (closed days ago); None when the exchange never took it."""
+        oid = order_id or state.by_client_id.get(client_order_id, "")
+        if oid in state.orders:
+            return state.orders[oid], {}
+        if state.complete:
+            return None
+        family = {o.id: o for o in await self.store.family(order_id=order_id, client_order_id=client_order_id)}
+        found = next((o for o in family.values() if o.id == order_id or o.client_order_id == client_order_id), None)
+        return (found, family) if found is not None else None
+
+    async def listed(self, state: ExchangeState, q: OrderQuery) -> list[ExchangeOrder]:
+        """The stored orders a closed / all listing needs besides memory's (none when memory holds all)."""
+        if q.status == "open" or state.complete:
+            return []
+        return await self.store.listed(q)
+
+    async def _recalled(self, *, order_id: str = "", client_order_id: str | None = None) -> ExchangeState:
+        # under the lock: the state with the stored family a request names back in memory, so
+        # the handler answers as if it never left (a duplicate client id, a filled order's cancel)
+        state = self.state
+        if state.complete or not (order_id or client_order_id):
+            return state
+        if order_id and order_id not in state.orders:
+            state = handlers.recall(state, await self.store.family(order_id=order_id))
+        if client_order_id and client_order_id not in state.by_client_id:
+            state = handlers.recall(state, await self.store.family(client_order_id=client_order_id))
+        return state
+
     async def submit(self, request: SubmitOrder) -> ExchangeOrder | Rejection:
         """Accept or refuse an order; an accepted order is committed before this returns."""
         async with self._lock:
-            before = self.state
+            before = await self._recalled(client_order_id=request.client_order_id)
             after, result = handlers.submit(before, request, self.ctx)
             if isinstance(result, ExchangeOrder):
                 await self._commit(before, after, [after.orders[i] for i in (result.id, *result.legs)])
@@ -117,7 +157,7 @@ class ExchangeService:
     async def replace(self, order_id: str, request: ReplaceOrder) -> ExchangeOrder | Rejection:
         """Replace an open order; return the new order (committed before this returns)."""
         async with self._lock:
-            before = self.state
+            before = await self._recalled(order_id=order_id, client_order_id=request.client_order_id)
             after, result = handlers.replace_order(before, order_id, request, self.ctx)
             if isinstance(result, Rejection):
                 self.metrics.decision("replace", result.reason)
@@ -129,7 +169,7 @@ class ExchangeService:
     async def cancel(self, order_id: str) -> ExchangeOrder | Rejection:
         """Cancel one order and its held legs; committed before this returns."""
         async with self._lock:
-            before = self.state
+            before = await self._recalled(order_id=order_id)
             after, result = handlers.cancel(before, order_id, self.ctx)
             if isinstance(result, ExchangeOrder):
                 await self._commit(before, after, [after.orders[i] for i in (result.id, *result.legs)])
@@ -138,7 +178,7 @@ class ExchangeService:
     async def set_venue_status(self, order_id: str, status: str) -> list[ExchangeOrder] | Rejection:
         """Put an order in a venue status (admin API); committed and streamed before this returns."""
         async with self._lock:
-            before = self.state
+            before = await self._recalled(order_id=order_id)
             after, result = handlers.set_venue_status(before, order_id, status, self.ctx)
             if not isinstance(result, Rejection):
                 await self._commit(before, after, result)
@@ -196,6 +236,11 @@ class ExchangeService:
                 if after is not before:
                     await self.store.save(uow, before, after, list(changed.values()))
             self._state = after
+            if len(after.orders) < len(before.orders) + len(changed.keys() - before.orders.keys()):
+                log.info(
+                    "closed orders of earlier days left to the store",
+                    extra={"in_memory": len(after.orders), "clock_ns": after.clock},
+                )
             if changed:
                 self._announce(before, after, list(changed.values()))
                 self._touched.update(dict.fromkeys(o.client_order_id for o in changed.values()))
@@ -237,7 +282,11 @@ async def build(deps: Deps, *, ctx: handlers.Ctx | None = None) -> Service:
     if problem:
         raise ConfigError(problem)
     if ctx is None:
-        ctx = handlers.Ctx(allow_shorting=config.allow_shorting, model=config.cost_model())
+        ctx = handlers.Ctx(
+            allow_shorting=config.allow_shorting,
+            model=config.cost_model(),
+            retain_closed_ns=config.retain_closed_hours * 3600 * 1_000_000_000,
+        )
     service = ExchangeService(
         config,
         bus=deps.bus,

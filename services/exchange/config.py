@@ -28,6 +28,9 @@ class ExchangeConfig(Section, frozen=True, kw_only=True, forbid_unknown_fields=T
     # while False the routes do not exist and no fault can fire
     admin_enabled: bool = False
     allow_shorting: bool = True  # False: opening sells are refused ("account is not allowed to short")
+    # closed orders stay in memory this long (event time) after their family's last change, then
+    # are served from the store only: memory holds open orders and recent days however long it runs
+    retain_closed_hours: Annotated[int, msgspec.Meta(ge=1)] = 24
     # the fill simulator (libs/fillsim CostModel): same seed and bars -> the same fills.
     # "calibrated": from the session a TCA calibration (CostModelUpdated) holds for on, each
     # symbol's spread, slippage, volatility and impact coefficients come from it (the keys below

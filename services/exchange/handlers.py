@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 
@@ -80,6 +80,9 @@ class Ctx:
     max_client_order_id_len: int = 128  # Alpaca's limit
     allow_shorting: bool = True
     model: fillsim.CostModel = field(default_factory=fillsim.CostModel)
+    # closed orders whose whole family (entry and legs) last changed this long before the clock
+    # leave memory at the next session's first bar; the store keeps them (KEEL_EXCHANGE_RETAIN_CLOSED_HOURS)
+    retain_closed_ns: int = 24 * 3600 * 1_000_000_000
 
 
 DEFAULT_CTX = Ctx()
@@ -678,7 +681,49 @@ def on_bar(state: ExchangeState, bar: BarClosed, ctx: Ctx = DEFAULT_CTX) -> tupl
         account = replace(account, cash=cash)
     new_state = replace(state, account=account, clock=clock, positions=positions, marks=marks)
     done = sorted(changed.values(), key=lambda o: o.seq)
-    return (_store_orders(new_state, done) if done else new_state), done
+    new_state = _store_orders(new_state, done) if done else new_state
+    if account.session != state.account.session:
+        new_state = evict_closed(new_state, clock - ctx.retain_closed_ns)
+    return new_state, done
+
+
+def _family_key(order: ExchangeOrder) -> str:
+    # an entry and its exit legs (an oco's stop-loss: its take-profit) live and leave together
+    return order.parent_id or order.id
+
+
+def evict_closed(state: ExchangeState, before_ns: int) -> ExchangeState:
+    """Leave to the store the closed orders whose family all closed and last changed before
+    `before_ns` (event time): memory then holds open orders and recent days only, however long
+    the exchange runs. What a request names that memory lacks, the edges read from the store."""
+    latest: dict[str, int] = {}
+    for o in state.orders.values():
+        key = _family_key(o)
+        # an open member pins its family, whatever its times
+        stamp = 2**63 - 1 if o.is_open else o.updated_at
+        latest[key] = max(latest.get(key, stamp), stamp)
+    gone = {key for key, ts in latest.items() if ts < before_ns}
+    if not gone:
+        return state
+    orders = {oid: o for oid, o in state.orders.items() if _family_key(o) not in gone}
+    by_client_id = {o.client_order_id: o.id for o in orders.values()}
+    return replace(state, orders=orders, by_client_id=by_client_id, complete=False)
+
+
+def recall(state: ExchangeState, family: Sequence[ExchangeOrder]) -> ExchangeState:
+    """Return state with a stored, closed family back in memory, so a request that names it is
+    answered as when it never left (a duplicate client id, a cancel of a filled order)."""
+    missing = [o for o in family if o.id not in state.orders]
+    if not missing:
+        return state
+    still_open = [o.id for o in missing if o.is_open]
+    if still_open:
+        raise InvariantViolation(f"expected only closed orders outside memory, was open {still_open}")
+    return replace(
+        state,
+        orders={**state.orders, **{o.id: o for o in missing}},
+        by_client_id={**state.by_client_id, **{o.client_order_id: o.id for o in missing}},
+    )
 
 
 def _held_legs(order: ExchangeOrder, current: Callable[[str], ExchangeOrder]) -> list[ExchangeOrder]:
@@ -842,6 +887,7 @@ __all__ = [
     "close_all",
     "close_position",
     "equity",
+    "evict_closed",
     "execution_id_for",
     "held_for_orders",
     "long_market_value",
@@ -850,6 +896,7 @@ __all__ = [
     "on_cost_model",
     "simulator_model",
     "order_id_for",
+    "recall",
     "replace_order",
     "short_market_value",
     "signed_qty",

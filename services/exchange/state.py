@@ -204,7 +204,9 @@ class Account(msgspec.Struct, frozen=True, kw_only=True):
 class ExchangeState(msgspec.Struct, frozen=True, kw_only=True):
     """Everything the exchange knows; handlers return a new one, never mutate this.
 
-    The dict fields are treated as immutable: handlers copy before they change them.
+    The dict fields are treated as immutable: handlers copy before they change them. `orders`
+    holds every open order and the closed ones of recent days (`handlers.evict_closed`); older
+    closed orders live in the store only, which the edges read when a request names one.
     """
 
     account: Account
@@ -215,6 +217,9 @@ class ExchangeState(msgspec.Struct, frozen=True, kw_only=True):
     positions: dict[str, Position] = {}
     marks: dict[str, Mark] = {}
     next_seq: int = 1
+    # True while `orders` holds every order ever accepted; False once closed orders of earlier
+    # days were left to the store (the edges then look there for what memory lacks)
+    complete: bool = True
     # TCA's calibrated cost model, when the simulator prices with it (KEEL_EXCHANGE_COST_MODEL=calibrated)
     calibration: CostModelUpdated | None = None
 
@@ -247,6 +252,19 @@ class ReplaceOrder(msgspec.Struct, frozen=True, kw_only=True):
     stop_price: Decimal | None = None
     trail: Decimal | None = None  # trail_price or trail_percent, whichever the order uses
     client_order_id: str | None = None
+
+
+class OrderQuery(msgspec.Struct, frozen=True, kw_only=True):
+    """A validated GET /v2/orders listing: which orders, in which order, how many."""
+
+    status: Literal["open", "closed", "all"] = "open"
+    direction: Literal["asc", "desc"] = "desc"
+    limit: int = 50
+    side: OrderSide | None = None
+    after: int | None = None  # submitted strictly after (ns)
+    until: int | None = None  # submitted strictly before (ns)
+    symbols: frozenset[str] = frozenset()
+    nested: bool = False  # legs rolled up under their entry, not listed on their own
 
 
 class Rejection(msgspec.Struct, frozen=True, kw_only=True):
@@ -283,8 +301,12 @@ def rebuild(
     positions: list[Position],
     marks: list[Mark],
     calibration: CostModelUpdated | None = None,
+    *,
+    next_seq: int | None = None,
+    complete: bool = True,
 ) -> ExchangeState:
-    """Rebuild state from stored rows, deriving the indexes."""
+    """Rebuild state from stored rows, deriving the indexes (`next_seq`: the store's, when only
+    part of its orders are given)."""
     ordered = sorted(orders, key=lambda o: o.seq)
     working: dict[str, tuple[str, ...]] = {}
     for o in ordered:
@@ -298,6 +320,7 @@ def rebuild(
         working=working,
         positions={p.symbol: p for p in positions},
         marks={m.symbol: m for m in marks},
-        next_seq=(ordered[-1].seq + 1) if ordered else 1,
+        next_seq=next_seq if next_seq is not None else (ordered[-1].seq + 1) if ordered else 1,
+        complete=complete,
         calibration=calibration,
     )

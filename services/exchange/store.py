@@ -10,16 +10,21 @@ from __future__ import annotations
 from collections.abc import Sequence
 from decimal import Decimal
 
+import asyncpg
 import msgspec
 
 from libs.contracts.codec import encode
 from libs.contracts.tca import CostModelUpdated
 from libs.db import DatabaseUnavailable, Store, UnitOfWork
+from services.exchange.handlers import evict_closed
 from services.exchange.state import (
+    HELD,
+    OPEN_STATUSES,
     Account,
     ExchangeOrder,
     ExchangeState,
     Mark,
+    OrderQuery,
     Position,
     initial_state,
     rebuild,
@@ -48,8 +53,12 @@ class ExchangeStore(Store):
                 "run `alembic upgrade head`)"
             )
 
-    async def load(self, account_id: str, initial_cash: Decimal) -> ExchangeState:
-        """Load the state, or create the account with its initial cash on first start."""
+    async def load(self, account_id: str, initial_cash: Decimal, retain_closed_ns: int) -> ExchangeState:
+        """Load the state, or create the account with its initial cash on first start.
+
+        Orders: every open one and the closed families changed within `retain_closed_ns` of the
+        clock, what memory would hold had the exchange never stopped (`handlers.evict_closed`).
+        """
         s = self.schema
         async with self.unit() as uow:
             conn = uow.conn
@@ -68,10 +77,17 @@ class ExchangeStore(Store):
                 session=row["session"],
                 last_equity=row["last_equity"],
             )
-            orders = [
-                _order_decoder.decode(r["data"].encode())
-                for r in await conn.fetch(f"SELECT data::text AS data FROM {s}.orders ORDER BY seq")
-            ]
+            cutoff = row["clock_ns"] - retain_closed_ns
+            orders = _decode_orders(
+                await conn.fetch(
+                    f"SELECT data::text AS data FROM {s}.orders WHERE status = ANY($1::text[]) "
+                    "OR updated_at_ns >= $2 ORDER BY seq",
+                    sorted(OPEN_STATUSES),
+                    cutoff,
+                )
+            )
+            orders += await _families_of(conn, s, orders)
+            total, top = await conn.fetchrow(f"SELECT count(*), coalesce(max(seq), 0) FROM {s}.orders")
             positions = [
                 Position(
                     symbol=r["symbol"],
@@ -93,7 +109,61 @@ class ExchangeStore(Store):
             ]
             cal = await conn.fetchval(f"SELECT model::text FROM {s}.calibration WHERE id = 1")
             calibration = _calibration_decoder.decode(cal.encode()) if cal is not None else None
-        return rebuild(account, row["clock_ns"], orders, positions, marks, calibration)
+        state = rebuild(
+            account,
+            row["clock_ns"],
+            orders,
+            positions,
+            marks,
+            calibration,
+            next_seq=top + 1,
+            complete=len(orders) == total,
+        )
+        # a family fetched whole for one recent member may hold older ones: the same rule as memory
+        return state if state.complete else evict_closed(state, cutoff)
+
+    async def family(self, *, order_id: str = "", client_order_id: str = "") -> list[ExchangeOrder]:
+        """Return a stored order (by id or client id) with its family, entry first; [] when none."""
+        key, value = ("id", order_id) if order_id else ("client_order_id", client_order_id)
+        async with self.pool.acquire() as conn:
+            found = _decode_orders(
+                await conn.fetch(f"SELECT data::text AS data FROM {self.schema}.orders WHERE {key} = $1", value)
+            )
+            if not found:
+                return []
+            return sorted([*found, *await _families_of(conn, self.schema, found)], key=lambda o: o.seq)
+
+    async def listed(self, q: OrderQuery) -> list[ExchangeOrder]:
+        """Return the stored orders a closed / all listing (GET /v2/orders) picks, with the legs of
+        those it picks when nested: the first `q.limit` in its order, as the listing sorts them."""
+        where = ["TRUE"]
+        args: list[object] = []
+
+        def arg(value: object) -> str:
+            args.append(value)
+            return f"${len(args)}"
+
+        if q.status == "closed":
+            where.append(f"(status <> ALL({arg(sorted(OPEN_STATUSES))}::text[]) OR status = {arg(HELD)})")
+        if q.nested:
+            where.append("data->>'parent_id' IS NULL")
+        if q.symbols:
+            where.append(f"symbol = ANY({arg(sorted(q.symbols))}::text[])")
+        if q.side is not None:
+            where.append(f"side = {arg(q.side)}")
+        if q.after is not None:
+            where.append(f"submitted_at_ns > {arg(q.after)}")
+        if q.until is not None:
+            where.append(f"submitted_at_ns < {arg(q.until)}")
+        order = "DESC" if q.direction == "desc" else "ASC"
+        sql = (
+            f"SELECT data::text AS data FROM {self.schema}.orders WHERE {' AND '.join(where)} "
+            f"ORDER BY submitted_at_ns {order}, seq {order} LIMIT {arg(q.limit)}"
+        )
+        async with self.pool.acquire() as conn:
+            picked = _decode_orders(await conn.fetch(sql, *args))
+            legs = await _families_of(conn, self.schema, picked) if q.nested else []
+        return [*picked, *legs]
 
     async def save(
         self,
@@ -179,3 +249,28 @@ class ExchangeStore(Store):
             a.session,
             a.last_equity,
         )
+
+
+def _decode_orders(rows: Sequence[asyncpg.Record]) -> list[ExchangeOrder]:
+    return [_order_decoder.decode(r["data"].encode()) for r in rows]
+
+
+async def _families_of(conn: asyncpg.Connection, schema: str, orders: Sequence[ExchangeOrder]) -> list[ExchangeOrder]:
+    """Return the stored members of these orders' families (entries of legs, legs of entries)
+    that are not among them, so a family is always loaded whole."""
+    have = {o.id for o in orders}
+    entries = sorted({o.parent_id for o in orders if o.parent_id and o.parent_id not in have})
+    found = (
+        _decode_orders(
+            await conn.fetch(f"SELECT data::text AS data FROM {schema}.orders WHERE id = ANY($1::text[])", entries)
+        )
+        if entries
+        else []
+    )
+    have |= {o.id for o in found}
+    legs = sorted({leg for o in (*orders, *found) for leg in o.legs if leg not in have})
+    if legs:
+        found += _decode_orders(
+            await conn.fetch(f"SELECT data::text AS data FROM {schema}.orders WHERE id = ANY($1::text[])", legs)
+        )
+    return found

@@ -60,7 +60,7 @@ async def test_upgrade_when_head_then_every_schema_and_table_exists_and_downgrad
     assert {"records", "orders", "blocks", "marks", "cost_models"} <= await _tables(pg, f"{p}_tca")
     assert "alerts" in await _tables(pg, f"{p}_alerts")
     assert await _tables(pg, f"{p}_meta") == {"alembic_version", "run_manifests"}
-    assert await pg.fetchval(f"SELECT version_num FROM {p}_meta.alembic_version") == "0006"
+    assert await pg.fetchval(f"SELECT version_num FROM {p}_meta.alembic_version") == "0007"
     intent_columns = await pg.fetch(
         "SELECT column_name FROM information_schema.columns WHERE table_schema = $1 AND table_name = 'intents'",
         f"{p}_oms",

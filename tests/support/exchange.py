@@ -4,7 +4,7 @@
   with SIGTERM; `url` for TradingClient(url_override=...), `stream_url` for TradingStream.
 - `exchange_env(...)`: migrate a namespace's schemas and return the child's KEEL_ env.
 - `bar_publisher(...)`: a Bus that publishes market-data events (the exchange's clock and fills).
-- `make_bar(symbol, minute, open)`: a BarClosed `minute` minutes after the 2024-03-05 open.
+- `make_bar(symbol, minute, open)`: a BarClosed `minute` minutes after the 2024-03-05 open (or `day`'s).
 - `call`, `eventually`, `expect_api_error`: run alpaca-py's blocking calls from async tests.
 - `TradeUpdates`: alpaca-py's real TradingStream run as a task in the test's loop, collecting
   every TradeUpdate it dispatches.
@@ -28,7 +28,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, TypeVar
@@ -62,9 +62,11 @@ STOP_TIMEOUT_S = 5.0
 STREAM_READY_TIMEOUT_S = 10.0
 
 
-def make_bar(symbol: str, minute: int, open: str, *, close: str | None = None, volume: int = 1000) -> BarClosed:
-    """Return a 1-minute bar of SESSION_DAY closing `minute` minutes after the open (high/low: open +/- 1)."""
-    ts = OPEN_NS + minute * MINUTE
+def make_bar(
+    symbol: str, minute: int, open: str, *, close: str | None = None, volume: int = 1000, day: date = SESSION_DAY
+) -> BarClosed:
+    """Return a 1-minute bar of `day` (a session) closing `minute` minutes after its open (high/low: open +/- 1)."""
+    ts = sessions.session_open_close(day)[0] + minute * MINUTE
     o = Decimal(open)
     return BarClosed(
         event_id=derive_id("it-bar", symbol, ts),
@@ -74,7 +76,7 @@ def make_bar(symbol: str, minute: int, open: str, *, close: str | None = None, v
         ts_init=ts,
         symbol=symbol,
         bar_start=ts - MINUTE,
-        session=SESSION_DAY.isoformat(),
+        session=day.isoformat(),
         open=o,
         high=o + 1,
         low=o - 1,
@@ -84,9 +86,9 @@ def make_bar(symbol: str, minute: int, open: str, *, close: str | None = None, v
     )
 
 
-def bar_time(minute: int) -> datetime:
-    """Return the close time of `make_bar(..., minute, ...)` as an aware datetime."""
-    return datetime.fromtimestamp((OPEN_NS + minute * MINUTE) / 1e9, tz=UTC)
+def bar_time(minute: int, *, day: date = SESSION_DAY) -> datetime:
+    """Return the close time of `make_bar(..., minute, ..., day=day)` as an aware datetime."""
+    return datetime.fromtimestamp((sessions.session_open_close(day)[0] + minute * MINUTE) / 1e9, tz=UTC)
 
 
 class ExchangeProcess:

@@ -247,8 +247,10 @@ class Pipeline:
             "oms": len(encode(self.oms)),
             "execution": len(encode(self.execution)),
             "tca": len(encode(self.tca)),
+            "exchange": len(encode(self.exchange)),
             "exchange_open_orders": sum(len(ids) for ids in self.exchange.working.values()),
-            "exchange_orders": len(self.exchange.orders),
+            "exchange_orders": len(self.exchange.orders),  # in memory: open ones and recent days
+            "exchange_accepted": self.exchange.next_seq - 1,  # every order it ever took
         }
 
 
