@@ -496,19 +496,40 @@ def consumers(
     async def read_back(broker_cid: str) -> None:
         """Read one order the exchange changed and report what changed (raise: retried)."""
         cid = processor.state.aliases.get(broker_cid, broker_cid)  # an exit leg: keel's id
-        order = processor.state.orders.get(cid)
-        if order is None or not order.broker_order_id:
-            return  # not ours, finished, or not yet acknowledged (its submit reports it)
+        if cid not in processor.state.orders:
+            return  # not ours, or finished
         async with live.calling(cid):
-            bo = await broker.order(order.broker_order_id)
-            if bo is None:
-                # the lockstep must not go on without it: the batch is held and read again (and
-                # counted against the read's breaker, whose CIRCUIT_OPEN alert says it is stuck)
-                raise DependencyFailed(READ_BACK, ConnectionError(f"order {cid} could not be read back"))
-            # its reports continue the order's trace, as a trade_updates frame's do
-            with tracing.span("execution read back", parent_headers={sj.H_TRACEPARENT: order.traceparent}):
-                await apply_polled(cid, bo)
+            order = processor.state.orders.get(cid)
+            if order is not None and order.broker_status in st.PRE_ACK:
+                order = await adopt_named(cid, order)
+            if order is not None and order.broker_order_id:
+                bo = await broker.order(order.broker_order_id)
+                if bo is None:
+                    # the lockstep must not go on without it: the batch is held and read again (and
+                    # counted against the read's breaker, whose CIRCUIT_OPEN alert says it is stuck)
+                    raise DependencyFailed(READ_BACK, ConnectionError(f"order {cid} could not be read back"))
+                # its reports continue the order's trace, as a trade_updates frame's do
+                with tracing.span("execution read back", parent_headers={sj.H_TRACEPARENT: order.traceparent}):
+                    await apply_polled(cid, bo)
         await after_call(processor, live, cid)
+
+    async def adopt_named(cid: str, order: st.ExecOrder) -> st.ExecOrder | None:
+        """Adopt an order of unknown status (its submit got no answer) that the exchange names as
+        changed: it holds it, so it is looked up by client_order_id here, in the lane's order,
+        not whenever the poller would get to it (a replay would then differ with timing).
+        Return the order as adopted; None when it finished or the broker says it is absent (the
+        poller's recovery then decides whether it is sent again)."""
+        found = await broker.lookup(order.client_order_id)
+        if found is None:
+            # no answer: the batch is held and read again, as for any failed read
+            raise DependencyFailed(READ_BACK, ConnectionError(f"order {cid} of unknown status could not be looked up"))
+        if not isinstance(found, st.BrokerOrder):
+            log.warning("an order named by the exchange is absent there", extra={"client_order_id": cid})
+            return None
+        outcome = handlers.Accepted(order=found)
+        ctx = processor.ctx()
+        await processor.commit(lambda s: handlers.on_outcome(s, cid, outcome, ctx))
+        return processor.state.orders.get(cid)
 
     async def on_fills_done(batch: list[Inbound]) -> None:
         # each announcement's orders, then the forward; a redelivered one that was done only

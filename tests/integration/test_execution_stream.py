@@ -290,3 +290,55 @@ async def test_submit_when_request_timed_out_before_the_venue_then_lookup_404_an
     assert await list_faults(exchange) == []  # the one timed-out POST; the re-submit went through
     at_exchange = [o["client_order_id"] for o in await orders_at_exchange(cluster)]
     assert at_exchange == [d.client_order_id]
+
+
+async def test_fill_lane_when_an_order_of_unknown_status_fills_then_it_is_adopted_and_reported_before_the_lane_goes_on(
+    cluster: Cluster, namespace: Namespace, nats_url: str, nc: nats.NATS
+):
+    """Under the lockstep, an order whose submit got no answer still fills at the exchange; the
+    exchange's FillsDone names it, so execution adopts it (GET by client_order_id) and reports
+    its fill before it forwards FillsDone: the next bar's decisions see the fill whatever the
+    poller's timing (it is slowed to 10 minutes here, so it cannot be what resolves the order)."""
+    f = Events(seed=57)
+    reports = await start(
+        cluster,
+        namespace,
+        nc,
+        KEEL_LOCKSTEP="1",
+        KEEL_EXEC_POLL_INTERVAL_SEC="600",
+        KEEL_EXEC_STREAM_POLL_INTERVAL_SEC="600",
+    )
+    exchange = cluster["exchange"]
+    await add_fault(exchange, kind="lose_response", method="POST", path="/v2/orders", count=1)
+    await add_fault(exchange, kind="status", status=503, method="GET", path="/v2/orders:by_client_order_id", count=0)
+    bus = await bus_for(nats_url, namespace)
+    try:
+        await bus.publish(f.bar("AAPL", 2, "50"))
+        lost = f.decision(f.intent("AAPL", "buy", 10, "50", n=1))
+        await bus.publish(lost)
+        await reports.wait(lambda: reports.about(lost.client_order_id, UNKNOWN))
+        # the next bar fills it; marketdata's watermark makes the exchange announce it
+        await bus.publish(f.bar("AAPL", 3, "50"))
+        await bus.publish(f.watermark("marketdata", f.bar("AAPL", 3, "50").ts_event))
+        announced = await reports.wait(
+            lambda: [r for r in reports.all if r["type"] == "ops.fills_done.v1" and r["source"] == "exchange"]
+        )
+        await asyncio.sleep(1.5)  # lookups fail: the lane holds, it does not go on without the order
+        held = [r for r in reports.all if r["type"] == "ops.fills_done.v1" and r["source"] == "execution"]
+        await clear_faults(exchange)
+        await reports.wait(
+            lambda: [r for r in reports.all if r["type"] == "ops.fills_done.v1" and r["source"] == "execution"]
+        )
+    finally:
+        await bus.close()
+
+    assert announced[0]["orders"] == [lost.client_order_id]
+    assert held == [], "the lane went on while the order it named was still unknown"
+    order_reports = [r["type"] for r in reports.about(lost.client_order_id)]
+    assert order_reports == ["exec.order_submitted.v1", UNKNOWN, ACCEPTED, FILLED]
+    # the forward comes after the fill: whatever reads the lane next sees it
+    filled = next(i for i, r in enumerate(reports.all) if r is reports.about(lost.client_order_id, FILLED)[0])
+    forwarded = next(
+        i for i, r in enumerate(reports.all) if r["type"] == "ops.fills_done.v1" and r["source"] == "execution"
+    )
+    assert filled < forwarded
