@@ -110,11 +110,14 @@ async def feed(
     file_groups = feeds.file_feed(cfg.file_path, processor.ctx()) if cfg.feed == "file" else None
     while not stop.is_set():
         state: FeedState = processor.state
-        for watch in watches:
-            if state.last_ts and not await watch.wait_until(state.last_ts, timeout):
+        if state.last_ts and watches:
+            # every service at once, under one timeout (not one timeout per service in turn)
+            reached = await asyncio.gather(*(w.wait_until(state.last_ts, timeout) for w in watches))
+            late = [w.service for w, ok in zip(watches, reached, strict=True) if not ok]
+            if late:
                 log.warning(
                     "watermark timeout; releasing the next bar anyway",
-                    extra={"waiting_for": watch.service, "bar_ts": state.last_ts},
+                    extra={"waiting_for": late, "bar_ts": state.last_ts},
                 )
         if file_groups is not None:
             group = next((g for g in file_groups if g[1].bar_ts > state.last_ts), None)
