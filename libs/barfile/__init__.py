@@ -3,19 +3,21 @@
 Every row is checked before any bar is used; a bad row raises an error that names it (file,
 1-based data row, symbol, timestamp) and is never dropped silently. `check` + `iter_groups`
 stream a file in time order (a replay's memory stays bounded however long the file);
-`load_bars` reads one whole (the exchange's data API, which answers any time range). Timestamps are bar CLOSE
-times (keel's BarClosed.ts_event). The marketdata file feed and the local exchange's Market Data
-API both read bars through `load_bars`.
+`load_bars` reads one whole (the exchange's data API, which answers any time range).
+`GroupWriter` writes one a chunk at a time, so writing needs no whole file in memory either.
+Timestamps are bar CLOSE times (keel's BarClosed.ts_event). The marketdata file feed and the
+local exchange's Market Data API both read bars through `load_bars`.
 """
 
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterable, Iterator, Mapping
+import os
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import TypedDict
+from typing import BinaryIO, Self, TypedDict
 
 import msgspec
 import polars as pl
@@ -48,39 +50,132 @@ class BarRow(TypedDict):
 Group = tuple[int, list[BarRow]]  # (bar close ns UTC, that timestamp's rows)
 
 
+def bar_row(bar: BarClosed) -> BarRow:
+    """Return a bar's row as a bar file stores it."""
+    return BarRow(**{k: getattr(bar, k) for k in BarRow.__annotations__})
+
+
 def write_bars(path: str | Path, bars: Iterable[BarClosed]) -> None:
     """Write bars to CSV or Parquet (by suffix) so the file feed reads them back unchanged."""
-    rows = list(bars)
-    write_groups(path, [(b.ts_event, [BarRow(**{k: getattr(b, k) for k in BarRow.__annotations__})]) for b in rows])
+    with GroupWriter(path) as out:
+        for bar in bars:
+            out.write(bar.ts_event, [bar_row(bar)])
 
 
 def write_groups(path: str | Path, groups: Iterable[Group]) -> None:
-    """Write checked rows (what `load_bars` returns, or a selection of it) to CSV or Parquet."""
-    rows = [(ts, row) for ts, group in groups for row in group]
-    frame = pl.DataFrame(
-        {
-            "timestamp": [iso(ts) for ts, _ in rows],
-            "symbol": [r["symbol"] for _, r in rows],
-            # prices as text keep their exact Decimal digits ("53.80", not 53.8)
-            **{col: [str(r[col]) for _, r in rows] for col in PRICE_COLUMNS},  # type: ignore[literal-required]
-            "volume": [r["volume"] for _, r in rows],
-            "spread_bps": [str(r["spread_bps"]) for _, r in rows],
-            "spread_is_proxy": [r["spread_is_proxy"] for _, r in rows],
-        },
-        schema={
-            "timestamp": pl.String,
-            "symbol": pl.String,
-            **{col: pl.String for col in PRICE_COLUMNS},
-            "volume": pl.Int64,
-            "spread_bps": pl.String,
-            "spread_is_proxy": pl.Boolean,
-        },
-    )
-    path = Path(path)
-    if _kind(path) == "csv":
-        frame.write_csv(path)
-    else:
-        frame.write_parquet(path)
+    """Write checked rows (what `load_bars` or `iter_groups` give, or a selection of it) to CSV or Parquet."""
+    with GroupWriter(path) as out:
+        for ts, rows in groups:
+            out.write(ts, rows)
+
+
+CHUNK_ROWS = 16_384  # rows a writer holds before it writes them (one Parquet row group each)
+BAR_SCHEMA: dict[str, pl.DataType] = {
+    "timestamp": pl.String(),
+    "symbol": pl.String(),
+    # prices as text keep their exact Decimal digits ("53.80", not 53.8)
+    **{col: pl.String() for col in PRICE_COLUMNS},
+    "volume": pl.Int64(),
+    "spread_bps": pl.String(),
+    "spread_is_proxy": pl.Boolean(),
+}
+
+
+class FrameWriter:
+    """Write rows of one schema to CSV or Parquet (by suffix) a chunk at a time, so memory holds a chunk.
+
+    The file is what one polars `write_csv` of every row gives, byte for byte (a header, then each
+    chunk's rows), or a Parquet file that reads back to the same frame as `write_parquet` (one row
+    group per chunk). Rows go to a hidden sibling, made with its folder at the first write, that
+    replaces `path` only on a clean exit: a failed write leaves no half file, and whatever `path`
+    held before.
+    """
+
+    def __init__(self, path: str | Path, schema: Mapping[str, pl.DataType], chunk_rows: int = CHUNK_ROWS) -> None:
+        self.path = Path(path)
+        self.rows = 0
+        self._kind = _kind(self.path)
+        self._schema = dict(schema)
+        self._chunk_rows = chunk_rows
+        self._columns: list[list[object]] = [[] for _ in self._schema]
+        self._part = self.path.with_name(f".{self.path.name}.{os.getpid()}.part")
+        self._file: BinaryIO | None = None
+        self._parquet: pq.ParquetWriter | None = None
+        self._started = False
+
+    def __enter__(self) -> Self:
+        return self
+
+    def append(self, row: Sequence[object]) -> None:
+        """Add one row (values in schema order); a full chunk is written out."""
+        for column, value in zip(self._columns, row, strict=True):
+            column.append(value)
+        self.rows += 1
+        if len(self._columns[0]) >= self._chunk_rows:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._file is None:  # opened at the first write: a read that fails first leaves nothing behind
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = self._part.open("wb")
+        frame = pl.DataFrame(dict(zip(self._schema, self._columns, strict=True)), schema=self._schema)
+        self._columns = [[] for _ in self._schema]
+        if self._kind == "csv":
+            frame.write_csv(self._file, include_header=not self._started)
+        else:
+            table = frame.to_arrow()
+            if self._parquet is None:
+                # polars' default codec, so a chunked file is no larger than a whole one
+                self._parquet = pq.ParquetWriter(self._file, table.schema, compression="zstd")
+            if frame.height:  # no empty row group: a file of no rows is a schema and a footer, as polars writes it
+                self._parquet.write_table(table)
+        self._started = True
+
+    def _close(self, *, complete: bool) -> None:
+        try:
+            if complete and (self._columns[0] or not self._started):
+                self._flush()
+        finally:
+            try:
+                if self._parquet is not None:
+                    self._parquet.close()
+            finally:
+                if self._file is not None:
+                    self._file.close()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        if exc_type is not None:
+            self._close(complete=False)
+            self._part.unlink(missing_ok=True)
+            return
+        try:
+            self._close(complete=True)
+        except BaseException:
+            self._part.unlink(missing_ok=True)
+            raise
+        os.replace(self._part, self.path)
+
+
+class GroupWriter(FrameWriter):
+    """Write (close ts, rows) groups to a bar file in the order given, a chunk at a time."""
+
+    def __init__(self, path: str | Path, chunk_rows: int = CHUNK_ROWS) -> None:
+        super().__init__(path, BAR_SCHEMA, chunk_rows)
+
+    def write(self, ts: int, rows: Iterable[BarRow]) -> None:
+        """Add one timestamp's rows."""
+        stamp = iso(ts)
+        for r in rows:
+            self.append(
+                (
+                    stamp,
+                    r["symbol"],
+                    *(str(r[col]) for col in PRICE_COLUMNS),  # type: ignore[literal-required]
+                    r["volume"],
+                    str(r["spread_bps"]),
+                    r["spread_is_proxy"],
+                )
+            )
 
 
 def _kind(path: Path) -> str:
@@ -332,12 +427,17 @@ def iso(ts_ns: int) -> str:
 
 
 __all__ = [
+    "BAR_SCHEMA",
+    "CHUNK_ROWS",
     "DEFAULT_PROXY_SPREAD_BPS",
     "PRICE_COLUMNS",
     "REQUIRED_COLUMNS",
     "BarRow",
     "Checked",
+    "FrameWriter",
     "Group",
+    "GroupWriter",
+    "bar_row",
     "check",
     "iso",
     "iter_groups",

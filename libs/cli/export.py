@@ -4,13 +4,18 @@ The market-data stream becomes a bar file (libs/barfile: what `keel up --feed fi
 local exchange's data API read), its bars in time order; any other family becomes one row per
 stored message: stream sequence, subject, event type, ids, event time and the event's JSON as
 it was published. Messages are read in stream order through a temporary consumer that acks
-nothing and is deleted after (it also expires on its own if the export dies).
+nothing and is deleted after (it also expires on its own if the export dies), a fetch at a time,
+and written a chunk at a time: memory does not grow with the stream. The feed publishes a
+timestamp's bars, then its watermark, so a market-data stream is in time order and is written a
+timestamp at a time; one that is not (a bar older than one written) is read again, held whole
+and sorted, as every export did before: a right file first, bounded memory second.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable, Iterator
+from contextlib import aclosing
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -30,14 +35,14 @@ FETCH_TIMEOUT_SEC = 2.0
 INACTIVE_SEC = 60.0  # the server deletes a forgotten export consumer after this
 _bar_decoder = msgspec.json.Decoder(BarClosed)
 _head_decoder = msgspec.json.Decoder(dict[str, Any])
-MESSAGE_SCHEMA = {
-    "stream_seq": pl.Int64,
-    "subject": pl.String,
-    "type": pl.String,
-    "event_id": pl.String,
-    "correlation_id": pl.String,
-    "ts_event": pl.Int64,
-    "data": pl.String,
+MESSAGE_SCHEMA: dict[str, pl.DataType] = {
+    "stream_seq": pl.Int64(),
+    "subject": pl.String(),
+    "type": pl.String(),
+    "event_id": pl.String(),
+    "correlation_id": pl.String(),
+    "ts_event": pl.Int64(),
+    "data": pl.String(),
 }
 
 
@@ -65,8 +70,14 @@ def window(start: str, end: str) -> tuple[int, int]:
     return first, last or 2**63 - 1
 
 
-async def read_stream(bus: Bus, family: str) -> list[tuple[int, str, bytes]]:
-    """Return every stored message of a family's stream as (stream sequence, subject, data), in order."""
+Message = tuple[int, str, bytes]  # (stream sequence, subject, data)
+
+
+async def iter_stream(bus: Bus, family: str) -> AsyncIterator[list[Message]]:
+    """Yield a family's stored messages in stream order, a fetch at a time (never the whole stream).
+
+    Close it when done early (`contextlib.aclosing`): the temporary consumer is deleted then.
+    """
     stream = bus.subjects.stream(family)
     try:
         info = await bus.js.stream_info(stream)
@@ -76,7 +87,7 @@ async def read_stream(bus: Bus, family: str) -> list[tuple[int, str, bytes]]:
         ) from e
     last = info.state.last_seq
     if info.state.messages == 0:
-        return []
+        return
     name = f"keel-export-{os.getpid()}"
     await bus.js.add_consumer(
         stream,
@@ -88,54 +99,109 @@ async def read_stream(bus: Bus, family: str) -> list[tuple[int, str, bytes]]:
             inactive_threshold=INACTIVE_SEC,
         ),
     )
-    out: list[tuple[int, str, bytes]] = []
     try:
         sub = await bus.js.pull_subscribe_bind(durable=name, stream=stream)
-        seq = 0
-        while seq < last:
-            msgs = await sub.fetch(FETCH, timeout=FETCH_TIMEOUT_SEC)
-            for m in msgs:
-                seq = m.metadata.sequence.stream
-                out.append((seq, m.subject, m.data))
-            if not msgs:
-                break
-        await sub.unsubscribe()
+        try:
+            seq = 0
+            while seq < last:
+                msgs = await sub.fetch(FETCH, timeout=FETCH_TIMEOUT_SEC)
+                if not msgs:
+                    break
+                seq = msgs[-1].metadata.sequence.stream
+                yield [(m.metadata.sequence.stream, m.subject, m.data) for m in msgs]
+        finally:
+            await sub.unsubscribe()  # closed early too (a reader that stopped), not only at the end
     finally:
         await bus.js.delete_consumer(stream, name)
-    return out
 
 
-def bars_of(messages: Iterable[tuple[int, str, bytes]], first: int, last: int, symbols: set[str]) -> list[BarClosed]:
-    """Return the stored bars within [first, last] (of `symbols` when given), in time then symbol order."""
-    bars = []
+def bars_in(messages: Iterable[Message], first: int, last: int, symbols: set[str]) -> Iterator[BarClosed]:
+    """Yield the stored bars within [first, last] (of `symbols` when given), in stream order."""
     for _seq, subject, data in messages:
         if ".bar_closed." not in subject:
             continue  # watermarks
         bar = _bar_decoder.decode(data)
         if first <= bar.ts_event <= last and (not symbols or bar.symbol in symbols):
-            bars.append(bar)
-    return sorted(bars, key=lambda b: (b.ts_event, b.symbol))
+            yield bar
 
 
-def rows_of(messages: Iterable[tuple[int, str, bytes]], first: int, last: int) -> pl.DataFrame:
-    """Return one row per stored message within [first, last] event time."""
-    rows: dict[str, list[Any]] = {k: [] for k in MESSAGE_SCHEMA}
+MessageRow = tuple[int, str, str, str, str, int, str]  # MESSAGE_SCHEMA's columns
+
+
+def rows_of(messages: Iterable[Message], first: int, last: int) -> Iterator[MessageRow]:
+    """Yield one row (MESSAGE_SCHEMA's columns) per stored message within [first, last] event time."""
     for seq, subject, data in messages:
         head = _head_decoder.decode(data)
         ts = int(head.get("ts_event") or 0)
-        if not first <= ts <= last:
-            continue
-        for key, value in (
-            ("stream_seq", seq),
-            ("subject", subject),
-            ("type", str(head.get("type", ""))),
-            ("event_id", str(head.get("event_id", ""))),
-            ("correlation_id", str(head.get("correlation_id", ""))),
-            ("ts_event", ts),
-            ("data", data.decode()),
-        ):
-            rows[key].append(value)
-    return pl.DataFrame(rows, schema=MESSAGE_SCHEMA)
+        if first <= ts <= last:
+            yield (
+                seq,
+                subject,
+                str(head.get("type", "")),
+                str(head.get("event_id", "")),
+                str(head.get("correlation_id", "")),
+                ts,
+                data.decode(),
+            )
+
+
+class _OutOfTimeOrder(Exception):
+    """A bar older than one already written: the stream is not in time order."""
+
+
+async def _stream_bars(bus: Bus, out: Path, first: int, last: int, symbols: set[str]) -> tuple[int, int, int, int]:
+    # the feed publishes a timestamp's bars, then its watermark: a stream in time order is written
+    # one timestamp at a time (its rows by symbol), holding one timestamp's bars, never the stream
+    messages, first_ts = 0, 0
+    group: list[BarClosed] = []
+    with barfile.GroupWriter(out) as writer:
+        async with aclosing(iter_stream(bus, sj.MD)) as batches:
+            async for batch in batches:
+                messages += len(batch)
+                for bar in bars_in(batch, first, last, symbols):
+                    if group and bar.ts_event != group[0].ts_event:
+                        if bar.ts_event < group[0].ts_event:
+                            raise _OutOfTimeOrder
+                        first_ts = first_ts or group[0].ts_event
+                        _write_group(writer, group)
+                        group = []
+                    group.append(bar)
+        if not group:
+            raise ValueError(f"expected bars in {bus.subjects.stream(sj.MD)} for the window asked, was none")
+        first_ts = first_ts or group[0].ts_event
+        _write_group(writer, group)
+    return messages, writer.rows, first_ts, group[0].ts_event
+
+
+def _write_group(writer: barfile.GroupWriter, bars: list[BarClosed]) -> None:
+    writer.write(bars[0].ts_event, [barfile.bar_row(b) for b in sorted(bars, key=lambda b: b.symbol)])
+
+
+async def _sorted_bars(bus: Bus, out: Path, first: int, last: int, symbols: set[str]) -> tuple[int, int, int, int]:
+    # a stream out of time order (bars published by hand, say): every bar in the window is held
+    # and sorted, as all exports did before they streamed
+    messages, bars = 0, list[BarClosed]()
+    async with aclosing(iter_stream(bus, sj.MD)) as batches:
+        async for batch in batches:
+            messages += len(batch)
+            bars += bars_in(batch, first, last, symbols)
+    if not bars:
+        raise ValueError(f"expected bars in {bus.subjects.stream(sj.MD)} for the window asked, was none")
+    bars.sort(key=lambda b: (b.ts_event, b.symbol))
+    barfile.write_bars(out, bars)
+    return messages, len(bars), bars[0].ts_event, bars[-1].ts_event
+
+
+async def _message_rows(bus: Bus, family: str, out: Path, first: int, last: int) -> tuple[int, int, int, int]:
+    messages, low, high = 0, 2**63, 0
+    with barfile.FrameWriter(out, MESSAGE_SCHEMA) as writer:
+        async with aclosing(iter_stream(bus, family)) as batches:
+            async for batch in batches:
+                messages += len(batch)
+                for row in rows_of(batch, first, last):
+                    writer.append(row)
+                    low, high = min(low, row[5]), max(high, row[5])
+    return messages, writer.rows, *((low, high) if writer.rows else (0, 0))
 
 
 async def export(
@@ -150,26 +216,20 @@ async def export(
     first, last = window(start, end)
     bus = await Bus.connect(nats_url, sj.Subjects(prefix), service="export")
     try:
-        messages = await read_stream(bus, family)
+        if family == sj.MD:
+            try:
+                messages, written, *span = await _stream_bars(bus, out, first, last, set(symbols))
+            except _OutOfTimeOrder:
+                # correctness before memory: read it again whole (nothing was kept of the first pass)
+                messages, written, *span = await _sorted_bars(bus, out, first, last, set(symbols))
+        else:
+            messages, written, *span = await _message_rows(bus, family, out, first, last)
     finally:
         await bus.close()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if family == sj.MD:
-        bars = bars_of(messages, first, last, set(symbols))
-        if not bars:
-            raise ValueError(f"expected bars in {bus.subjects.stream(family)} for the window asked, was none")
-        barfile.write_bars(out, bars)
-        written = len(bars)
-        span = (bars[0].ts_event, bars[-1].ts_event)
-    else:
-        frame = rows_of(messages, first, last)
-        frame.write_parquet(out)
-        written = frame.height
-        span = (int(frame["ts_event"].min() or 0), int(frame["ts_event"].max() or 0)) if written else (0, 0)
     return {
         "path": str(out),
         "stream": bus.subjects.stream(family),
-        "messages": len(messages),
+        "messages": messages,
         "rows": written,
         "first_ts": span[0],
         "last_ts": span[1],

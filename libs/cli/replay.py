@@ -16,9 +16,13 @@ import asyncio
 import datetime as dt
 import hashlib
 import secrets
+import sqlite3
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import ExitStack, aclosing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import asyncpg
 import msgspec
@@ -51,6 +55,8 @@ FILLS = (
 STREAMS = {"decisions": DECISIONS, "intents": INTENTS, "fills": FILLS}
 FAMILIES = (sj.SIGNAL, sj.RISK, sj.OMS, sj.EXEC)
 TCA_RECORDS = ("tca.order_recorded",)  # written beside the digest's streams, not part of it
+TCA = "tca"  # their dump's name
+_KINDS = {kind: name for name, kinds in STREAMS.items() for kind in kinds}
 
 
 class _Head(msgspec.Struct):
@@ -83,58 +89,138 @@ def run_id() -> str:
 
 
 def bars_from_file(path: Path, out: Path, start: str, end: str, symbols: tuple[str, ...]) -> int:
-    """Copy the bars of a file within the window (and symbols) to `out`; return how many."""
+    """Copy the bars of a file within the window (and symbols) to `out`, streaming; return how many."""
     first, last = export.window(start, end)
     wanted = set(symbols)
-    groups = [
-        (ts, [r for r in rows if not wanted or r["symbol"] in wanted])
-        for ts, rows in barfile.load_bars(path)
-        if first <= ts <= last
-    ]
-    groups = [(ts, rows) for ts, rows in groups if rows]
-    if not groups:
-        raise ValueError(f"expected bars in {path} for the window and symbols asked, was none")
-    barfile.write_groups(out, groups)
-    return sum(len(rows) for _ts, rows in groups)
+    checked = barfile.check(path)
+    with barfile.GroupWriter(out) as writer:
+        for ts, rows in barfile.iter_groups(path, checked):  # in time order
+            if ts > last:
+                break
+            kept = [r for r in rows if not wanted or r["symbol"] in wanted]
+            if kept and ts >= first:
+                writer.write(ts, kept)
+        if not writer.rows:
+            raise ValueError(f"expected bars in {path} for the window and symbols asked, was none")
+    return writer.rows
 
 
-def canonical(messages: list[tuple[int, str, bytes]]) -> dict[str, list[bytes]]:
-    """Return each digest stream's events as published, ordered by event time then event id."""
-    picked: dict[str, list[tuple[int, str, bytes]]] = {name: [] for name in STREAMS}
-    kinds = {kind: name for name, kinds in STREAMS.items() for kind in kinds}
-    seen: set[str] = set()
-    for _seq, _subject, data in messages:
-        head = _head.decode(data)
-        name = kinds.get(head.type.rsplit(".", 1)[0])
-        if name is not None and head.event_id not in seen:  # one event once (a republish past dedup)
-            seen.add(head.event_id)
-            picked[name].append((head.ts_event, head.event_id, data))
-    return {name: [data for *_key, data in sorted(rows)] for name, rows in picked.items()}
+class Canon:
+    """The digest's streams and the TCA records in canonical order, sorted in a scratch sqlite file.
+
+    A long replay's streams need not fit in memory: events go to disk as they are read and come
+    back one at a time, by event time then event id. A scratch sort, not a store (so no alembic):
+    the file lives and dies with one `keel replay`. ":memory:" keeps it in memory (a few events).
+    """
+
+    def __init__(self, path: str | Path = ":memory:") -> None:
+        self._db = sqlite3.connect(path)
+        self._db.executescript(
+            """
+            PRAGMA journal_mode = OFF;
+            PRAGMA synchronous = OFF;
+            -- one event once, across every stream: the first stored wins (a republish past dedup repeats it)
+            CREATE TABLE event (event_id TEXT PRIMARY KEY, stream TEXT NOT NULL, ts_event INTEGER NOT NULL,
+                                data BLOB NOT NULL);
+            CREATE INDEX event_order ON event (stream, ts_event, event_id);
+            -- every revision as stored, repeats too (what the dump always held)
+            CREATE TABLE tca (ts_event INTEGER NOT NULL, event_id TEXT NOT NULL, data BLOB NOT NULL);
+            CREATE INDEX tca_order ON tca (ts_event, event_id);
+            """
+        )
+
+    def __enter__(self) -> Canon:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._db.close()
+
+    def add(self, messages: Iterable[export.Message]) -> None:
+        """Keep the digest streams' events of a batch, an event id only the first time it is seen."""
+        rows = []
+        for _seq, _subject, data in messages:
+            head = _head.decode(data)
+            name = _KINDS.get(head.type.rsplit(".", 1)[0])
+            if name is not None:
+                rows.append((head.event_id, name, head.ts_event, data))
+        self._db.executemany("INSERT OR IGNORE INTO event VALUES (?, ?, ?, ?)", rows)
+        self._db.commit()
+
+    def add_tca(self, messages: Iterable[export.Message]) -> None:
+        """Keep the TCA records of a batch."""
+        rows = []
+        for _seq, _subject, data in messages:
+            head = _head.decode(data)
+            if head.type.rsplit(".", 1)[0] in TCA_RECORDS:
+                rows.append((head.ts_event, head.event_id, data))
+        self._db.executemany("INSERT INTO tca VALUES (?, ?, ?)", rows)
+        self._db.commit()
+
+    def rows(self, name: str) -> Iterator[bytes]:
+        """Yield one stream's events as published (`TCA`: the TCA records), by event time then event id."""
+        if name == TCA:
+            # a repeated record ties on (time, id): its bytes break the tie, as sorting the tuples did
+            cursor = self._db.execute("SELECT data FROM tca ORDER BY ts_event, event_id, data")
+        else:
+            cursor = self._db.execute("SELECT data FROM event WHERE stream = ? ORDER BY ts_event, event_id", (name,))
+        for (data,) in cursor:
+            yield data
 
 
-def digests(streams: dict[str, list[bytes]]) -> dict[str, str]:
-    """Return sha256 of each canonical stream and `digest` over all three, in a fixed order."""
-    out = {name: hashlib.sha256(b"\n".join(rows)).hexdigest() for name, rows in streams.items()}
+def canonical(messages: Iterable[export.Message]) -> dict[str, list[bytes]]:
+    """Return each digest stream's events as published, by event time then event id (held in memory)."""
+    with Canon() as canon:
+        canon.add(messages)
+        return {name: list(canon.rows(name)) for name in STREAMS}
+
+
+def digests(streams: Mapping[str, Iterable[bytes]]) -> dict[str, str]:
+    """Return sha256 of each canonical stream and `digest` over all three, in a fixed order.
+
+    A stream's hash is of its events joined by newlines (none after the last), taken a row at a
+    time, so a stream is never held whole.
+    """
+    out = {}
+    for name, rows in streams.items():
+        sha = hashlib.sha256()
+        for n, row in enumerate(rows):
+            if n:
+                sha.update(b"\n")
+            sha.update(row)
+        out[name] = sha.hexdigest()
     out["digest"] = hashlib.sha256("".join(out[name] for name in STREAMS).encode()).hexdigest()
     return out
 
 
-async def collect(bus: Bus) -> dict[str, list[bytes]]:
-    """Read the replay's decision, intent and fill streams back from JetStream."""
-    messages: list[tuple[int, str, bytes]] = []
-    for family in FAMILIES:
-        messages += await export.read_stream(bus, family)
-    return canonical(messages)
+def dump(canon: Canon, out: Path) -> tuple[dict[str, str], dict[str, int]]:
+    """Write each digest stream and the TCA records to <name>.jsonl, an event a line, hashing the
+    streams as they are written; return the digests and how many events each file holds."""
+    counts = dict.fromkeys((*STREAMS, TCA), 0)
+
+    def written(name: str, f: BinaryIO) -> Iterator[bytes]:
+        for row in canon.rows(name):
+            f.write(row)
+            f.write(b"\n")
+            counts[name] += 1
+            yield row
+
+    with ExitStack() as files:
+        opened = {name: files.enter_context((out / f"{name}.jsonl").open("wb")) for name in counts}
+        hashes = digests({name: written(name, opened[name]) for name in STREAMS})
+        for _row in written(TCA, opened[TCA]):
+            pass
+    return hashes, counts
 
 
-async def tca_records(bus: Bus) -> list[bytes]:
-    """Every order's TCA record revisions as TCA published them, in event time then id order."""
-    rows = []
-    for _seq, _subject, data in await export.read_stream(bus, sj.TCA):
-        head = _head.decode(data)
-        if head.type.rsplit(".", 1)[0] in TCA_RECORDS:
-            rows.append((head.ts_event, head.event_id, data))
-    return [data for *_key, data in sorted(rows)]
+async def collect(bus: Bus, canon: Canon) -> None:
+    """Read the replay's decision, intent, fill and TCA streams back from JetStream into `canon`, a fetch at a time."""
+    for family in (*FAMILIES, sj.TCA):
+        async with aclosing(export.iter_stream(bus, family)) as batches:
+            async for batch in batches:
+                if family == sj.TCA:
+                    canon.add_tca(batch)
+                else:
+                    canon.add(batch)
 
 
 async def _report(database_url: str, schema_prefix: str, sessions: list[str], out: Path) -> list[Path]:
@@ -149,16 +235,17 @@ async def _report(database_url: str, schema_prefix: str, sessions: list[str], ou
     return await asyncio.to_thread(replay_report.write, rep, out)
 
 
-def finisher(opts: ReplayOptions, out: Path, source: str):  # type: ignore[no-untyped-def]
+def finisher(opts: ReplayOptions, out: Path, source: str, scratch: Path):  # type: ignore[no-untyped-def]
     """Return keel up's `finish`: dump and hash the streams, dump the TCA records, write the report,
-    extend the summary."""
+    extend the summary. The streams are sorted in a file under `scratch` (the run's folder), not in memory."""
 
     async def finish(cluster: up.Cluster, bus: Bus, summary: dict[str, Any]) -> dict[str, Any]:
-        streams = await collect(bus)
-        for name, rows in streams.items():
-            (out / f"{name}.jsonl").write_bytes(b"".join(r + b"\n" for r in rows))
-        hashes = digests(streams)
-        (out / "tca.jsonl").write_bytes(b"".join(r + b"\n" for r in await tca_records(bus)))
+        with (
+            tempfile.TemporaryDirectory(prefix="canonical-", dir=scratch) as tmp,
+            Canon(Path(tmp) / "events.sqlite") as canon,
+        ):
+            await collect(bus, canon)
+            hashes, counts = dump(canon, out)
         written = await _report(cluster.database_url, cluster.schema_prefix, summary["sessions"], out)
         return {
             **summary,
@@ -167,8 +254,8 @@ def finisher(opts: ReplayOptions, out: Path, source: str):  # type: ignore[no-un
             "seed": opts.seed,
             "prefix": cluster.prefix,
             "schema_prefix": cluster.schema_prefix,
-            "decisions": len(streams["decisions"]),
-            "order_reports": len(streams["fills"]),
+            "decisions": counts["decisions"],
+            "order_reports": counts["fills"],
             "out": str(out),
             "report": [str(p) for p in written],
             "digests": {k: v for k, v in hashes.items() if k != "digest"},
@@ -237,7 +324,7 @@ async def prepare(opts: ReplayOptions, nats: tuple[str, str] | None) -> tuple[up
         total=checked.timestamps,
         fresh=True,
     )
-    upo.finish = finisher(opts, out, source)
+    upo.finish = finisher(opts, out, source, var)
     (out / "source.json").write_text(
         msgspec.json.encode(
             {"source": source, "bars": count, "bar_timestamps": checked.timestamps, "seed": opts.seed}

@@ -87,7 +87,7 @@ async def _intents(nats_url: str, prefix: str) -> list[dict[str, Any]]:
     """Every OrderIntent of a run, without its wall-clock ts_init, in event time then id order."""
     bus = await Bus.connect(nats_url, Subjects(prefix), service="test")
     try:
-        messages = await export.read_stream(bus, "risk")
+        messages = [m async for batch in export.iter_stream(bus, "risk") for m in batch]
     finally:
         await bus.close()
     intents = [json.loads(data) for _seq, _subject, data in messages]

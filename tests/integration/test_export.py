@@ -92,6 +92,40 @@ async def test_export_when_md_stream_then_a_bar_file_the_feed_reads_back_to_the_
     assert [[r["symbol"] for r in rows] for _, rows in barfile.load_bars(part)] == [["AAPL"]] * 3
 
 
+async def test_export_when_md_stream_out_of_time_order_then_the_sorted_file_and_no_consumer_left(
+    namespace: Namespace, nats_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+):
+    # the feed publishes in time order and export streams it; bars published otherwise (by hand)
+    # send it back to reading the stream whole and sorting, which must give the same file
+    f = Events(seed=903)
+    bus = await Bus.connect(nats_url, Subjects(namespace.prefix), service="marketdata")
+    await bus.provision()
+    published = []
+    try:
+        for n in (1, 3, 2):
+            for symbol, close in (("MSFT", "400.10"), ("AAPL", "180.05")):
+                bar = f.bar(symbol, n, close)
+                await bus.publish(bar)
+                published.append(bar)
+            await bus.publish(f.watermark("marketdata", minute(n)))
+        out, expected = tmp_path / "bars.csv", tmp_path / "expected.csv"
+        barfile.write_bars(expected, sorted(published, key=lambda b: (b.ts_event, b.symbol)))
+
+        code, printed = await run_export(
+            monkeypatch, nats_url, namespace.prefix, capsys, "--stream", "md", "--out", str(out)
+        )
+
+        assert code == 0, printed
+        summary = json.loads(printed)
+        assert (summary["messages"], summary["rows"]) == (9, 6)
+        assert (summary["first_ts"], summary["last_ts"]) == (minute(1), minute(3))
+        assert out.read_bytes() == expected.read_bytes()
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["bars.csv", "expected.csv"]  # no part file
+        assert await bus.js.consumers_info(bus.subjects.stream("md")) == []  # both passes' consumers deleted
+    finally:
+        await bus.close()
+
+
 async def test_export_when_other_family_then_one_row_per_stored_message_in_stream_order(
     namespace: Namespace, nats_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
 ):
