@@ -21,7 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import nats.errors
 import polars as pl
+from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
@@ -73,8 +75,9 @@ def window(start: str, end: str) -> tuple[int, int]:
 Message = tuple[int, str, bytes]  # (stream sequence, subject, data)
 
 
-async def iter_stream(bus: Bus, family: str) -> AsyncIterator[list[Message]]:
-    """Yield a family's stored messages in stream order, a fetch at a time (never the whole stream).
+async def iter_msgs(bus: Bus, family: str, filter_subject: str = "") -> AsyncIterator[list[Msg]]:
+    """Yield a family's stored messages (on `filter_subject`, default all of them) in stream order,
+    as NATS delivers them (headers, stored time), a fetch at a time (never the whole stream).
 
     Close it when done early (`contextlib.aclosing`): the temporary consumer is deleted then.
     """
@@ -85,34 +88,46 @@ async def iter_stream(bus: Bus, family: str) -> AsyncIterator[list[Message]]:
         raise ValueError(
             f"expected stream {stream} on the server, was none (nothing recorded under this prefix)"
         ) from e
-    last = info.state.last_seq
     if info.state.messages == 0:
         return
-    name = f"keel-export-{os.getpid()}"
+    name = f"keel-export-{os.getpid()}-{family}"
     await bus.js.add_consumer(
         stream,
         ConsumerConfig(
             durable_name=name,
             deliver_policy=DeliverPolicy.ALL,
             ack_policy=AckPolicy.NONE,
-            filter_subject=bus.subjects.family_wildcard(family),
+            filter_subject=filter_subject or bus.subjects.family_wildcard(family),
             inactive_threshold=INACTIVE_SEC,
         ),
     )
     try:
         sub = await bus.js.pull_subscribe_bind(durable=name, stream=stream)
         try:
-            seq = 0
-            while seq < last:
-                msgs = await sub.fetch(FETCH, timeout=FETCH_TIMEOUT_SEC)
+            while True:
+                try:
+                    msgs = await sub.fetch(FETCH, timeout=FETCH_TIMEOUT_SEC)
+                except nats.errors.TimeoutError:
+                    break  # nothing (more) on the filter
                 if not msgs:
                     break
-                seq = msgs[-1].metadata.sequence.stream
-                yield [(m.metadata.sequence.stream, m.subject, m.data) for m in msgs]
+                yield msgs
+                if msgs[-1].metadata.num_pending == 0:
+                    break  # the last one stored when the consumer was made, or since
         finally:
             await sub.unsubscribe()  # closed early too (a reader that stopped), not only at the end
     finally:
         await bus.js.delete_consumer(stream, name)
+
+
+async def iter_stream(bus: Bus, family: str) -> AsyncIterator[list[Message]]:
+    """Yield a family's stored messages as (stream sequence, subject, data), a fetch at a time.
+
+    Close it when done early (`contextlib.aclosing`), as `iter_msgs`.
+    """
+    async with aclosing(iter_msgs(bus, family)) as batches:
+        async for msgs in batches:
+            yield [(m.metadata.sequence.stream, m.subject, m.data) for m in msgs]
 
 
 def bars_in(messages: Iterable[Message], first: int, last: int, symbols: set[str]) -> Iterator[BarClosed]:

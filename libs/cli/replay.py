@@ -5,9 +5,11 @@ A replay is a `keel up` of its own: a new subject prefix and database schema pre
 EXECUTION_MODE=replay (an event's ts_init is its ts_event) and KEEL_LOCKSTEP on, the local
 exchange's fill simulator seeded with --seed, and the bars fed from a file. The source is a
 bar file (CSV or Parquet, what `keel export` writes) or a stored market-data stream (`KEEL_MD`,
-`<PREFIX>_MD`), which is exported first. Once the pipeline has settled, the decision, intent and
-fill streams are dumped canonically (JSON as published, ordered by event time then event id)
-and hashed: two replays of the same bars with the same seed print the same `digest`.
+`<PREFIX>_MD`), which is exported first; the operator commands stored beside it (kill, resume,
+cancel-all) are re-published between the same two bars (libs/cli/replay_control.py). Once the
+pipeline has settled, the decision, intent and fill streams are dumped canonically (JSON as
+published, ordered by event time then event id) and hashed: two replays of the same bars with
+the same seed print the same `digest`.
 """
 
 from __future__ import annotations
@@ -29,8 +31,9 @@ import msgspec
 
 from libs import barfile
 from libs.bus import Bus
-from libs.cli import export, up
+from libs.cli import export, replay_control, up
 from libs.contracts import subjects as sj
+from libs.contracts.control import ScheduledCommand
 from libs.db.store import schema_name
 
 # the streams the digest covers, by event type (the tag's family.name): every decision record,
@@ -235,7 +238,7 @@ async def _report(database_url: str, schema_prefix: str, sessions: list[str], ou
     return await asyncio.to_thread(replay_report.write, rep, out)
 
 
-def finisher(opts: ReplayOptions, out: Path, source: str, scratch: Path):  # type: ignore[no-untyped-def]
+def finisher(opts: ReplayOptions, out: Path, source: str, scratch: Path, commands: int = 0):  # type: ignore[no-untyped-def]
     """Return keel up's `finish`: dump and hash the streams, dump the TCA records, write the report,
     extend the summary. The streams are sorted in a file under `scratch` (the run's folder), not in memory."""
 
@@ -252,6 +255,7 @@ def finisher(opts: ReplayOptions, out: Path, source: str, scratch: Path):  # typ
             "replay": True,
             "source": source,
             "seed": opts.seed,
+            "control_commands": commands,
             "prefix": cluster.prefix,
             "schema_prefix": cluster.schema_prefix,
             "decisions": counts["decisions"],
@@ -277,23 +281,30 @@ def is_bar_file(source: str) -> bool:
     return False
 
 
-async def _source_bars(opts: ReplayOptions, nats: tuple[str, str] | None, bars: Path) -> tuple[str, int]:
+async def _source_bars(
+    opts: ReplayOptions, nats: tuple[str, str] | None, bars: Path
+) -> tuple[str, int, list[ScheduledCommand]]:
+    """Write the run's bar file from the source; return the source's name, the bars written and,
+    from a stored stream, the operator commands recorded beside it (placed between bars)."""
     path = Path(opts.source)
     if is_bar_file(opts.source):
         if not path.is_file():
             raise ValueError(f"expected a bar file at {path}, was none")
-        return str(path.resolve()), await asyncio.to_thread(
-            bars_from_file, path, bars, opts.start, opts.end, opts.symbols
-        )
+        count = await asyncio.to_thread(bars_from_file, path, bars, opts.start, opts.end, opts.symbols)
+        return str(path.resolve()), count, []
     if nats is None:
         raise ValueError(f"expected a bar file (.csv / .parquet) or a stored stream name, was {opts.source!r}")
     url, default_prefix = nats
     prefix, _, family = opts.source.rpartition("_")
     stream = opts.source if prefix else family
-    summary = await export.export(
-        url, prefix.lower() or default_prefix, stream, bars, start=opts.start, end=opts.end, symbols=opts.symbols
-    )
-    return summary["stream"], summary["rows"]
+    recorded = prefix.lower() or default_prefix
+    summary = await export.export(url, recorded, stream, bars, start=opts.start, end=opts.end, symbols=opts.symbols)
+    bus = await Bus.connect(url, sj.Subjects(recorded), service="export")
+    try:
+        commands = await replay_control.recorded_commands(bus)
+    finally:
+        await bus.close()
+    return summary["stream"], summary["rows"], commands
 
 
 async def prepare(opts: ReplayOptions, nats: tuple[str, str] | None) -> tuple[up.UpOptions, Path]:
@@ -304,8 +315,10 @@ async def prepare(opts: ReplayOptions, nats: tuple[str, str] | None) -> tuple[up
     out = (opts.out or var / "out").resolve()
     out.mkdir(parents=True, exist_ok=True)
     bars = var / "bars.parquet"
-    source, count = await _source_bars(opts, nats, bars)
+    source, count, commands = await _source_bars(opts, nats, bars)
     checked = await asyncio.to_thread(barfile.check, bars)
+    control = out / "control.jsonl"  # what was replayed between the bars, to read and to diff
+    replay_control.write(control, commands)
     symbols = checked.symbols
     upo = up.UpOptions(
         var=var,
@@ -320,14 +333,21 @@ async def prepare(opts: ReplayOptions, nats: tuple[str, str] | None) -> tuple[up
             "KEEL_EXECUTION_MODE": "replay",
             "KEEL_LOCKSTEP": "1",
             "KEEL_EXCHANGE_SIM_SEED": str(opts.seed),
+            **({"KEEL_MD_CONTROL_PATH": str(control)} if commands else {}),
         },
         total=checked.timestamps,
         fresh=True,
     )
-    upo.finish = finisher(opts, out, source, var)
+    upo.finish = finisher(opts, out, source, var, len(commands))
     (out / "source.json").write_text(
         msgspec.json.encode(
-            {"source": source, "bars": count, "bar_timestamps": checked.timestamps, "seed": opts.seed}
+            {
+                "source": source,
+                "bars": count,
+                "bar_timestamps": checked.timestamps,
+                "control_commands": len(commands),
+                "seed": opts.seed,
+            }
         ).decode()
     )
     return upo, out

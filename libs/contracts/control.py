@@ -45,6 +45,18 @@ class CancelAllOrders(_Command, kw_only=True, tag="ctl.cancel_all_orders.v1"):
 Command = HaltTrading | ResumeTrading | CancelAllOrders
 
 
+class ScheduledCommand(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A stored operator command placed in a replay (one line of its control file): marketdata
+    publishes `body` on `keel.ctl.<verb>` once every bar up to `after` (a bar close, ns; 0 =
+    before the first bar) is done, and releases the next bar only when every control consumer
+    has acknowledged it. `body` is the command's JSON with its envelope stamped (event_id,
+    ts_event = `after`), so two replays publish the same bytes."""
+
+    after: int
+    verb: str
+    body: str
+
+
 class HaltState(msgspec.Struct, frozen=True, kw_only=True):
     """The halt flag as stored in the control key-value bucket."""
 

@@ -46,6 +46,9 @@ H_MSG_ID = "Nats-Msg-Id"
 H_TRACEPARENT = "traceparent"
 H_TRACESTATE = "tracestate"
 H_EMITTED_AT = "Keel-Emitted-At"
+# the service that said a control command on its own (an automatic halt): a replay re-derives
+# those, so only commands without it (an operator's) are re-published
+H_ISSUER = "Keel-Issuer"
 H_DLQ_SUBJECT = "Keel-Dlq-Subject"
 H_DLQ_STREAM_SEQ = "Keel-Dlq-Stream-Seq"
 H_DLQ_CONSUMER = "Keel-Dlq-Consumer"

@@ -67,7 +67,8 @@ async def publish_halt(bus: Bus, service: str, reason: str, key: str) -> None:
     The Msg-Id derives from (service, key), so the same episode halts once however often it is said.
     """
     body = json.dumps({"reason": reason}).encode()
-    await bus.js.publish(bus.subjects.ctl(sj.CTL_KILL), body, headers={sj.H_MSG_ID: derive_id(f"{service}.halt", key)})
+    headers = {sj.H_MSG_ID: derive_id(f"{service}.halt", key), sj.H_ISSUER: service}
+    await bus.js.publish(bus.subjects.ctl(sj.CTL_KILL), body, headers=headers)
     log.critical("trading halted by %s", service, extra={"reason": reason})
 
 

@@ -3,7 +3,9 @@
 Each bar timestamp is committed as one unit (all symbols' bars, the watermark and the feed
 state, through the outbox), so a crash never emits half a timestamp or the same one twice.
 With `wait_for` set, the next timestamp is released only when each of those services' watermarks
-shows everything of the previous one is done (DESIGN: lockstep) - no sleep-based pacing.
+shows everything of the previous one is done (DESIGN: lockstep) - no sleep-based pacing. In a
+replay (`control_path`), the recorded operator commands placed between two bars are published
+before the second and applied by every control consumer before it goes out.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Sequence
 from decimal import Decimal
 
 import msgspec
@@ -18,6 +21,7 @@ from fastapi import APIRouter
 from opentelemetry.trace import SpanKind
 
 from libs import sessions
+from libs.contracts.control import ScheduledCommand
 from libs.contracts.marketdata import BarClosed
 from libs.contracts.ops import Watermark
 from libs.errors import BadData, InvariantViolation
@@ -27,7 +31,7 @@ from libs.runtime.processor import Processor
 from libs.runtime.runner import Deps, Service, processor_for
 from services.marketdata import api, feeds, handlers, providers
 from services.marketdata.config import MdConfig
-from services.marketdata.consumers import WatermarkWatch
+from services.marketdata.consumers import WatermarkWatch, publish_commands, wait_control_applied
 from services.marketdata.providers import AlpacaBars
 from services.marketdata.state import FeedState
 
@@ -98,6 +102,7 @@ async def feed(
     stop: asyncio.Event,
     source: AlpacaBars | None = None,
     errors: ErrorHandler | None = None,
+    commands: Sequence[ScheduledCommand] = (),
 ) -> None:
     """Emit bar timestamps until the configured minutes are done (or forever)."""
     cfg: MdConfig = deps.section
@@ -124,6 +129,8 @@ async def feed(
             if group is None or (end and state.emitted >= end):
                 break
             bars, wm = group
+            if commands:
+                await _say_commands(deps, processor, commands, wm.bar_ts, timeout)
 
             def advance(s: FeedState, bars: list[BarClosed] = bars, wm: Watermark = wm) -> tuple[FeedState, list]:
                 new = msgspec.structs.replace(
@@ -173,6 +180,26 @@ async def feed(
     await stop.wait()
 
 
+async def _say_commands(
+    deps: Deps, processor: Processor, commands: Sequence[ScheduledCommand], next_ts: int, timeout: float | None
+) -> None:
+    """Publish a replay's operator commands placed before the bars of `next_ts`, then wait until
+    every control consumer has applied them: a halt, resume or cancel-all takes effect between
+    the same two bars in every replay, whatever the processes' timing."""
+    due = handlers.due_commands(commands, processor.state.control_sent, next_ts)
+    if not due:
+        return
+    seq = await publish_commands(deps.bus, due)
+    await processor.commit(lambda s: (msgspec.structs.replace(s, control_sent=s.control_sent + len(due)), []))
+    behind = await wait_control_applied(deps.bus, seq, timeout)
+    if behind:
+        log.warning(
+            "control commands not yet applied; releasing the next bar anyway",
+            extra={"waiting_for": behind, "bar_ts": next_ts},
+        )
+    log.info("control commands replayed", extra={"verbs": [c.verb for c in due], "before_bar_ts": next_ts})
+
+
 async def build(deps: Deps) -> Service:
     """Wire the feed to its state, lockstep watch and views."""
     cfg: MdConfig = deps.section
@@ -190,5 +217,9 @@ async def build(deps: Deps) -> Service:
         first = handlers.next_timestamp(processor.state, cfg)
         if first is not None:
             await source.check(first)  # fail fast: a provider must answer with these keys
+    # a bad line stops marketdata at start, before any bar
+    commands = feeds.load_control(cfg.control_path) if cfg.control_path else []
     router: APIRouter = api.router(processor, progress)
-    return Service(tasks=[lambda stop: feed(deps, processor, watches, progress, stop, source, errors)], router=router)
+    return Service(
+        tasks=[lambda stop: feed(deps, processor, watches, progress, stop, source, errors, commands)], router=router
+    )

@@ -48,6 +48,9 @@ class MdConfig(Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
     run_id: str = ""
     speed: str = "max"  # "max" or a positive multiple of real time
     file_path: str = ""
+    # feed "file" only: operator commands to re-publish between bars (`keel replay` writes it from
+    # the recorded control stream; libs.contracts.control.ScheduledCommand, one JSON per line)
+    control_path: str = ""
     seed: int = 7
     initial_price: Annotated[float, msgspec.Meta(gt=0)] = 100.0
     annual_vol: NonNegative = 0.25
@@ -81,6 +84,8 @@ class MdConfig(Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
         _parse_speed(self.speed)
         if self.feed == "file" and not self.file_path:
             raise ValueError("KEEL_MD_FILE_PATH: expected a path when feed is 'file', was empty")
+        if self.control_path and self.feed != "file":
+            raise ValueError(f"KEEL_MD_CONTROL_PATH: only with feed 'file', was given with feed {self.feed!r}")
         if self.feed == "alpaca" and not (self.api_key_id and self.api_secret_key):
             raise ValueError("KEEL_MD_API_KEY_ID / KEEL_MD_API_SECRET_KEY: expected data API keys for feed 'alpaca'")
         if self.feed == "alpaca" and self.fallback_feed == self.data_feed:

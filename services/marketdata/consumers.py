@@ -1,4 +1,6 @@
-"""NATS edge of marketdata: it consumes nothing, but reads the watermark its lockstep waits for."""
+"""NATS edge of marketdata: it consumes nothing, but reads the watermarks its lockstep waits for
+and, in a replay, publishes the recorded operator commands and waits until every control
+consumer has acknowledged them."""
 
 from __future__ import annotations
 
@@ -7,9 +9,12 @@ import asyncio
 import msgspec
 import nats.js.errors
 from nats.aio.msg import Msg
+from nats.js.api import AckPolicy
 
 from libs.bus import Bus
 from libs.contracts import subjects as sj
+from libs.contracts.codec import decode_command
+from libs.contracts.control import ScheduledCommand
 from libs.contracts.ops import Watermark
 
 _decoder = msgspec.json.Decoder(Watermark)
@@ -59,3 +64,40 @@ class WatermarkWatch:
             except TimeoutError:
                 await self.refresh()  # a watermark published during a reconnect is in the stream
         return True
+
+
+async def publish_commands(bus: Bus, commands: list[ScheduledCommand]) -> int:
+    """Publish a replay's commands on keel.ctl.<verb>, each under its event id (a restart that
+    says one again is de-duplicated); return the control stream's last sequence after them."""
+    seq = 0
+    for cmd in commands:
+        body = cmd.body.encode()
+        event_id = decode_command(cmd.verb, body).event_id
+        ack = await bus.js.publish(bus.subjects.ctl(cmd.verb), body, headers={sj.H_MSG_ID: event_id})
+        seq = max(seq, ack.seq)
+    return seq
+
+
+async def control_behind(bus: Bus, seq: int) -> list[str]:
+    """The durable control consumers that have not yet acknowledged the control stream up to `seq`."""
+    stream = bus.subjects.stream(sj.CTL)
+    behind = []
+    for info in await bus.js.consumers_info(stream):
+        cfg = info.config
+        if not cfg.durable_name or cfg.ack_policy != AckPolicy.EXPLICIT:
+            continue  # an export's or a tail's reader: it acknowledges nothing
+        if info.ack_floor.stream_seq < seq and (info.num_pending or info.num_ack_pending):
+            behind.append(cfg.durable_name)
+    return sorted(behind)
+
+
+async def wait_control_applied(bus: Bus, seq: int, timeout: float | None) -> list[str]:
+    """Wait until every control consumer has acknowledged up to `seq`; return those still behind
+    at the timeout ([] when all are through)."""
+    loop = asyncio.get_running_loop()
+    deadline = None if timeout is None else loop.time() + timeout
+    while behind := await control_behind(bus, seq):
+        if deadline is not None and loop.time() >= deadline:
+            return behind
+        await asyncio.sleep(0.02)
+    return []

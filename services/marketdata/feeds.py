@@ -10,7 +10,11 @@ from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 
+import msgspec
+
 from libs.barfile import DEFAULT_PROXY_SPREAD_BPS, PRICE_COLUMNS, REQUIRED_COLUMNS, check, iter_groups, write_bars
+from libs.contracts.codec import decode_command
+from libs.contracts.control import ScheduledCommand
 from libs.contracts.marketdata import BarClosed
 from libs.contracts.ops import Watermark
 from services.marketdata.handlers import Ctx, bar_closed, watermark
@@ -38,11 +42,35 @@ def file_feed(
     return emit()
 
 
+_scheduled = msgspec.json.Decoder(ScheduledCommand)
+
+
+def load_control(path: str | Path) -> list[ScheduledCommand]:
+    """Read and check a replay's control file: every line a command of a known verb whose body
+    decodes, placed in bar order; a bad line stops the feed at start, naming it."""
+    commands: list[ScheduledCommand] = []
+    for n, line in enumerate(Path(path).read_bytes().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            cmd = _scheduled.decode(line)
+            decode_command(cmd.verb, cmd.body.encode())
+        except msgspec.ValidationError as e:
+            raise ValueError(f"{path} line {n}: {e}") from e
+        if commands and cmd.after < commands[-1].after:
+            raise ValueError(
+                f"{path} line {n}: expected commands in bar order, was {cmd.after} after {commands[-1].after}"
+            )
+        commands.append(cmd)
+    return commands
+
+
 __all__ = [
     "DEFAULT_PROXY_SPREAD_BPS",
     "FILE_SOURCE",
     "PRICE_COLUMNS",
     "REQUIRED_COLUMNS",
     "file_feed",
+    "load_control",
     "write_bars",
 ]

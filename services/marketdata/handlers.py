@@ -9,6 +9,7 @@ exchange's Market Data API serves the very same bars for the same parameters.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from decimal import Decimal
 from typing import Protocol
 
@@ -16,6 +17,7 @@ import msgspec
 
 from libs import sessions, synth
 from libs.contracts.base import Symbol, derive_id, tag_of
+from libs.contracts.control import ScheduledCommand
 from libs.contracts.marketdata import BarClosed
 from libs.contracts.ops import Watermark
 from libs.errors import BadData, InvariantViolation
@@ -91,6 +93,17 @@ def watermark(ts_ns: int, now_ns: int, *, final: bool = False) -> Watermark:
         bar_ts=ts_ns,
         final=final,
     )
+
+
+def due_commands(commands: Sequence[ScheduledCommand], sent: int, next_ts: int) -> list[ScheduledCommand]:
+    """The control file's commands to publish before the bars of `next_ts` (those placed after a
+    bar before it, not yet sent), in file order."""
+    due = []
+    for cmd in commands[sent:]:
+        if cmd.after >= next_ts:
+            break
+        due.append(cmd)
+    return due
 
 
 def start_run(state: FeedState, cfg: MdConfig) -> FeedState:
@@ -182,6 +195,7 @@ __all__ = [
     "Ctx",
     "bar_closed",
     "bars_for",
+    "due_commands",
     "cycle_id",
     "next_timestamp",
     "provider_bar",

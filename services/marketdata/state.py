@@ -19,6 +19,7 @@ class FeedState(msgspec.Struct, frozen=True, kw_only=True):
     run_id: str = ""
     run_start: int = 0  # emitted when the run first started
     run_end: int = 0  # emitted at which the run is done; 0 = unbounded
+    control_sent: int = 0  # commands of the control file published so far (a replay's)
 
 
 INITIAL = FeedState()

@@ -30,7 +30,8 @@ def decode_control(subject: str, data: bytes) -> object:
 
 def _stamp(inbound: Inbound) -> Inbound:
     # operator JSON has no envelope: the command's identity is its place in the control stream,
-    # its event time the moment the stream stored it (so a replay stamps it the same way)
+    # its event time the moment the stream stored it. A replay's commands come stamped (event
+    # time = the bar they follow, libs/cli/replay_control.py), so they are taken as they are
     cmd = inbound.payload
     if getattr(cmd, "event_id", ""):
         return inbound

@@ -145,6 +145,60 @@ async def test_replay_when_each_seed_runs_twice_then_the_digest_and_the_dumps_ar
     assert len(set(fills.values())) == len(SEEDS)
 
 
+async def record_with_operator(
+    namespace: Namespace, nats_url: str, minutes: int, kill_after: int, resume_after: int
+) -> list[int]:
+    """Store what a recorded session leaves: the synthetic feed's bars and marketdata's watermarks
+    in the md stream and, between them, an operator's kill (with cancel-all) after bar
+    `kill_after` and a resume after bar `resume_after`, as `nats pub` stores them. Return the
+    bar timestamps."""
+    cfg = MdConfig(symbols=SYMBOLS, start_date="2026-02-03", seed=11)
+    bus = await Bus.connect(nats_url, Subjects(namespace.prefix), service="marketdata")
+    state, stamps = INITIAL, []
+    try:
+        await bus.provision()
+        for n in range(1, minutes + 1):
+            ts = next_timestamp(state, cfg)
+            assert ts is not None
+            state, bars, wm = bars_for(state, ts, cfg, _Ctx())
+            for event in (*bars, wm):
+                await bus.publish(event)
+            stamps.append(ts)
+            if n == kill_after:
+                await bus.js.publish(bus.subjects.ctl("kill"), b'{"reason":"desk says stop","cancel_all":true}')
+            if n == resume_after:
+                await bus.js.publish(bus.subjects.ctl("resume"), b'{"reason":"desk says go"}')
+    finally:
+        await bus.close()
+    return stamps
+
+
+async def test_replay_when_the_recording_holds_a_halt_and_a_resume_then_they_act_between_the_same_bars_every_time(
+    keel_replay, namespace, nats_url
+):
+    stamps = await record_with_operator(namespace, nats_url, minutes=90, kill_after=30, resume_after=60)
+    halted = (stamps[30], stamps[59])  # bars 31..60 are decided while halted
+
+    first, second = await asyncio.gather(
+        keel_replay("--source", f"{namespace.prefix.upper()}_MD", "--seed", "1"),
+        keel_replay("--source", f"{namespace.prefix.upper()}_MD", "--seed", "1"),
+    )
+
+    assert first["control_commands"] == second["control_commands"] == 2
+    assert first["digest"] == second["digest"]
+    control = [json.loads(line) for line in Path(first["out"], "control.jsonl").read_text().splitlines()]
+    assert [(c["verb"], c["after"]) for c in control] == [("kill", stamps[29]), ("resume", stamps[59])]
+    decisions = [json.loads(line) for line in Path(first["out"], "decisions.jsonl").read_text().splitlines()]
+    pretrade = [d for d in decisions if d["type"] == "oms.pretrade_decision.v1"]
+    blocked = [d for d in pretrade if d["reason"] == "KILL_SWITCH_BLOCK"]
+    assert blocked, "no intent came while halted: the window proves nothing"
+    assert all(halted[0] <= d["bar_ts"] <= halted[1] for d in blocked)
+    # while halted nothing is approved; before the kill and after the resume orders go
+    assert not [d for d in pretrade if d["approved"] and halted[0] <= d["bar_ts"] <= halted[1]]
+    assert [d for d in pretrade if d["approved"] and d["bar_ts"] < halted[0]]
+    assert [d for d in pretrade if d["approved"] and d["bar_ts"] > halted[1]]
+
+
 async def test_replay_when_the_prefix_already_holds_a_run_then_refused_before_anything_starts(
     namespace, nats_url, database_url, tmp_path
 ):

@@ -200,9 +200,11 @@ async def test_bus_when_an_intent_carries_a_nan_price_then_dead_lettered_and_tra
     # not from a provider this time: an event on the bus (a bad producer, a hand-edited replay)
     seen = await start_pipeline(cluster, namespace, nc)
     kills: list[dict] = []
+    issuers: list[str] = []
 
     async def on_kill(msg) -> None:  # type: ignore[no-untyped-def]
         kills.append(json.loads(msg.data))
+        issuers.append((msg.headers or {}).get("Keel-Issuer", ""))
 
     await nc.subscribe(f"{namespace.prefix}.ctl.kill", cb=on_kill)
     bus = await Bus.connect(nats_url, Subjects(namespace.prefix), service="risk")
@@ -218,6 +220,7 @@ async def test_bus_when_an_intent_carries_a_nan_price_then_dead_lettered_and_tra
 
     (kill,) = kills
     assert kill["reason"].startswith("INVARIANT_HALT (INVARIANT_VIOLATION)") and "arrival_price" in kill["reason"]
+    assert issuers == ["oms"]  # said by a service on its own: a replay says it again, never re-publishes it
     assert halt is not None and halt.halted and halt.reason == kill["reason"]
     alerts = [a for a in seen.alerts if a["source"] == "oms" and a["code"] == "INVARIANT_VIOLATION"]
     assert [a["severity"] for a in alerts] == ["critical"]
