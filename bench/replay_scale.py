@@ -3,8 +3,8 @@
 Every service's pure core in the lockstep's order (tests/support/inproc.py: the same handlers
 the processes run, without NATS, Postgres or HTTP), over synthetic bars. Printed: CPU time per
 bar over the first 10k bars after the first session and over the last 10k, each service's
-encoded state (what a process snapshots per batch) at those two points, the exchange's order
-book, and the bare limit measured in the same run: generating the same bars alone.
+encoded state (what a process snapshots per batch) at those two points, the exchange's orders
+in memory (the most at any window) beside all it took, and the bare limit measured in the same run: generating the same bars alone.
 
     python -m bench.replay_scale [--symbols 100] [--bars 1000000]
 """
@@ -72,6 +72,9 @@ def main() -> None:
         "bare_generate_us_per_bar": round(floor, 1),
         "pipeline_over_bare": round(last["cpu_per_bar_us"] / floor, 1),
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        # the exchange keeps open orders and recent days in memory, whatever it took in all
+        "exchange_orders_in_memory_max": max(w["state"]["exchange_orders"] for w in windows),
+        "exchange_orders_taken": last["state"]["exchange_accepted"],
         "windows_us_per_bar": [w["cpu_per_bar_us"] for w in windows],
     }
     print(json.dumps(out))

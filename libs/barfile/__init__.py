@@ -5,8 +5,9 @@ Every row is checked before any bar is used; a bad row raises an error that name
 stream a file in time order (a replay's memory stays bounded however long the file);
 `load_bars` reads one whole (the exchange's data API, which answers any time range).
 `GroupWriter` writes one a chunk at a time, so writing needs no whole file in memory either.
-Timestamps are bar CLOSE times (keel's BarClosed.ts_event). The marketdata file feed and the
-local exchange's Market Data API both read bars through `load_bars`.
+Timestamps are bar CLOSE times (keel's BarClosed.ts_event). The marketdata file feed and
+`keel replay` stream (`check`, `iter_groups`); the local exchange's Market Data API reads
+through `load_bars`.
 """
 
 from __future__ import annotations

@@ -34,6 +34,7 @@ from libs.contracts.marketdata import BarClosed
 
 FETCH = 512
 FETCH_TIMEOUT_SEC = 2.0
+FETCH_ATTEMPTS = 5  # empty fetches in a row, with messages still pending, before a read gives up
 INACTIVE_SEC = 60.0  # the server deletes a forgotten export consumer after this
 _bar_decoder = msgspec.json.Decoder(BarClosed)
 _head_decoder = msgspec.json.Decoder(dict[str, Any])
@@ -104,13 +105,23 @@ async def iter_msgs(bus: Bus, family: str, filter_subject: str = "") -> AsyncIte
     try:
         sub = await bus.js.pull_subscribe_bind(durable=name, stream=stream)
         try:
+            quiet = 0
             while True:
                 try:
                     msgs = await sub.fetch(FETCH, timeout=FETCH_TIMEOUT_SEC)
                 except nats.errors.TimeoutError:
-                    break  # nothing (more) on the filter
-                if not msgs:
-                    break
+                    # the end only when the server says nothing is left; a slow server is asked
+                    # again, and a stream it cannot finish reading is an error, never a short file
+                    if (await sub.consumer_info()).num_pending == 0:
+                        break
+                    quiet += 1
+                    if quiet >= FETCH_ATTEMPTS:
+                        raise ConnectionError(
+                            f"reading {stream}: no messages for {quiet} fetches of {FETCH_TIMEOUT_SEC}s "
+                            "while some are still pending"
+                        ) from None
+                    continue
+                quiet = 0
                 yield msgs
                 if msgs[-1].metadata.num_pending == 0:
                     break  # the last one stored when the consumer was made, or since

@@ -52,7 +52,7 @@ def place(watermarks: list[tuple[int, int]], recorded: list[Recorded]) -> list[S
             continue
         try:
             cmd = decode_command(rec.verb, rec.data)
-        except msgspec.ValidationError:
+        except msgspec.DecodeError:
             continue
         i = bisect.bisect_right(stored, rec.stored_ns)
         after = max((bar_ts for _, bar_ts in watermarks[:i]), default=0)

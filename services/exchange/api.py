@@ -678,8 +678,13 @@ def router(service: ExchangeService) -> APIRouter:
     async def get_orders(request: Request) -> Response:
         params = dict(request.query_params)
         q = order_query(params, nested=_flag(params, "nested"))
+        # the store first, then memory: an order that closes in between is in memory by then
+        # (closed sets only grow, and a stored-only order never changes), so none is lost
+        before = service.state
+        stored = await service.listed(before, q)
         state = service.state
-        stored = await service.listed(state, q)
+        if before.complete and not state.complete:
+            stored = await service.listed(state, q)  # orders left memory meanwhile (a session's first bar)
         orders = select_orders(state, q, stored)
         by_id = {o.id: o for o in stored}
         return json_response([view(state, o, q.nested, by_id) for o in orders])

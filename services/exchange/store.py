@@ -57,7 +57,8 @@ class ExchangeStore(Store):
         """Load the state, or create the account with its initial cash on first start.
 
         Orders: every open one and the closed families changed within `retain_closed_ns` of the
-        clock, what memory would hold had the exchange never stopped (`handlers.evict_closed`).
+        clock (`handlers.evict_closed`'s rule, applied now rather than at the next session's first
+        bar; what memory lacks is read from the store either way).
         """
         s = self.schema
         async with self.unit() as uow:

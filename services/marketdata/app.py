@@ -31,7 +31,7 @@ from libs.runtime.processor import Processor
 from libs.runtime.runner import Deps, Service, processor_for
 from services.marketdata import api, feeds, handlers, providers
 from services.marketdata.config import MdConfig
-from services.marketdata.consumers import WatermarkWatch, publish_commands, wait_control_applied
+from services.marketdata.consumers import ControlWait, WatermarkWatch, publish_commands
 from services.marketdata.providers import AlpacaBars
 from services.marketdata.state import FeedState
 
@@ -113,6 +113,7 @@ async def feed(
     timeout = cfg.watermark_timeout_sec or None
     speed = cfg.speed_multiplier
     file_groups = feeds.file_feed(cfg.file_path, processor.ctx()) if cfg.feed == "file" else None
+    control_wait = ControlWait(deps.bus)
     while not stop.is_set():
         state: FeedState = processor.state
         if state.last_ts and watches:
@@ -130,7 +131,9 @@ async def feed(
                 break
             bars, wm = group
             if commands:
-                await _say_commands(deps, processor, commands, wm.bar_ts, timeout)
+                await _say_commands(processor, control_wait, commands, wm.bar_ts, timeout, stop)
+                if stop.is_set():
+                    break
 
             def advance(s: FeedState, bars: list[BarClosed] = bars, wm: Watermark = wm) -> tuple[FeedState, list]:
                 new = msgspec.structs.replace(
@@ -181,22 +184,31 @@ async def feed(
 
 
 async def _say_commands(
-    deps: Deps, processor: Processor, commands: Sequence[ScheduledCommand], next_ts: int, timeout: float | None
+    processor: Processor,
+    wait: ControlWait,
+    commands: Sequence[ScheduledCommand],
+    next_ts: int,
+    timeout: float | None,
+    stop: asyncio.Event,
 ) -> None:
     """Publish a replay's operator commands placed before the bars of `next_ts`, then wait until
     every control consumer has applied them: a halt, resume or cancel-all takes effect between
-    the same two bars in every replay, whatever the processes' timing."""
+    the same two bars in every replay, whatever the processes' timing. They count as sent only
+    once applied: a restart during the wait says them again (the stream drops the repeat within
+    its duplicate window) and waits again."""
     due = handlers.due_commands(commands, processor.state.control_sent, next_ts)
     if not due:
         return
-    seq = await publish_commands(deps.bus, due)
-    await processor.commit(lambda s: (msgspec.structs.replace(s, control_sent=s.control_sent + len(due)), []))
-    behind = await wait_control_applied(deps.bus, seq, timeout)
+    seq = await publish_commands(wait.bus, due)
+    behind = await wait.wait(seq, timeout, stop)
+    if stop.is_set():
+        return
     if behind:
         log.warning(
             "control commands not yet applied; releasing the next bar anyway",
             extra={"waiting_for": behind, "bar_ts": next_ts},
         )
+    await processor.commit(lambda s: (msgspec.structs.replace(s, control_sent=s.control_sent + len(due)), []))
     log.info("control commands replayed", extra={"verbs": [c.verb for c in due], "before_bar_ts": next_ts})
 
 

@@ -5,6 +5,7 @@ consumer has acknowledged them."""
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import msgspec
 import nats.js.errors
@@ -17,6 +18,7 @@ from libs.contracts.codec import decode_command
 from libs.contracts.control import ScheduledCommand
 from libs.contracts.ops import Watermark
 
+log = logging.getLogger(__name__)
 _decoder = msgspec.json.Decoder(Watermark)
 
 
@@ -78,26 +80,45 @@ async def publish_commands(bus: Bus, commands: list[ScheduledCommand]) -> int:
     return seq
 
 
-async def control_behind(bus: Bus, seq: int) -> list[str]:
-    """The durable control consumers that have not yet acknowledged the control stream up to `seq`."""
-    stream = bus.subjects.stream(sj.CTL)
-    behind = []
-    for info in await bus.js.consumers_info(stream):
-        cfg = info.config
-        if not cfg.durable_name or cfg.ack_policy != AckPolicy.EXPLICIT:
-            continue  # an export's or a tail's reader: it acknowledges nothing
-        if info.ack_floor.stream_seq < seq and (info.num_pending or info.num_ack_pending):
-            behind.append(cfg.durable_name)
-    return sorted(behind)
+class ControlWait:
+    """Whether every durable control consumer has acknowledged the control stream up to a sequence.
 
+    It remembers every such consumer it has seen, so one that is missing later (a service
+    re-creating its consumer at its ack floor after a crash) is waited for, not skipped. Readers
+    that acknowledge nothing (an export, a tail) are never waited for.
+    """
 
-async def wait_control_applied(bus: Bus, seq: int, timeout: float | None) -> list[str]:
-    """Wait until every control consumer has acknowledged up to `seq`; return those still behind
-    at the timeout ([] when all are through)."""
-    loop = asyncio.get_running_loop()
-    deadline = None if timeout is None else loop.time() + timeout
-    while behind := await control_behind(bus, seq):
-        if deadline is not None and loop.time() >= deadline:
-            return behind
-        await asyncio.sleep(0.02)
-    return []
+    def __init__(self, bus: Bus, *, log_every_sec: float = 30.0) -> None:
+        self.bus = bus
+        self.known: set[str] = set()
+        self.log_every_sec = log_every_sec
+
+    async def behind(self, seq: int) -> list[str]:
+        """The control consumers that have not acknowledged up to `seq` (or are missing)."""
+        durables = {}
+        for info in await self.bus.js.consumers_info(self.bus.subjects.stream(sj.CTL)):
+            cfg = info.config
+            if cfg.durable_name and cfg.ack_policy == AckPolicy.EXPLICIT:
+                durables[cfg.durable_name] = info
+        self.known |= durables.keys()
+        late = {
+            name
+            for name, info in durables.items()
+            if info.ack_floor.stream_seq < seq and (info.num_pending or info.num_ack_pending)
+        }
+        return sorted(late | (self.known - durables.keys()))
+
+    async def wait(self, seq: int, timeout: float | None, stop: asyncio.Event) -> list[str]:
+        """Wait until every control consumer has acknowledged up to `seq`; return those still
+        behind when the timeout ran out or `stop` was set ([] when all are through)."""
+        loop = asyncio.get_running_loop()
+        started = said = loop.time()
+        while behind := await self.behind(seq):
+            now = loop.time()
+            if stop.is_set() or (timeout is not None and now - started >= timeout):
+                return behind
+            if now - said >= self.log_every_sec:
+                said = now
+                log.warning("waiting for control consumers", extra={"waiting_for": behind, "control_seq": seq})
+            await asyncio.sleep(0.02)
+        return []

@@ -55,7 +55,7 @@ def load_control(path: str | Path) -> list[ScheduledCommand]:
         try:
             cmd = _scheduled.decode(line)
             decode_command(cmd.verb, cmd.body.encode())
-        except msgspec.ValidationError as e:
+        except msgspec.DecodeError as e:
             raise ValueError(f"{path} line {n}: {e}") from e
         if commands and cmd.after < commands[-1].after:
             raise ValueError(

@@ -1,7 +1,10 @@
 """Marketdata's wait in a replay: a command counts as applied once every durable control consumer
-has acknowledged it (real JetStream); readers that acknowledge nothing are not waited for."""
+has acknowledged it (real JetStream); readers that acknowledge nothing are not waited for, one
+seen and then missing is."""
 
 from __future__ import annotations
+
+import asyncio
 
 import pytest
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
@@ -11,7 +14,7 @@ from libs.cli import replay_control
 from libs.cli.replay_control import Recorded
 from libs.contracts import subjects as sj
 from libs.contracts.subjects import Subjects
-from services.marketdata.consumers import control_behind, publish_commands, wait_control_applied
+from services.marketdata.consumers import ControlWait, publish_commands
 from tests.support.servers import Namespace
 
 pytestmark = pytest.mark.timeout(60)
@@ -37,8 +40,9 @@ async def test_control_wait_when_a_consumer_has_not_acked_then_it_is_named_until
         )
         seq = await publish_commands(bus, commands)
         assert seq > 0
-        assert await control_behind(bus, seq) == ["probe-control"]
-        assert await wait_control_applied(bus, seq, 0.2) == ["probe-control"]  # timed out, still behind
+        wait, stop = ControlWait(bus), asyncio.Event()
+        assert await wait.behind(seq) == ["probe-control"]
+        assert await wait.wait(seq, 0.2, stop) == ["probe-control"]  # timed out, still behind
 
         # said again (a restart between publishing and committing): de-duplicated, same place
         assert await publish_commands(bus, commands) == seq
@@ -47,8 +51,14 @@ async def test_control_wait_when_a_consumer_has_not_acked_then_it_is_named_until
         (msg,) = await sub.fetch(1, timeout=5)
         assert msg.data == commands[0].body.encode() and msg.headers[sj.H_MSG_ID]
         await msg.ack_sync()
-        assert await control_behind(bus, seq) == []
-        assert await wait_control_applied(bus, seq, 5) == []
+        assert await wait.behind(seq) == []
+        assert await wait.wait(seq, 5, stop) == []
         await sub.unsubscribe()
+
+        # a consumer seen once and gone (a service re-creating it at its ack floor) is waited for
+        await bus.js.delete_consumer(stream, "probe-control")
+        assert await wait.behind(seq) == ["probe-control"]
+        stop.set()
+        assert await wait.wait(seq, None, stop) == ["probe-control"]  # stopping ends the wait
     finally:
         await bus.close()

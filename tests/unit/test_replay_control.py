@@ -55,6 +55,7 @@ def test_place_when_said_by_a_service_or_undecodable_then_left_out() -> None:
         [
             rec(1, 1_500, "kill", b'{"reason":"RECON_MISMATCH"}', issuer="oms"),  # the replay says it again
             rec(2, 1_500, "kill", b'{"no_reason": 1}'),  # dead-lettered in the recording
+            rec(4, 1_500, "kill", b"stop now"),  # not even JSON
             rec(3, 1_500, "kill", b'{"reason":"manual"}'),
         ],
     )
@@ -91,6 +92,10 @@ def test_load_control_when_written_then_read_back_and_bad_lines_named(tmp_path: 
     bad.write_bytes(msgspec.json.encode(ScheduledCommand(after=0, verb="explode", body="{}")) + b"\n")
     with pytest.raises(ValueError, match="line 1"):
         feeds.load_control(bad)
+    garbled = tmp_path / "garbled.jsonl"
+    garbled.write_bytes(good.read_bytes() + b"{not json\n")
+    with pytest.raises(ValueError, match="line 2"):
+        feeds.load_control(garbled)
     unordered = tmp_path / "unordered.jsonl"
     unordered.write_bytes(
         b"".join(
