@@ -88,6 +88,20 @@ async def same(sides: list[Side], fn: Callable[[TradingClient], Any]) -> Any:
     return kept
 
 
+def bracket(symbol: str, cid: str, tif: TimeInForce, take_profit: float, stop_loss: float) -> MarketOrderRequest:
+    """A market buy of 5 with a take-profit and a stop-loss leg."""
+    return MarketOrderRequest(
+        symbol=symbol,
+        qty=5,
+        side=OrderSide.BUY,
+        time_in_force=tif,
+        client_order_id=cid,
+        order_class=OrderClass.BRACKET,
+        take_profit=TakeProfitRequest(limit_price=take_profit),
+        stop_loss=StopLossRequest(stop_price=stop_loss),
+    )
+
+
 async def publish(sides: list[Side], *bars: Any) -> None:
     for s in sides:
         for b in bars:
@@ -167,26 +181,8 @@ async def test_closed_orders_of_earlier_days_when_left_to_the_store_then_every_a
             day, gtc, buy = TimeInForce.DAY, TimeInForce.GTC, OrderSide.BUY
             requests = [
                 MarketOrderRequest(symbol="AAPL", qty=10, side=buy, time_in_force=day, client_order_id="r-buy"),
-                MarketOrderRequest(
-                    symbol="AAPL",
-                    qty=5,
-                    side=buy,
-                    time_in_force=day,
-                    client_order_id="r-bracket",
-                    order_class=OrderClass.BRACKET,
-                    take_profit=TakeProfitRequest(limit_price=150.00),
-                    stop_loss=StopLossRequest(stop_price=50.00),
-                ),
-                MarketOrderRequest(
-                    symbol="SPY",
-                    qty=5,
-                    side=buy,
-                    time_in_force=gtc,
-                    client_order_id="r-bracket-gtc",
-                    order_class=OrderClass.BRACKET,
-                    take_profit=TakeProfitRequest(limit_price=600.00),
-                    stop_loss=StopLossRequest(stop_price=200.00),
-                ),
+                bracket("AAPL", "r-bracket", day, 150.00, 50.00),
+                bracket("SPY", "r-bracket-gtc", gtc, 600.00, 200.00),
                 LimitOrderRequest(
                     symbol="MSFT", qty=3, side=buy, time_in_force=day, limit_price=100.0, client_order_id="r-day-limit"
                 ),

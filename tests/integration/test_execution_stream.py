@@ -126,6 +126,18 @@ async def bus_for(nats_url: str, namespace: Namespace) -> Bus:
     return await Bus.connect(nats_url, Subjects(namespace.prefix), service="test")
 
 
+async def lose_one(exchange, bus: Bus, reports: Reports, f: Events) -> tuple[PretradeDecision, dict]:  # type: ignore[no-untyped-def]
+    """Send one AAPL order whose answer is lost at the venue (it takes the order), with lookups
+    failing until the faults are cleared; return it and its order_status_unknown report."""
+    await add_fault(exchange, kind="lose_response", method="POST", path="/v2/orders", count=1)
+    await add_fault(exchange, kind="status", status=503, method="GET", path="/v2/orders:by_client_order_id", count=0)
+    await bus.publish(f.bar("AAPL", 2, "50"))
+    lost = f.decision(f.intent("AAPL", "buy", 10, "50", n=1))
+    await bus.publish(lost)
+    (unknown,) = await reports.wait(lambda: reports.about(lost.client_order_id, UNKNOWN))
+    return lost, unknown
+
+
 async def submitted_and_accepted(bus: Bus, reports: Reports, d: PretradeDecision) -> None:
     await bus.publish(d)
     await reports.wait(lambda: reports.about(d.client_order_id, ACCEPTED))
@@ -223,15 +235,9 @@ async def test_submit_when_response_lost_then_unknown_symbol_blocked_until_looku
     f = Events(seed=53)
     reports = await start(cluster, namespace, nc, KEEL_EXEC_POLL_INTERVAL_SEC="0.2")
     exchange = cluster["exchange"]
-    # the venue takes the order and the answer is lost; lookups fail until the faults are cleared
-    await add_fault(exchange, kind="lose_response", method="POST", path="/v2/orders", count=1)
-    await add_fault(exchange, kind="status", status=503, method="GET", path="/v2/orders:by_client_order_id", count=0)
     bus = await bus_for(nats_url, namespace)
     try:
-        await bus.publish(f.bar("AAPL", 2, "50"))
-        lost = f.decision(f.intent("AAPL", "buy", 10, "50", n=1))
-        await bus.publish(lost)
-        (unknown,) = await reports.wait(lambda: reports.about(lost.client_order_id, UNKNOWN))
+        lost, unknown = await lose_one(exchange, bus, reports, f)
         held = (await cluster["execution"].get_json("/state"))["orders"][lost.client_order_id]  # type: ignore[index]
 
         # Act 1: another order of the symbol is refused; another symbol is not
@@ -309,14 +315,9 @@ async def test_fill_lane_when_an_order_of_unknown_status_fills_then_it_is_adopte
         KEEL_EXEC_STREAM_POLL_INTERVAL_SEC="600",
     )
     exchange = cluster["exchange"]
-    await add_fault(exchange, kind="lose_response", method="POST", path="/v2/orders", count=1)
-    await add_fault(exchange, kind="status", status=503, method="GET", path="/v2/orders:by_client_order_id", count=0)
     bus = await bus_for(nats_url, namespace)
     try:
-        await bus.publish(f.bar("AAPL", 2, "50"))
-        lost = f.decision(f.intent("AAPL", "buy", 10, "50", n=1))
-        await bus.publish(lost)
-        await reports.wait(lambda: reports.about(lost.client_order_id, UNKNOWN))
+        lost, _unknown = await lose_one(exchange, bus, reports, f)
         # the next bar fills it; marketdata's watermark makes the exchange announce it
         await bus.publish(f.bar("AAPL", 3, "50"))
         await bus.publish(f.watermark("marketdata", f.bar("AAPL", 3, "50").ts_event))

@@ -13,7 +13,6 @@ from decimal import Decimal
 import pytest
 
 from libs import fillsim, sessions
-from libs.contracts.base import derive_id
 from libs.contracts.marketdata import BarClosed
 from libs.errors import InvariantViolation
 from services.exchange import handlers
@@ -25,6 +24,7 @@ from services.exchange.state import (
     SubmitOrder,
     initial_state,
 )
+from tests.support.exchange import make_bar
 
 D = Decimal
 MINUTE = sessions.MINUTE_NS
@@ -36,25 +36,7 @@ ONE_HOUR = handlers.Ctx(model=MODEL, retain_closed_ns=HOUR)
 
 
 def bar(day: date, minute: int, symbol: str = "AAPL", open: str = "100") -> BarClosed:
-    ts = sessions.session_open_close(day)[0] + minute * MINUTE
-    o = D(open)
-    return BarClosed(
-        event_id=derive_id("bar", symbol, ts),
-        correlation_id=derive_id("bar", ts),
-        causation_id=derive_id("bar", ts),
-        ts_event=ts,
-        ts_init=ts,
-        symbol=symbol,
-        bar_start=ts - MINUTE,
-        session=day.isoformat(),
-        open=o,
-        high=o + 1,
-        low=o - 1,
-        close=o,
-        volume=100_000,
-        spread_bps=D(10),
-        spread_is_proxy=False,
-    )
+    return make_bar(symbol, minute, open, volume=100_000, day=day)
 
 
 def submit(state: ExchangeState, cid: str, ctx: handlers.Ctx, **kw: object) -> ExchangeState:
