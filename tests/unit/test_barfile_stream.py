@@ -7,7 +7,6 @@ with the file; a file out of time order is still accepted (loaded whole and sort
 
 from __future__ import annotations
 
-import tracemalloc
 from datetime import date
 from decimal import Decimal
 from pathlib import Path
@@ -15,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from libs import barfile, sessions
+from tests.support.memory import peak_allocation
 
 D = Decimal
 SYMBOLS = ("AAPL", "MSFT", "SPY", "QQQ")
@@ -75,15 +75,6 @@ def test_check_when_rows_out_of_time_order_then_accepted_and_grouped_ascending(t
     assert [ts for ts, _ in barfile.iter_groups(path, checked)] == [g[0][0], g[1][0], g[2][0]]
 
 
-def _peak(fn) -> int:  # type: ignore[no-untyped-def]
-    tracemalloc.start()
-    try:
-        fn()
-        return tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-
-
 def test_iter_groups_when_the_file_grows_threefold_then_its_peak_allocation_does_not(tmp_path: Path):
     small, large = tmp_path / "small.parquet", tmp_path / "large.parquet"
     barfile.write_groups(small, groups(2_200))  # 8,800 rows: over two batches (4,096 each)
@@ -94,8 +85,11 @@ def test_iter_groups_when_the_file_grows_threefold_then_its_peak_allocation_does
         for _ts, _rows in barfile.iter_groups(path, checked):
             pass
 
-    streamed = _peak(lambda: stream(small, checked_small)), _peak(lambda: stream(large, checked_large))
-    loaded = _peak(lambda: barfile.load_bars(small)), _peak(lambda: barfile.load_bars(large))
+    streamed = (
+        peak_allocation(lambda: stream(small, checked_small)),
+        peak_allocation(lambda: stream(large, checked_large)),
+    )
+    loaded = peak_allocation(lambda: barfile.load_bars(small)), peak_allocation(lambda: barfile.load_bars(large))
 
     assert streamed[1] < 1.2 * streamed[0]  # bounded by a batch, not the file
     assert loaded[1] > 2 * loaded[0]  # what reading it whole costs: the contrast that makes the check mean something

@@ -13,13 +13,13 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-import tracemalloc
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 from libs.cli import replay
 from libs.contracts.codec import encode
 from tests.factories import Events, minute
+from tests.support.memory import peak_allocation
 
 SEED = 7_506
 BATCH = 512  # what one fetch of the stream reader gives at most
@@ -125,15 +125,6 @@ def messages(n: int) -> Iterator[list[Message]]:
         yield batch
 
 
-def _peak(fn: Callable[[], object]) -> int:
-    tracemalloc.start()
-    try:
-        fn()
-        return tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-
-
 def test_dump_when_the_streams_grow_fourfold_then_its_peak_allocation_does_not(tmp_path: Path):
     n = 20_000
 
@@ -147,8 +138,11 @@ def test_dump_when_the_streams_grow_fourfold_then_its_peak_allocation_does_not(t
     def in_memory(count: int) -> None:
         reference([m for batch in messages(count) for m in batch])
 
-    streamed = _peak(lambda: dump(n, tmp_path / "small")), _peak(lambda: dump(4 * n, tmp_path / "large"))
-    held = _peak(lambda: in_memory(n)), _peak(lambda: in_memory(4 * n))
+    streamed = (
+        peak_allocation(lambda: dump(n, tmp_path / "small")),
+        peak_allocation(lambda: dump(4 * n, tmp_path / "large")),
+    )
+    held = peak_allocation(lambda: in_memory(n)), peak_allocation(lambda: in_memory(4 * n))
 
     assert (tmp_path / "large" / "intents.jsonl").read_bytes().count(b"\n") == 4 * n
     assert streamed[1] < 1.5 * streamed[0], f"peak grew from {streamed[0]:,} to {streamed[1]:,} bytes"
