@@ -10,12 +10,14 @@ from __future__ import annotations
 from datetime import date
 from decimal import Decimal
 
+import msgspec
 import pytest
 
 from libs import fillsim, sessions
 from libs.contracts.marketdata import BarClosed
 from libs.errors import InvariantViolation
 from services.exchange import handlers
+from services.exchange.config import ExchangeConfig
 from services.exchange.state import (
     DUPLICATE_CLIENT_ORDER_ID,
     ExchangeOrder,
@@ -150,3 +152,9 @@ def test_recall_when_an_open_order_is_offered_then_refused() -> None:
     without = ExchangeState(account=kept.account, clock=kept.clock, complete=False)
     with pytest.raises(InvariantViolation, match="closed orders"):
         handlers.recall(without, [open_order])
+
+
+def test_config_when_retention_is_below_an_hour_then_refused() -> None:
+    assert msgspec.convert({"retain_closed_hours": 48}, ExchangeConfig).retain_closed_hours == 48
+    with pytest.raises(msgspec.ValidationError, match="retain_closed_hours"):
+        msgspec.convert({"retain_closed_hours": 0}, ExchangeConfig)

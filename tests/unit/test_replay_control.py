@@ -17,6 +17,7 @@ from libs.cli.replay_control import Recorded
 from libs.contracts.codec import decode_command
 from libs.contracts.control import HaltTrading, ResumeTrading, ScheduledCommand
 from services.marketdata import feeds, handlers
+from services.marketdata.config import MdConfig
 
 BAR = 60_000_000_000
 WATERMARKS = [(1_000, 1 * BAR), (2_000, 2 * BAR), (3_000, 3 * BAR)]  # (stored ns, bar_ts)
@@ -104,3 +105,9 @@ def test_load_control_when_written_then_read_back_and_bad_lines_named(tmp_path: 
     )
     with pytest.raises(ValueError, match="bar order"):
         feeds.load_control(unordered)
+
+
+def test_md_config_when_a_control_file_is_given_to_another_feed_then_refused_naming_the_key() -> None:
+    assert msgspec.convert({"feed": "file", "file_path": "b.parquet", "control_path": "c.jsonl"}, MdConfig)
+    with pytest.raises(msgspec.ValidationError, match="KEEL_MD_CONTROL_PATH"):
+        msgspec.convert({"feed": "synthetic", "control_path": "c.jsonl"}, MdConfig)
