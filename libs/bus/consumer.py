@@ -118,6 +118,11 @@ async def fetch_batch(sub, batch: int, timeout: float, unit_end: str = "") -> li
     return msgs
 
 
+def stored_ns(msg: Msg) -> int:
+    """When the stream stored a message (ns UTC, to the microsecond the server's time carries)."""
+    return int(msg.metadata.timestamp.timestamp() * 1_000_000) * 1_000
+
+
 def consumer_config(spec: ConsumerSpec, start_seq: int = 0) -> api.ConsumerConfig:
     """The durable's JetStream config: from the stream's start, or from start_seq when given."""
     return api.ConsumerConfig(

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import msgspec
 
-from libs.bus import Bus
+from libs.bus import Bus, stored_ns
 from libs.cli import export
 from libs.contracts import subjects as sj
 from libs.contracts.base import derive_id
@@ -72,8 +72,7 @@ async def _read(bus: Bus, family: str, filter_subject: str) -> list[tuple[int, i
         async with aclosing(export.iter_msgs(bus, family, filter_subject)) as batches:
             async for msgs in batches:
                 for m in msgs:
-                    stored = int(m.metadata.timestamp.timestamp() * 1_000_000) * 1_000
-                    out.append((m.metadata.sequence.stream, stored, m.subject, m.data, dict(m.headers or {})))
+                    out.append((m.metadata.sequence.stream, stored_ns(m), m.subject, m.data, dict(m.headers or {})))
     except ValueError:
         return []  # no such stream
     return out

@@ -236,10 +236,10 @@ class ExchangeService:
                 if after is not before:
                     await self.store.save(uow, before, after, list(changed.values()))
             self._state = after
-            if len(after.orders) < len(before.orders) + len(changed.keys() - before.orders.keys()):
+            if left := before.orders.keys() - after.orders.keys():  # only eviction takes an order out
                 log.info(
                     "closed orders of earlier days left to the store",
-                    extra={"in_memory": len(after.orders), "clock_ns": after.clock},
+                    extra={"left": len(left), "in_memory": len(after.orders), "clock_ns": after.clock},
                 )
             if changed:
                 self._announce(before, after, list(changed.values()))

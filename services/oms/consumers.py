@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import msgspec
 
-from libs.bus import Bus, ConsumerSpec
+from libs.bus import Bus, ConsumerSpec, stored_ns
 from libs.bus.consumer import Inbound, OnBatch
 from libs.contracts import subjects as sj
 from libs.contracts.base import derive_id
@@ -36,13 +36,12 @@ def _stamp(inbound: Inbound) -> Inbound:
     if getattr(cmd, "event_id", ""):
         return inbound
     event_id = derive_id("ctl", inbound.subject, inbound.stream_seq)
-    stored_at = inbound.msg.metadata.timestamp
     stamped = msgspec.structs.replace(  # type: ignore[type-var]
         cmd,
         event_id=event_id,
         correlation_id=event_id,
         causation_id=event_id,
-        ts_event=int(stored_at.timestamp() * 1_000_000) * 1_000,
+        ts_event=stored_ns(inbound.msg),
     )
     return Inbound(inbound.subject, inbound.stream_seq, stamped, inbound.headers, inbound.msg)
 

@@ -43,20 +43,29 @@ async def run_export(
     return code, out.out if code == 0 else out.err
 
 
+async def publish_minutes(bus: Bus, f: Events, minutes: tuple[int, ...], *, quote_aapl: bool = False) -> list:
+    """Publish MSFT's and AAPL's bars and marketdata's watermark for each minute, in the order
+    given (AAPL's with a quoted spread when asked); return the bars."""
+    published = []
+    for n in minutes:
+        for symbol, close in (("MSFT", "400.10"), ("AAPL", "180.05")):
+            bar = f.bar(symbol, n, close)
+            if quote_aapl and symbol == "AAPL":
+                bar = quoted(bar, "3.5")
+            await bus.publish(bar)
+            published.append(bar)
+        await bus.publish(f.watermark("marketdata", minute(n)))
+    return published
+
+
 async def test_export_when_md_stream_then_a_bar_file_the_feed_reads_back_to_the_same_bars(
     namespace: Namespace, nats_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
 ):
     f = Events(seed=901)
     bus = await Bus.connect(nats_url, Subjects(namespace.prefix), service="marketdata")
     await bus.provision()
-    published = []
     try:
-        for n in (1, 2, 3):
-            for symbol, close in (("MSFT", "400.10"), ("AAPL", "180.05")):
-                bar = quoted(f.bar(symbol, n, close), "3.5") if symbol == "AAPL" else f.bar(symbol, n, close)
-                await bus.publish(bar)
-                published.append(bar)
-            await bus.publish(f.watermark("marketdata", minute(n)))
+        published = await publish_minutes(bus, f, (1, 2, 3), quote_aapl=True)
     finally:
         await bus.close()
     out = tmp_path / "bars.parquet"
@@ -100,14 +109,8 @@ async def test_export_when_md_stream_out_of_time_order_then_the_sorted_file_and_
     f = Events(seed=903)
     bus = await Bus.connect(nats_url, Subjects(namespace.prefix), service="marketdata")
     await bus.provision()
-    published = []
     try:
-        for n in (1, 3, 2):
-            for symbol, close in (("MSFT", "400.10"), ("AAPL", "180.05")):
-                bar = f.bar(symbol, n, close)
-                await bus.publish(bar)
-                published.append(bar)
-            await bus.publish(f.watermark("marketdata", minute(n)))
+        published = await publish_minutes(bus, f, (1, 3, 2))
         out, expected = tmp_path / "bars.csv", tmp_path / "expected.csv"
         barfile.write_bars(expected, sorted(published, key=lambda b: (b.ts_event, b.symbol)))
 
